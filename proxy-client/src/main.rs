@@ -1,0 +1,111 @@
+//! `gridvfs-client`: the VM-host proxy. Serves a remote image store over NFSv3 on loopback.
+
+mod demo;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use gridvfs::client::{Client, ClientConfig};
+use gridvfs::tunnel::Remote;
+
+#[derive(Parser)]
+#[command(
+    name = "gridvfs-client",
+    version,
+    about = "gridvfs proxy-client: a remote VM image store, mounted over NFSv3 on loopback"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(clap::Args, Clone)]
+struct ServeArgs {
+    /// The store: `local:/path/to/export` or `exec:COMMAND` (stdin/stdout speak the protocol).
+    #[arg(long)]
+    remote: String,
+    /// Loopback address for the kernel's NFS client.
+    #[arg(long, default_value = "127.0.0.1:20490")]
+    listen: SocketAddr,
+    /// Cache directory (default: $XDG_CACHE_HOME/gridvfs or ~/.cache/gridvfs).
+    #[arg(long)]
+    cache_dir: Option<PathBuf>,
+    /// Seconds attributes are reused before asking the store again.
+    #[arg(long, default_value_t = 1.0)]
+    attr_timeout: f64,
+    /// Seconds to keep retrying a lost store before NFS requests fail with EIO.
+    #[arg(long, default_value_t = 60.0)]
+    reconnect_timeout: f64,
+    /// With `local:`, start the server read-only.
+    #[arg(long)]
+    read_only: bool,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Serve in the foreground; prints the kernel mount command.
+    Serve(ServeArgs),
+    /// Make a small sample VM store, serve it through both proxies, read it back over NFS.
+    Demo,
+}
+
+fn default_cache_dir() -> PathBuf {
+    std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(|| PathBuf::from("/tmp"))
+        .join("gridvfs")
+}
+
+fn config(a: &ServeArgs) -> anyhow::Result<ClientConfig> {
+    let mut remote = Remote::parse(&a.remote)?;
+    if let Remote::Local { read_only, .. } = &mut remote {
+        *read_only = a.read_only;
+    }
+    anyhow::ensure!(a.attr_timeout >= 0.0, "--attr-timeout must be >= 0");
+    anyhow::ensure!(
+        a.reconnect_timeout >= 0.0,
+        "--reconnect-timeout must be >= 0"
+    );
+    Ok(ClientConfig {
+        remote,
+        listen: a.listen,
+        cache_dir: a.cache_dir.clone().unwrap_or_else(default_cache_dir),
+        attr_timeout: Duration::from_secs_f64(a.attr_timeout),
+        reconnect_timeout: Duration::from_secs_f64(a.reconnect_timeout),
+    })
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "gridvfs=info,warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().cmd {
+        Cmd::Serve(a) => {
+            let cfg = config(&a)?;
+            let client = Client::start(&cfg)
+                .await
+                .with_context(|| format!("cannot start the client for {}", a.remote))?;
+            println!(
+                "gridvfs-client serving export {} on {}",
+                client.store.welcome().export_id,
+                client.nfs.local_addr()?
+            );
+            println!("mount it with:\n  {}", client.mount_command("/mnt/images"));
+            tokio::select! {
+                r = client.nfs.run() => r.context("NFS front stopped")?,
+                _ = tokio::signal::ctrl_c() => eprintln!("interrupted; shutting down"),
+            }
+            Ok(())
+        }
+        Cmd::Demo => demo::run().await,
+    }
+}

@@ -1,0 +1,63 @@
+//! Assembles the client proxy: index, tunnel, NFS front.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::cache::Index;
+use crate::error::Result;
+use crate::nfs::{Front, NfsFront};
+use crate::remote::RemoteStore;
+use crate::tunnel::Remote;
+
+/// Everything `gridvfs-client serve` needs, validated.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    pub remote: Remote,
+    pub listen: SocketAddr,
+    /// Root of the cache directory; each export gets its own subdirectory.
+    pub cache_dir: PathBuf,
+    pub attr_timeout: Duration,
+    pub reconnect_timeout: Duration,
+}
+
+/// A client proxy that is connected and bound, not yet serving.
+pub struct Client {
+    pub nfs: NfsFront,
+    pub store: Arc<RemoteStore>,
+    pub index: Arc<Index>,
+    pub export_dir: PathBuf,
+}
+
+impl Client {
+    /// Connect to the store, open this export's index, bind the NFS socket.
+    pub async fn start(cfg: &ClientConfig) -> Result<Self> {
+        let store =
+            Arc::new(RemoteStore::connect(cfg.remote.clone(), cfg.reconnect_timeout).await?);
+        let export_dir = cfg.cache_dir.join(&store.welcome().export_id);
+        std::fs::create_dir_all(&export_dir)?;
+        let index = Arc::new(Index::open(&export_dir.join("index.sqlite"))?);
+        let generation = index.generation()?;
+        let front = Front::new(index.clone(), store.clone(), cfg.attr_timeout).await?;
+        let nfs = NfsFront::bind(front, generation, cfg.listen).await?;
+        Ok(Self {
+            nfs,
+            store,
+            index,
+            export_dir,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.nfs.local_addr().map(|a| a.port()).unwrap_or(0)
+    }
+
+    /// The kernel mount command for this client.
+    pub fn mount_command(&self, mountpoint: &str) -> String {
+        let p = self.port();
+        format!(
+            "mount -t nfs -o vers=3,proto=tcp,mountproto=tcp,port={p},mountport={p},nolock,noacl 127.0.0.1:/ {mountpoint}"
+        )
+    }
+}

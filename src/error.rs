@@ -1,0 +1,33 @@
+//! The library's error type. NFS and SSH types never appear here: the NFS front maps
+//! [`Error`] to `nfsstat3` at its edge.
+
+use crate::proto::Status;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The store answered the request with a failure status.
+    #[error("store refused: {0}")]
+    Status(#[from] Status),
+    /// The peer broke the protocol; the connection is closed.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    #[error("malformed frame: {0}")]
+    Frame(#[from] crate::proto::codec::FrameError),
+    /// The tunnel to the server is gone (server exited, SSH dropped).
+    #[error("tunnel closed: {0}")]
+    Disconnected(String),
+    #[error("cannot start the tunnel `{command}`: {source}")]
+    Spawn {
+        command: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("bad remote `{0}`: expected local:/path/to/export or exec:COMMAND")]
+    BadRemote(String),
+    #[error("cache index: {0}")]
+    Index(String),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,25 @@
+//! gridvfs: VM memory state and disk images from a remote store, over a WAN, through two
+//! user-level proxies (a Rust reimplementation of GVFS, Zhao/Zhang/Figueiredo, HPDC 2004).
+//!
+//! A request's path, and the modules in that order:
+//!
+//! ```text
+//! kernel NFS client -> nfs/    NFSv3 front on loopback (RPC gate + VFS impl, file handles)
+//!                   -> cache/  the data seam + SQLite index (namespace map, generation)
+//!                   -> remote/ typed, pipelined requests over one tunnel
+//!                   -> tunnel/ byte transports (child process stdio, exec: command)
+//!                   -> server/ dispatch + confined disk access beneath the export
+//! ```
+//!
+//! `proto/` defines the messages and framing both ends speak.
+
+pub mod cache;
+pub mod client;
+pub mod error;
+pub mod nfs;
+pub mod proto;
+pub mod remote;
+pub mod server;
+pub mod tunnel;
+
+pub use error::{Error, Result};

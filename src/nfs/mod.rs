@@ -1,0 +1,174 @@
+//! NFSv3 front of the client proxy: the only module that imports the NFS crates.
+//!
+//! [`gate`] owns the socket the kernel mounts; it answers a few procedures itself and
+//! hands the rest to `nfs3_server`'s dispatcher, which calls [`fs::Front`].
+
+pub mod attr;
+pub mod fs;
+pub mod gate;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use nfs3_server::tcp::{NFSTcp, NFSTcpListener};
+use tokio::net::TcpListener;
+
+pub use fs::Front;
+pub use gate::Gate;
+
+/// A bound NFS front, ready to [`run`](NfsFront::run).
+pub struct NfsFront {
+    listener: TcpListener,
+    gate: Arc<Gate>,
+}
+
+impl NfsFront {
+    /// Bind the kernel-facing socket at `listen` and the dispatcher on an internal port.
+    pub async fn bind(front: Front, generation: u64, listen: SocketAddr) -> std::io::Result<Self> {
+        let front = Arc::new(front);
+        let inner = NFSTcpListener::bind_with_generation(
+            "127.0.0.1:0",
+            SharedFront(front.clone()),
+            generation,
+        )
+        .await?;
+        let upstream = SocketAddr::new(inner.get_listen_ip(), inner.get_listen_port());
+        tokio::spawn(async move {
+            if let Err(e) = inner.handle_forever().await {
+                tracing::error!("NFS dispatcher stopped: {e}");
+            }
+        });
+        let listener = TcpListener::bind(listen).await?;
+        Ok(Self {
+            listener,
+            gate: Arc::new(Gate {
+                front,
+                generation,
+                upstream,
+            }),
+        })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serve until the task is dropped.
+    pub async fn run(self) -> std::io::Result<()> {
+        self.gate.run(self.listener).await
+    }
+}
+
+/// `nfs3_server` wants to own its file system; the gate shares the same [`Front`].
+struct SharedFront(Arc<Front>);
+
+mod shared {
+    use nfs3_server::nfs3_types::nfs3::{
+        createverf3, fattr3, filename3, nfspath3, nfsstat3, sattr3, stable_how,
+    };
+    use nfs3_server::vfs::{
+        FileHandleU64, NfsFileSystem, NfsReadFileSystem, ReadDirPlusIterator, VFSCapabilities,
+    };
+
+    use super::SharedFront;
+
+    impl NfsReadFileSystem for SharedFront {
+        type Handle = FileHandleU64;
+        fn root_dir(&self) -> FileHandleU64 {
+            self.0.root_dir()
+        }
+        async fn lookup(
+            &self,
+            d: &FileHandleU64,
+            n: &filename3<'_>,
+        ) -> Result<FileHandleU64, nfsstat3> {
+            self.0.lookup(d, n).await
+        }
+        async fn getattr(&self, id: &FileHandleU64) -> Result<fattr3, nfsstat3> {
+            self.0.getattr(id).await
+        }
+        async fn read(
+            &self,
+            id: &FileHandleU64,
+            off: u64,
+            count: u32,
+        ) -> Result<(Vec<u8>, bool), nfsstat3> {
+            self.0.read(id, off, count).await
+        }
+        async fn readdirplus(
+            &self,
+            d: &FileHandleU64,
+            cookie: u64,
+        ) -> Result<impl ReadDirPlusIterator<FileHandleU64>, nfsstat3> {
+            self.0.readdirplus(d, cookie).await
+        }
+        async fn readlink(&self, id: &FileHandleU64) -> Result<nfspath3<'_>, nfsstat3> {
+            self.0.readlink(id).await
+        }
+    }
+
+    impl NfsFileSystem for SharedFront {
+        fn capabilities(&self) -> VFSCapabilities {
+            self.0.capabilities()
+        }
+        async fn setattr(&self, id: &FileHandleU64, s: sattr3) -> Result<fattr3, nfsstat3> {
+            self.0.setattr(id, s).await
+        }
+        async fn write(
+            &self,
+            id: &FileHandleU64,
+            off: u64,
+            data: &[u8],
+            st: stable_how,
+        ) -> Result<(fattr3, stable_how), nfsstat3> {
+            self.0.write(id, off, data, st).await
+        }
+        async fn create(
+            &self,
+            d: &FileHandleU64,
+            n: &filename3<'_>,
+            a: sattr3,
+        ) -> Result<(FileHandleU64, fattr3), nfsstat3> {
+            self.0.create(d, n, a).await
+        }
+        async fn create_exclusive(
+            &self,
+            d: &FileHandleU64,
+            n: &filename3<'_>,
+            v: createverf3,
+        ) -> Result<FileHandleU64, nfsstat3> {
+            self.0.create_exclusive(d, n, v).await
+        }
+        async fn mkdir(
+            &self,
+            d: &FileHandleU64,
+            n: &filename3<'_>,
+        ) -> Result<(FileHandleU64, fattr3), nfsstat3> {
+            self.0.mkdir(d, n).await
+        }
+        async fn remove(&self, d: &FileHandleU64, n: &filename3<'_>) -> Result<(), nfsstat3> {
+            self.0.remove(d, n).await
+        }
+        async fn rename<'a>(
+            &self,
+            fd: &FileHandleU64,
+            f: &filename3<'a>,
+            td: &FileHandleU64,
+            t: &filename3<'a>,
+        ) -> Result<(), nfsstat3> {
+            self.0.rename(fd, f, td, t).await
+        }
+        async fn symlink<'a>(
+            &self,
+            d: &FileHandleU64,
+            n: &filename3<'a>,
+            s: &nfspath3<'a>,
+            a: &sattr3,
+        ) -> Result<(FileHandleU64, fattr3), nfsstat3> {
+            self.0.symlink(d, n, s, a).await
+        }
+        async fn commit(&self, id: &FileHandleU64, off: u64, count: u32) -> Result<(), nfsstat3> {
+            self.0.commit(id, off, count).await
+        }
+    }
+}

@@ -1,0 +1,233 @@
+//! Client end of the tunnel: typed requests, many in flight, replies matched by id.
+//!
+//! One [`Session`] is one transport connection with a writer task and a reader task. A
+//! [`RemoteStore`] owns the current session and replaces it when it dies: idempotent
+//! requests are retried on the new session (with back-off, for up to `reconnect_timeout`),
+//! so a restarted server proxy is a delay to the NFS client, not an error.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+use crate::error::{Error, Result};
+use crate::proto::{FrameKind, Hello, PROTOCOL_VERSION, Reply, Request, Response, Welcome};
+use crate::server::{read_frame, write_frames};
+use crate::tunnel::{self, Remote};
+
+/// Requests in flight on one session; past this, callers wait (back-pressure).
+const MAX_IN_FLIGHT: usize = 256;
+
+type Pending = Arc<Mutex<Option<HashMap<u64, oneshot::Sender<(Reply, Bytes)>>>>>;
+
+/// Byte counters, shared with `status` later.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub requests: AtomicU64,
+    pub bytes_sent: AtomicU64,
+    pub bytes_received: AtomicU64,
+    pub reconnects: AtomicU64,
+}
+
+/// One live transport connection.
+struct Session {
+    tx: mpsc::Sender<(FrameKind, u64, Vec<u8>, Bytes)>,
+    /// `None` once the reader saw the stream end: new calls fail fast.
+    pending: Pending,
+    slots: Arc<Semaphore>,
+    next_id: AtomicU64,
+    counters: Arc<Counters>,
+    /// Kept so the child (server or ssh) dies with the session.
+    _child: tokio::process::Child,
+}
+
+/// The store, reached through a (re)connectable tunnel.
+pub struct RemoteStore {
+    remote: Remote,
+    welcome: Welcome,
+    session: tokio::sync::Mutex<Option<Arc<Session>>>,
+    reconnect_timeout: Duration,
+    pub counters: Arc<Counters>,
+}
+
+impl RemoteStore {
+    /// Connect and handshake once, so a wrong export or a missing server fails at start.
+    pub async fn connect(remote: Remote, reconnect_timeout: Duration) -> Result<Self> {
+        let counters = Arc::new(Counters::default());
+        let (session, welcome) = Session::open(&remote, counters.clone()).await?;
+        Ok(Self {
+            remote,
+            welcome,
+            session: tokio::sync::Mutex::new(Some(Arc::new(session))),
+            reconnect_timeout,
+            counters,
+        })
+    }
+
+    /// What the server said about itself at the first handshake.
+    pub fn welcome(&self) -> &Welcome {
+        &self.welcome
+    }
+
+    async fn current(&self) -> Result<Arc<Session>> {
+        let mut guard = self.session.lock().await;
+        if let Some(s) = guard.as_ref() {
+            if s.alive() {
+                return Ok(s.clone());
+            }
+        }
+        *guard = None;
+        let (session, welcome) = Session::open(&self.remote, self.counters.clone()).await?;
+        if welcome.export_id != self.welcome.export_id {
+            return Err(Error::Protocol(format!(
+                "reconnected to another export ({} instead of {})",
+                welcome.export_id, self.welcome.export_id
+            )));
+        }
+        self.counters.reconnects.fetch_add(1, Ordering::Relaxed);
+        tracing::info!("reconnected to the store");
+        let s = Arc::new(session);
+        *guard = Some(s.clone());
+        Ok(s)
+    }
+
+    /// Send one request and wait for its reply; retry idempotent ones across reconnects.
+    pub async fn call(&self, req: Request, data: Bytes) -> Result<(Response, Bytes)> {
+        let deadline = Instant::now() + self.reconnect_timeout;
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            let attempt = match self.current().await {
+                Ok(s) => s.call(&req, data.clone()).await,
+                Err(e) => Err(e),
+            };
+            match attempt {
+                Ok((Ok(resp), bytes)) => return Ok((resp, bytes)),
+                Ok((Err(status), _)) => return Err(Error::Status(status)),
+                Err(e @ (Error::Disconnected(_) | Error::Spawn { .. } | Error::Io(_)))
+                    if req.is_idempotent() && Instant::now() < deadline =>
+                {
+                    tracing::warn!("store unreachable ({e}); retrying in {backoff:?}");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+impl Session {
+    async fn open(remote: &Remote, counters: Arc<Counters>) -> Result<(Self, Welcome)> {
+        let conn = tunnel::connect(remote)?;
+        let mut output = conn.output;
+        let (tx, rx) = mpsc::channel(MAX_IN_FLIGHT);
+        tokio::spawn(write_frames(conn.input, rx));
+        let hello = Hello {
+            version: PROTOCOL_VERSION,
+            features: 0,
+        };
+        let ctl = postcard::to_stdvec(&hello).expect("Hello serializes");
+        tx.send((FrameKind::Hello, 0, ctl, Bytes::new()))
+            .await
+            .map_err(|_| Error::Disconnected("server exited before the handshake".into()))?;
+        let mut buf = BytesMut::with_capacity(1 << 20);
+        let welcome = match read_frame(&mut output, &mut buf).await? {
+            Some(f) if f.kind == FrameKind::Welcome => postcard::from_bytes::<Welcome>(&f.control)
+                .map_err(|e| Error::Protocol(format!("bad Welcome: {e}")))?,
+            Some(f) => {
+                return Err(Error::Protocol(format!(
+                    "expected Welcome, got {:?}",
+                    f.kind
+                )));
+            }
+            None => {
+                return Err(Error::Disconnected(
+                    "the server closed the connection during the handshake (is gridvfs-server installed, and the export readable?)".into(),
+                ));
+            }
+        };
+        if welcome.version != PROTOCOL_VERSION {
+            return Err(Error::Protocol(format!(
+                "server speaks protocol {}, this client {PROTOCOL_VERSION}",
+                welcome.version
+            )));
+        }
+        let pending: Pending = Arc::new(Mutex::new(Some(HashMap::new())));
+        let reader_pending = pending.clone();
+        let counters_for_calls = counters.clone();
+        tokio::spawn(async move {
+            let why = loop {
+                match read_frame(&mut output, &mut buf).await {
+                    Ok(Some(f)) if f.kind == FrameKind::Reply => {
+                        counters.bytes_received.fetch_add(
+                            f.data.len() as u64 + f.control.len() as u64 + 17,
+                            Ordering::Relaxed,
+                        );
+                        let reply: Reply = match postcard::from_bytes(&f.control) {
+                            Ok(r) => r,
+                            Err(e) => break format!("malformed reply {}: {e}", f.id),
+                        };
+                        let waiter = reader_pending
+                            .lock()
+                            .expect("pending lock")
+                            .as_mut()
+                            .and_then(|m| m.remove(&f.id));
+                        if let Some(w) = waiter {
+                            let _ = w.send((reply, f.data));
+                        }
+                    }
+                    Ok(Some(f)) => break format!("unexpected {:?} frame", f.kind),
+                    Ok(None) => break "server closed the connection".to_string(),
+                    Err(e) => break e.to_string(),
+                }
+            };
+            tracing::warn!("tunnel closed: {why}");
+            // Dropping the senders wakes every waiter with an error.
+            reader_pending.lock().expect("pending lock").take();
+        });
+        let session = Self {
+            counters: counters_for_calls,
+            tx,
+            pending,
+            slots: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+            next_id: AtomicU64::new(1),
+            _child: conn.child,
+        };
+        Ok((session, welcome))
+    }
+
+    fn alive(&self) -> bool {
+        self.pending.lock().expect("pending lock").is_some() && !self.tx.is_closed()
+    }
+
+    async fn call(&self, req: &Request, data: Bytes) -> Result<(Reply, Bytes)> {
+        let _slot = self.slots.acquire().await.expect("never closed");
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (done_tx, done_rx) = oneshot::channel();
+        match self.pending.lock().expect("pending lock").as_mut() {
+            Some(m) => {
+                m.insert(id, done_tx);
+            }
+            None => return Err(Error::Disconnected("tunnel closed".into())),
+        }
+        let ctl = postcard::to_stdvec(req).expect("Request serializes");
+        self.counters.requests.fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .bytes_sent
+            .fetch_add((ctl.len() + data.len() + 17) as u64, Ordering::Relaxed);
+        if self
+            .tx
+            .send((FrameKind::Request, id, ctl, data))
+            .await
+            .is_err()
+        {
+            return Err(Error::Disconnected("tunnel writer stopped".into()));
+        }
+        done_rx
+            .await
+            .map_err(|_| Error::Disconnected("tunnel closed with the request in flight".into()))
+    }
+}

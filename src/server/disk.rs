@@ -1,0 +1,644 @@
+//! Confined file system access beneath one export directory.
+//!
+//! Every path is resolved with `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)` from a
+//! directory fd opened once at start. The NFS client resolves symlinks itself, one LOOKUP per
+//! component, so a legitimate request never needs the server to follow one: refusing them
+//! outright closes `..`, absolute symlinks, climbing relative symlinks and the
+//! check-then-use race (a component swapped for a symlink) in one kernel-enforced rule.
+//! Operations on a final name (`unlinkat`, `renameat`, `mkdirat`, …) take a confined parent
+//! fd plus one validated component and never follow a trailing symlink.
+
+use std::fs::File;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use rustix::fs::{self as rfs, AtFlags, Mode, OFlags, ResolveFlags, Timespec, Timestamps};
+use rustix::io::Errno;
+
+use crate::proto::{
+    Attr, CreateHow, DirEntry, FileKind, FileRef, FsStat, SetAttr, SetTime, Status, Time,
+};
+
+/// Largest READ the server answers in one reply (the client splits larger ones).
+pub const MAX_READ: u32 = 4 * 1024 * 1024;
+/// Longest name accepted in one path component (Linux NAME_MAX).
+const NAME_MAX: usize = 255;
+/// Cookies below this are reserved for the client (`.`, `..`, start of listing).
+pub const FIRST_ENTRY_COOKIE: u64 = 16;
+
+/// One export directory, opened once; all access goes through it.
+#[derive(Debug)]
+pub struct Export {
+    /// `O_PATH` fd of the export root: the anchor of every `openat2`.
+    root: OwnedFd,
+    read_only: bool,
+    id: String,
+}
+
+impl Export {
+    /// Open `dir` as the export root.
+    pub fn open(dir: &Path, read_only: bool) -> std::io::Result<Self> {
+        let canonical = std::fs::canonicalize(dir)?;
+        let root = rfs::open(
+            &canonical,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        let st = rfs::fstat(&root)?;
+        let host = rustix::system::uname();
+        let mut h = blake3::Hasher::new();
+        h.update(b"gridvfs-export-v1\0");
+        h.update(host.nodename().to_bytes());
+        h.update(b"\0");
+        h.update(canonical.as_os_str().as_encoded_bytes());
+        h.update(&st.st_dev.to_le_bytes());
+        h.update(&st.st_ino.to_le_bytes());
+        let id = h.finalize().to_hex()[..32].to_string();
+        Ok(Self {
+            root,
+            read_only,
+            id,
+        })
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub fn read_only(&self) -> bool {
+        self.read_only
+    }
+
+    /// Open `path` beneath the root with `flags`; never follows a symlink anywhere.
+    fn resolve(&self, path: &[u8], flags: OFlags) -> Result<OwnedFd, Status> {
+        let rel = check_path(path)?;
+        rfs::openat2(
+            &self.root,
+            rel,
+            flags | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+            ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
+        )
+        .map_err(status_of)
+    }
+
+    /// Open a directory and check it is the one the client expects.
+    fn dir(&self, dir: &FileRef) -> Result<OwnedFd, Status> {
+        let fd = self.resolve(&dir.path, OFlags::PATH | OFlags::DIRECTORY)?;
+        expect_ino(&rfs::fstat(&fd).map_err(status_of)?, dir.ino)?;
+        Ok(fd)
+    }
+
+    /// `O_PATH` fd of any object (symlinks included) and its attributes.
+    fn object(&self, file: &FileRef) -> Result<(OwnedFd, rfs::Stat), Status> {
+        let fd = self.resolve(&file.path, OFlags::PATH)?;
+        let st = rfs::fstat(&fd).map_err(status_of)?;
+        expect_ino(&st, file.ino)?;
+        Ok((fd, st))
+    }
+
+    /// Open a regular file for I/O and check it is the one expected.
+    fn regular(&self, file: &FileRef, flags: OFlags) -> Result<(File, rfs::Stat), Status> {
+        let fd = self.resolve(&file.path, flags)?;
+        let st = rfs::fstat(&fd).map_err(status_of)?;
+        expect_ino(&st, file.ino)?;
+        match kind_of(st.st_mode) {
+            FileKind::Regular => Ok((File::from(fd), st)),
+            FileKind::Directory => Err(Status::IsDir),
+            _ => Err(Status::Inval),
+        }
+    }
+
+    fn writable(&self) -> Result<(), Status> {
+        if self.read_only {
+            Err(Status::RoFs)
+        } else {
+            Ok(())
+        }
+    }
+
+    pub fn getattr(&self, file: &FileRef) -> Result<Attr, Status> {
+        Ok(attr_of(&self.object(file)?.1))
+    }
+
+    pub fn lookup(&self, dir: &FileRef, name: &[u8]) -> Result<Attr, Status> {
+        let dirfd = self.dir(dir)?;
+        if name == b"." {
+            return Ok(attr_of(&rfs::fstat(&dirfd).map_err(status_of)?));
+        }
+        let name = check_name(name)?;
+        Ok(attr_of(
+            &rfs::statat(&dirfd, name, AtFlags::SYMLINK_NOFOLLOW).map_err(status_of)?,
+        ))
+    }
+
+    /// Read up to `len` bytes at `offset`; returns (bytes, eof, attrs).
+    pub fn read(
+        &self,
+        file: &FileRef,
+        offset: u64,
+        len: u32,
+    ) -> Result<(Vec<u8>, bool, Attr), Status> {
+        let (f, st) = self.regular(file, OFlags::RDONLY)?;
+        let size = st.st_size as u64;
+        let want = u64::from(len.min(MAX_READ)).min(size.saturating_sub(offset)) as usize;
+        let mut buf = vec![0u8; want];
+        let mut got = 0;
+        while got < want {
+            match f.read_at(&mut buf[got..], offset + got as u64) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(status_of_io(&e)),
+            }
+        }
+        buf.truncate(got);
+        let eof = offset + got as u64 >= size;
+        Ok((buf, eof, attr_of(&st)))
+    }
+
+    pub fn write(
+        &self,
+        file: &FileRef,
+        offset: u64,
+        data: &[u8],
+        sync: bool,
+    ) -> Result<Attr, Status> {
+        self.writable()?;
+        let (f, _) = self.regular(file, OFlags::WRONLY)?;
+        f.write_all_at(data, offset).map_err(|e| status_of_io(&e))?;
+        if sync {
+            rfs::fdatasync(&f).map_err(status_of)?;
+        }
+        Ok(attr_of(&rfs::fstat(&f).map_err(status_of)?))
+    }
+
+    pub fn commit(&self, file: &FileRef) -> Result<(), Status> {
+        self.writable()?;
+        let (f, _) = self
+            .regular(file, OFlags::RDONLY)
+            .or_else(|_| self.regular(file, OFlags::WRONLY))?;
+        rfs::fsync(&f).map_err(status_of)
+    }
+
+    pub fn setattr(
+        &self,
+        file: &FileRef,
+        set: &SetAttr,
+        guard: Option<Time>,
+    ) -> Result<Attr, Status> {
+        self.writable()?;
+        let (fd, st) = self.object(file)?;
+        if let Some(g) = guard {
+            if (st.st_ctime, st.st_ctime_nsec as u32) != (g.sec, g.nsec) {
+                return Err(Status::NotSync);
+            }
+        }
+        let is_link = kind_of(st.st_mode) == FileKind::Symlink;
+        // /proc/self/fd/N names exactly the inode behind our O_PATH fd: chmod, truncate and
+        // utimens through it cannot be redirected by a rename or symlink swap.
+        let proc_path = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&fd));
+        if set.uid.is_some() || set.gid.is_some() {
+            rfs::chownat(
+                &fd,
+                "",
+                set.uid.map(rustix::fs::Uid::from_raw),
+                set.gid.map(rustix::fs::Gid::from_raw),
+                AtFlags::EMPTY_PATH | AtFlags::SYMLINK_NOFOLLOW,
+            )
+            .map_err(status_of)?;
+        }
+        if let Some(mode) = set.mode {
+            if is_link {
+                return Err(Status::NotSupp);
+            }
+            rfs::chmod(&proc_path, Mode::from_raw_mode(mode & 0o7777)).map_err(status_of)?;
+        }
+        if let Some(size) = set.size {
+            match kind_of(st.st_mode) {
+                FileKind::Regular => {}
+                FileKind::Directory => return Err(Status::IsDir),
+                _ => return Err(Status::Inval),
+            }
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&proc_path)
+                .map_err(|e| status_of_io(&e))?;
+            f.set_len(size).map_err(|e| status_of_io(&e))?;
+        }
+        if set.atime.is_some() || set.mtime.is_some() {
+            if is_link {
+                return Err(Status::NotSupp);
+            }
+            let ts = |t: Option<SetTime>| match t {
+                None => Timespec {
+                    tv_sec: 0,
+                    tv_nsec: rfs::UTIME_OMIT,
+                },
+                Some(SetTime::ServerNow) => Timespec {
+                    tv_sec: 0,
+                    tv_nsec: rfs::UTIME_NOW,
+                },
+                Some(SetTime::To(t)) => Timespec {
+                    tv_sec: t.sec,
+                    tv_nsec: i64::from(t.nsec) as _,
+                },
+            };
+            let times = Timestamps {
+                last_access: ts(set.atime),
+                last_modification: ts(set.mtime),
+            };
+            rfs::utimensat(rfs::CWD, &proc_path, &times, AtFlags::empty()).map_err(status_of)?;
+        }
+        Ok(attr_of(&rfs::fstat(&fd).map_err(status_of)?))
+    }
+
+    pub fn create(&self, dir: &FileRef, name: &[u8], how: &CreateHow) -> Result<Attr, Status> {
+        self.writable()?;
+        let dirfd = self.dir(dir)?;
+        let name = check_name(name)?;
+        let base = OFlags::CREATE | OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        match how {
+            CreateHow::Unchecked(set) | CreateHow::Guarded(set) => {
+                let excl = matches!(how, CreateHow::Guarded(_));
+                let flags = if excl { base | OFlags::EXCL } else { base };
+                let mode = Mode::from_raw_mode(set.mode.unwrap_or(0o644) & 0o7777);
+                let fd = rfs::openat(&dirfd, name, flags, mode).map_err(status_of)?;
+                let st = rfs::fstat(&fd).map_err(status_of)?;
+                if kind_of(st.st_mode) != FileKind::Regular {
+                    return Err(Status::Exist);
+                }
+                // The mode went to openat (umask is 0 in the server); apply the rest.
+                let rest = SetAttr { mode: None, ..*set };
+                if rest != SetAttr::default() {
+                    let file = FileRef {
+                        path: join(&dir.path, std::os::unix::ffi::OsStrExt::as_bytes(name)),
+                        ino: Some(st.st_ino),
+                    };
+                    return self.setattr(&file, &rest, None);
+                }
+                Ok(attr_of(&st))
+            }
+            CreateHow::Exclusive(verf) => {
+                let (a, m) = verf_times(verf);
+                match rfs::openat(
+                    &dirfd,
+                    name,
+                    base | OFlags::EXCL,
+                    Mode::from_raw_mode(0o600),
+                ) {
+                    Ok(fd) => {
+                        let times = Timestamps {
+                            last_access: a,
+                            last_modification: m,
+                        };
+                        rfs::utimensat(&dirfd, name, &times, AtFlags::SYMLINK_NOFOLLOW)
+                            .map_err(status_of)?;
+                        Ok(attr_of(&rfs::fstat(&fd).map_err(status_of)?))
+                    }
+                    Err(Errno::EXIST) => {
+                        // A retransmitted exclusive CREATE finds its own file: same verifier.
+                        let st = rfs::statat(&dirfd, name, AtFlags::SYMLINK_NOFOLLOW)
+                            .map_err(status_of)?;
+                        let same = kind_of(st.st_mode) == FileKind::Regular
+                            && st.st_atime == a.tv_sec
+                            && st.st_mtime == m.tv_sec;
+                        if same {
+                            Ok(attr_of(&st))
+                        } else {
+                            Err(Status::Exist)
+                        }
+                    }
+                    Err(e) => Err(status_of(e)),
+                }
+            }
+        }
+    }
+
+    pub fn mkdir(&self, dir: &FileRef, name: &[u8], mode: u32) -> Result<Attr, Status> {
+        self.writable()?;
+        let dirfd = self.dir(dir)?;
+        let name = check_name(name)?;
+        rfs::mkdirat(&dirfd, name, Mode::from_raw_mode(mode & 0o7777)).map_err(status_of)?;
+        let st = rfs::statat(&dirfd, name, AtFlags::SYMLINK_NOFOLLOW).map_err(status_of)?;
+        // mkdir(2) drops the setuid/setgid/sticky bits on some file systems: apply exactly.
+        if st.st_mode & 0o7777 != mode & 0o7777 {
+            let fd = rfs::openat(
+                &dirfd,
+                name,
+                OFlags::PATH | OFlags::NOFOLLOW | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(status_of)?;
+            let proc_path = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&fd));
+            rfs::chmod(&proc_path, Mode::from_raw_mode(mode & 0o7777)).map_err(status_of)?;
+            return Ok(attr_of(&rfs::fstat(&fd).map_err(status_of)?));
+        }
+        Ok(attr_of(&st))
+    }
+
+    pub fn symlink(&self, dir: &FileRef, name: &[u8], target: &[u8]) -> Result<Attr, Status> {
+        self.writable()?;
+        let dirfd = self.dir(dir)?;
+        let name = check_name(name)?;
+        if target.is_empty() || target.contains(&0) || target.len() > 4095 {
+            return Err(Status::Inval);
+        }
+        let target = std::ffi::OsStr::from_encoded_bytes_checked(target)?;
+        rfs::symlinkat(target, &dirfd, name).map_err(status_of)?;
+        Ok(attr_of(
+            &rfs::statat(&dirfd, name, AtFlags::SYMLINK_NOFOLLOW).map_err(status_of)?,
+        ))
+    }
+
+    pub fn readlink(&self, file: &FileRef) -> Result<Vec<u8>, Status> {
+        let (fd, st) = self.object(file)?;
+        if kind_of(st.st_mode) != FileKind::Symlink {
+            return Err(Status::Inval);
+        }
+        let target = rfs::readlinkat(&fd, "", Vec::new()).map_err(status_of)?;
+        Ok(target.into_bytes())
+    }
+
+    pub fn link(&self, file: &FileRef, dir: &FileRef, name: &[u8]) -> Result<Attr, Status> {
+        self.writable()?;
+        let (src_parent, src_name) = split_parent(&file.path)?;
+        let src_dir = self.resolve(src_parent, OFlags::PATH | OFlags::DIRECTORY)?;
+        let st = rfs::statat(&src_dir, src_name, AtFlags::SYMLINK_NOFOLLOW).map_err(status_of)?;
+        expect_ino(&st, file.ino)?;
+        if kind_of(st.st_mode) == FileKind::Directory {
+            return Err(Status::IsDir);
+        }
+        let dirfd = self.dir(dir)?;
+        let name = check_name(name)?;
+        rfs::linkat(&src_dir, src_name, &dirfd, name, AtFlags::empty()).map_err(status_of)?;
+        Ok(attr_of(
+            &rfs::statat(&dirfd, name, AtFlags::SYMLINK_NOFOLLOW).map_err(status_of)?,
+        ))
+    }
+
+    pub fn remove(&self, dir: &FileRef, name: &[u8], rmdir: bool) -> Result<(), Status> {
+        self.writable()?;
+        let dirfd = self.dir(dir)?;
+        let name = check_name(name)?;
+        let flags = if rmdir {
+            AtFlags::REMOVEDIR
+        } else {
+            AtFlags::empty()
+        };
+        match rfs::unlinkat(&dirfd, name, flags) {
+            // unlink(2) of a directory says EISDIR on Linux but EPERM per POSIX.
+            Err(Errno::PERM) if !rmdir => {
+                let st = rfs::statat(&dirfd, name, AtFlags::SYMLINK_NOFOLLOW).map_err(status_of)?;
+                if kind_of(st.st_mode) == FileKind::Directory {
+                    Err(Status::IsDir)
+                } else {
+                    Err(Status::Perm)
+                }
+            }
+            other => other.map_err(status_of),
+        }
+    }
+
+    pub fn rename(
+        &self,
+        from_dir: &FileRef,
+        from: &[u8],
+        to_dir: &FileRef,
+        to: &[u8],
+    ) -> Result<(), Status> {
+        self.writable()?;
+        let fd_from = self.dir(from_dir)?;
+        let fd_to = self.dir(to_dir)?;
+        let from = check_name(from)?;
+        let to = check_name(to)?;
+        rfs::renameat(&fd_from, from, &fd_to, to).map_err(status_of)
+    }
+
+    /// Entries with cookie > `after`, in cookie order, at most `max`, with attributes.
+    pub fn readdir(
+        &self,
+        dir: &FileRef,
+        after: u64,
+        max: u32,
+    ) -> Result<(Vec<DirEntry>, bool), Status> {
+        let fd = self.resolve(&dir.path, OFlags::RDONLY | OFlags::DIRECTORY)?;
+        expect_ino(&rfs::fstat(&fd).map_err(status_of)?, dir.ino)?;
+        let mut names: Vec<(u64, Vec<u8>)> = Vec::new();
+        for ent in rfs::Dir::read_from(&fd).map_err(status_of)? {
+            let ent = ent.map_err(status_of)?;
+            let name = ent.file_name().to_bytes();
+            if name == b"." || name == b".." {
+                continue;
+            }
+            let cookie = name_cookie(name);
+            if cookie > after {
+                names.push((cookie, name.to_vec()));
+            }
+        }
+        names.sort_unstable();
+        let eof = names.len() <= max as usize;
+        names.truncate(max as usize);
+        let entries = names
+            .into_iter()
+            .map(|(cookie, name)| {
+                let attr = std::ffi::OsStr::from_encoded_bytes_checked(&name)
+                    .ok()
+                    .and_then(|n| rfs::statat(&fd, n, AtFlags::SYMLINK_NOFOLLOW).ok())
+                    .map(|st| attr_of(&st));
+                DirEntry { name, cookie, attr }
+            })
+            .collect();
+        Ok((entries, eof))
+    }
+
+    pub fn fsstat(&self) -> Result<FsStat, Status> {
+        let s = rfs::fstatvfs(&self.root).map_err(status_of)?;
+        let frsize = s.f_frsize;
+        Ok(FsStat {
+            total_bytes: s.f_blocks * frsize,
+            free_bytes: s.f_bfree * frsize,
+            avail_bytes: s.f_bavail * frsize,
+            total_files: s.f_files,
+            free_files: s.f_ffree,
+            avail_files: s.f_favail,
+        })
+    }
+
+    /// The root's `O_PATH` fd, for tests that check confinement.
+    pub fn root_fd(&self) -> impl AsFd + '_ {
+        &self.root
+    }
+}
+
+/// Cookie of a directory entry: a 62-bit hash of its name, above the reserved range.
+/// Stateless and stable: the same name keeps its place however the directory changes.
+pub fn name_cookie(name: &[u8]) -> u64 {
+    let h = blake3::hash(name);
+    let v = u64::from_le_bytes(h.as_bytes()[..8].try_into().expect("8 bytes"));
+    (v >> 2) + FIRST_ENTRY_COOKIE
+}
+
+/// The exclusive-create verifier, stored in atime (first 4 bytes) and mtime (last 4).
+fn verf_times(verf: &[u8; 8]) -> (Timespec, Timespec) {
+    let a = u32::from_be_bytes([verf[0], verf[1], verf[2], verf[3]]);
+    let m = u32::from_be_bytes([verf[4], verf[5], verf[6], verf[7]]);
+    (
+        Timespec {
+            tv_sec: i64::from(a),
+            tv_nsec: 0,
+        },
+        Timespec {
+            tv_sec: i64::from(m),
+            tv_nsec: 0,
+        },
+    )
+}
+
+trait FromBytesChecked {
+    fn from_encoded_bytes_checked(b: &[u8]) -> Result<&std::ffi::OsStr, Status>;
+}
+
+impl FromBytesChecked for std::ffi::OsStr {
+    fn from_encoded_bytes_checked(b: &[u8]) -> Result<&std::ffi::OsStr, Status> {
+        use std::os::unix::ffi::OsStrExt;
+        if b.contains(&0) {
+            return Err(Status::Inval);
+        }
+        Ok(std::ffi::OsStr::from_bytes(b))
+    }
+}
+
+/// A relative path of plain components; `.` (empty) for the root.
+fn check_path(path: &[u8]) -> Result<&std::ffi::OsStr, Status> {
+    use std::os::unix::ffi::OsStrExt;
+    if path.is_empty() {
+        return Ok(std::ffi::OsStr::new("."));
+    }
+    if path.contains(&0) || path.starts_with(b"/") {
+        return Err(Status::Escape);
+    }
+    for comp in path.split(|&b| b == b'/') {
+        if comp.is_empty() || comp == b"." || comp == b".." {
+            return Err(Status::Escape);
+        }
+        if comp.len() > NAME_MAX {
+            return Err(Status::NameTooLong);
+        }
+    }
+    Ok(std::ffi::OsStr::from_bytes(path))
+}
+
+/// One path component: not empty, `.`, `..`, and without `/` or NUL.
+pub fn check_name(name: &[u8]) -> Result<&std::ffi::OsStr, Status> {
+    use std::os::unix::ffi::OsStrExt;
+    if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') || name.contains(&0)
+    {
+        return Err(if name.is_empty() {
+            Status::Inval
+        } else {
+            Status::Escape
+        });
+    }
+    if name.len() > NAME_MAX {
+        return Err(Status::NameTooLong);
+    }
+    Ok(std::ffi::OsStr::from_bytes(name))
+}
+
+fn split_parent(path: &[u8]) -> Result<(&[u8], &std::ffi::OsStr), Status> {
+    match path.iter().rposition(|&b| b == b'/') {
+        Some(i) => Ok((&path[..i], check_name(&path[i + 1..])?)),
+        None if path.is_empty() => Err(Status::Inval),
+        None => Ok((&[], check_name(path)?)),
+    }
+}
+
+/// `dir/name`, or `name` at the root.
+pub fn join(dir: &[u8], name: &[u8]) -> Vec<u8> {
+    let mut p = Vec::with_capacity(dir.len() + 1 + name.len());
+    if !dir.is_empty() {
+        p.extend_from_slice(dir);
+        p.push(b'/');
+    }
+    p.extend_from_slice(name);
+    p
+}
+
+fn expect_ino(st: &rfs::Stat, ino: Option<u64>) -> Result<(), Status> {
+    match ino {
+        Some(i) if i != st.st_ino => Err(Status::Stale),
+        _ => Ok(()),
+    }
+}
+
+fn kind_of(mode: u32) -> FileKind {
+    match rfs::FileType::from_raw_mode(mode) {
+        rfs::FileType::Directory => FileKind::Directory,
+        rfs::FileType::Symlink => FileKind::Symlink,
+        rfs::FileType::BlockDevice => FileKind::BlockDevice,
+        rfs::FileType::CharacterDevice => FileKind::CharDevice,
+        rfs::FileType::Socket => FileKind::Socket,
+        rfs::FileType::Fifo => FileKind::Fifo,
+        _ => FileKind::Regular,
+    }
+}
+
+fn attr_of(st: &rfs::Stat) -> Attr {
+    let rdev = st.st_rdev;
+    Attr {
+        kind: kind_of(st.st_mode),
+        mode: st.st_mode & 0o7777,
+        nlink: st.st_nlink as u32,
+        uid: st.st_uid,
+        gid: st.st_gid,
+        size: st.st_size as u64,
+        used: st.st_blocks as u64 * 512,
+        rdev: (rustix::fs::major(rdev), rustix::fs::minor(rdev)),
+        dev: st.st_dev,
+        ino: st.st_ino,
+        atime: Time {
+            sec: st.st_atime,
+            nsec: st.st_atime_nsec as u32,
+        },
+        mtime: Time {
+            sec: st.st_mtime,
+            nsec: st.st_mtime_nsec as u32,
+        },
+        ctime: Time {
+            sec: st.st_ctime,
+            nsec: st.st_ctime_nsec as u32,
+        },
+    }
+}
+
+/// errno -> protocol status. EXDEV and ELOOP from `openat2` mean a path tried to leave the
+/// export or pass a symlink; both are refused as [`Status::Escape`].
+pub fn status_of(e: Errno) -> Status {
+    match e {
+        Errno::PERM => Status::Perm,
+        Errno::NOENT => Status::NoEnt,
+        Errno::ACCESS => Status::Access,
+        Errno::EXIST => Status::Exist,
+        Errno::XDEV | Errno::LOOP => Status::Escape,
+        Errno::NOTDIR => Status::NotDir,
+        Errno::ISDIR => Status::IsDir,
+        Errno::INVAL => Status::Inval,
+        Errno::FBIG => Status::FBig,
+        Errno::NOSPC => Status::NoSpc,
+        Errno::ROFS => Status::RoFs,
+        Errno::MLINK => Status::MLink,
+        Errno::NAMETOOLONG => Status::NameTooLong,
+        Errno::NOTEMPTY => Status::NotEmpty,
+        Errno::DQUOT => Status::DQuot,
+        Errno::STALE => Status::Stale,
+        Errno::NOTSUP | Errno::NOSYS => Status::NotSupp,
+        _ => Status::Io,
+    }
+}
+
+fn status_of_io(e: &std::io::Error) -> Status {
+    e.raw_os_error()
+        .map_or(Status::Io, |n| status_of(Errno::from_raw_os_error(n)))
+}

@@ -1,0 +1,145 @@
+//! Server-side proxy: speaks the tunnel protocol on a byte stream (stdin/stdout under sshd,
+//! a pipe under the local transport) and carries requests out beneath one export directory.
+//!
+//! Requests run concurrently on blocking threads, at most [`MAX_IN_FLIGHT`] at once; past
+//! that the server stops reading, so a fast client is slowed by the pipe, not by errors.
+
+pub mod disk;
+pub mod dispatch;
+
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{Semaphore, mpsc};
+
+pub use disk::Export;
+
+use crate::error::Error;
+use crate::proto::{self, Frame, FrameKind, Hello, PROTOCOL_VERSION, Request, Welcome};
+
+/// Requests carried out at once; bounds memory (each may hold a 4 MiB read).
+pub const MAX_IN_FLIGHT: usize = 64;
+
+/// Read frames from `input` until it closes, answering on `output`.
+pub async fn serve<R, W>(export: Arc<Export>, mut input: R, output: W) -> Result<(), Error>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let mut buf = BytesMut::with_capacity(1 << 20);
+    let hello = match read_frame(&mut input, &mut buf).await? {
+        Some(f) if f.kind == FrameKind::Hello => f,
+        Some(f) => return Err(Error::Protocol(format!("expected Hello, got {:?}", f.kind))),
+        None => return Ok(()),
+    };
+    let hello: Hello = postcard::from_bytes(&hello.control)
+        .map_err(|e| Error::Protocol(format!("bad Hello: {e}")))?;
+    let (tx, rx) = mpsc::channel::<(FrameKind, u64, Vec<u8>, Bytes)>(MAX_IN_FLIGHT);
+    let writer = tokio::spawn(write_frames(output, rx));
+    let welcome = Welcome {
+        version: PROTOCOL_VERSION,
+        features: 0,
+        export_id: export.id().to_string(),
+        read_only: export.read_only(),
+    };
+    let ctl = postcard::to_stdvec(&welcome).expect("Welcome serializes");
+    let _ = tx.send((FrameKind::Welcome, 0, ctl, Bytes::new())).await;
+    if hello.version != PROTOCOL_VERSION {
+        drop(tx);
+        let _ = writer.await;
+        return Err(Error::Protocol(format!(
+            "client speaks protocol {}, this server {PROTOCOL_VERSION}",
+            hello.version
+        )));
+    }
+
+    let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    let result = loop {
+        let permit = slots.clone().acquire_owned().await.expect("never closed");
+        let frame = match read_frame(&mut input, &mut buf).await {
+            Ok(Some(f)) => f,
+            Ok(None) => break Ok(()),
+            Err(e) => break Err(e),
+        };
+        if frame.kind != FrameKind::Request {
+            break Err(Error::Protocol(format!(
+                "unexpected {:?} frame",
+                frame.kind
+            )));
+        }
+        let req: Request = match postcard::from_bytes(&frame.control) {
+            Ok(r) => r,
+            Err(e) => {
+                break Err(Error::Protocol(format!(
+                    "malformed request {}: {e}",
+                    frame.id
+                )));
+            }
+        };
+        let export = export.clone();
+        let tx = tx.clone();
+        tokio::task::spawn_blocking(move || {
+            let (reply, data) = dispatch::dispatch(&export, req, &frame.data);
+            let ctl = postcard::to_stdvec(&reply).expect("Reply serializes");
+            let _ = tx.blocking_send((FrameKind::Reply, frame.id, ctl, data));
+            drop(permit);
+        });
+    };
+    // Let in-flight requests finish and their replies drain before closing.
+    let _ = slots.acquire_many(MAX_IN_FLIGHT as u32).await;
+    drop(tx);
+    let _ = writer.await;
+    result
+}
+
+/// Read one whole frame; `None` at a clean end of stream between frames.
+pub async fn read_frame<R: AsyncRead + Unpin>(
+    input: &mut R,
+    buf: &mut BytesMut,
+) -> Result<Option<Frame>, Error> {
+    loop {
+        match proto::decode_frame(buf)? {
+            Ok(frame) => return Ok(Some(frame)),
+            Err(inc) => {
+                buf.reserve(inc.need.saturating_sub(buf.len()).max(64 * 1024));
+                let n = input.read_buf(buf).await?;
+                if n == 0 {
+                    return if buf.is_empty() {
+                        Ok(None)
+                    } else {
+                        Err(Error::Protocol(format!(
+                            "stream ended inside a frame ({} bytes)",
+                            buf.len()
+                        )))
+                    };
+                }
+            }
+        }
+    }
+}
+
+/// Write queued frames, flushing when the queue runs dry (batches small replies).
+pub async fn write_frames<W: AsyncWrite + Unpin>(
+    mut out: W,
+    mut rx: mpsc::Receiver<(FrameKind, u64, Vec<u8>, Bytes)>,
+) -> Result<(), Error> {
+    let mut head = BytesMut::with_capacity(256);
+    while let Some((kind, id, ctl, data)) = rx.recv().await {
+        head.clear();
+        proto::codec::encode_header(&mut head, kind, id, ctl.len(), data.len());
+        out.write_all(&head).await?;
+        out.write_all(&ctl).await?;
+        out.write_all(&data).await?;
+        if rx.is_empty() {
+            out.flush().await?;
+        }
+    }
+    out.flush().await?;
+    Ok(())
+}
+
+/// Set the process umask to 0, so the modes clients ask for are the modes files get.
+pub fn clear_umask() {
+    rustix::process::umask(rustix::fs::Mode::empty());
+}
