@@ -16,6 +16,9 @@ pub enum Error {
     /// The tunnel to the server is gone (server exited, SSH dropped).
     #[error("tunnel closed: {0}")]
     Disconnected(String),
+    /// The tunnel was found closed before the request was sent: safe to send again.
+    #[error("tunnel closed before sending: {0}")]
+    Unsent(String),
     #[error("cannot start the tunnel `{command}`: {source}")]
     Spawn {
         command: String,

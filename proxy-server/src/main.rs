@@ -58,9 +58,11 @@ fn main() -> anyhow::Result<()> {
             gridvfs::server::clear_umask();
             let exp = gridvfs::server::Export::open(&export, read_only)
                 .with_context(|| format!("cannot open export directory {}", export.display()))?;
+            // Room for every in-flight request plus stdin/stdout, which tokio also runs on
+            // blocking threads.
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
-                .max_blocking_threads(gridvfs::server::MAX_IN_FLIGHT)
+                .max_blocking_threads(gridvfs::server::MAX_IN_FLIGHT + 8)
                 .enable_all()
                 .build()?;
             rt.block_on(gridvfs::server::serve(

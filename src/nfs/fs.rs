@@ -75,7 +75,7 @@ impl Front {
             (Response::Attr(a), _) => a,
             (other, _) => return Err(unexpected(&other)),
         };
-        index.set_root_ino(root.ino)?;
+        index.set_root_ino(root.ident)?;
         let fsid = u64::from_str_radix(&export_id[..16.min(export_id.len())], 16).unwrap_or(1);
         Ok(Self {
             data: DataPath::new(store.clone()),
@@ -103,10 +103,12 @@ impl Front {
 
     /// The path and expected inode behind a handle; STALE if the map no longer has it.
     pub fn file_ref(&self, id: u64) -> Result<FileRef, nfsstat3> {
-        match self.index.get(id).map_err(map_err)? {
+        let found = self.index.get(id).map_err(map_err)?;
+        tracing::trace!(id, ?found, "handle lookup");
+        match found {
             Some((path, ino)) => Ok(FileRef {
                 path,
-                ino: (id != ROOT_ID).then_some(ino),
+                ident: (id != ROOT_ID).then_some(ino),
             }),
             None => Err(nfsstat3::NFS3ERR_STALE),
         }
@@ -144,10 +146,12 @@ impl Front {
 
     /// Attributes of a handle's object, from the cache if fresh.
     pub async fn attr(&self, id: u64) -> Result<Attr, nfsstat3> {
+        // The map first: a handle whose name was removed is stale even if its
+        // attributes are still cached.
+        let file = self.file_ref(id)?;
         if let Some(a) = self.cached(id) {
             return Ok(a);
         }
-        let file = self.file_ref(id)?;
         match self.call_on(id, Request::Getattr { file }).await? {
             (Response::Attr(a), _) => {
                 self.remember(id, a);
@@ -161,7 +165,7 @@ impl Front {
     fn child_id(&self, dir: &FileRef, name: &[u8], a: &Attr) -> Result<u64, nfsstat3> {
         let id = self
             .index
-            .id_for(&join(&dir.path, name), a.ino)
+            .id_for(&join(&dir.path, name), a.ident)
             .map_err(map_err)?;
         self.remember(id, *a);
         Ok(id)
@@ -304,11 +308,11 @@ impl NfsReadFileSystem for Front {
             let a = self
                 .call_dir_lookup(&FileRef {
                     path: parent.clone(),
-                    ino: None,
+                    ident: None,
                 })
                 .await?;
             return Ok(FileHandleU64::new(
-                self.index.id_for(&parent, a.ino).map_err(map_err)?,
+                self.index.id_for(&parent, a.ident).map_err(map_err)?,
             ));
         }
         let req = Request::Lookup {
@@ -424,7 +428,7 @@ impl DirIter<'_> {
         let live: Vec<DirEntry> = entries.into_iter().filter(|e| e.attr.is_some()).collect();
         let keys: Vec<(Vec<u8>, u64)> = live
             .iter()
-            .map(|e| (join(&self.dir.path, &e.name), e.attr.map_or(0, |a| a.ino)))
+            .map(|e| (join(&self.dir.path, &e.name), e.attr.map_or(0, |a| a.ident)))
             .collect();
         let ids = self.front.index.ids_for(&keys).map_err(map_err)?;
         self.page = live.into_iter().zip(ids).rev().collect();
@@ -476,11 +480,11 @@ impl ReadDirPlusIterator<FileHandleU64> for DirIter<'_> {
                     .front
                     .call_dir_lookup(&FileRef {
                         path: parent.clone(),
-                        ino: None,
+                        ident: None,
                     })
                     .await
                 {
-                    Ok(a) => match self.front.index.id_for(&parent, a.ino) {
+                    Ok(a) => match self.front.index.id_for(&parent, a.ident) {
                         Ok(id) => (id, a),
                         Err(e) => return NextResult::Err(map_err(e)),
                     },
@@ -703,6 +707,7 @@ impl Front {
             Request::Remove { dir, name }
         };
         self.change(&[dirid], req).await?;
+        tracing::debug!(path = %String::from_utf8_lossy(&path), "removed; forgetting its ids");
         self.index.forget(&path).map_err(map_err)
     }
 }

@@ -17,18 +17,20 @@ use std::io::Cursor;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
+use nfs3_server::nfs3_types::mount;
 use nfs3_server::nfs3_types::nfs3::{
     self as n, CREATE3args, CREATE3res, CREATE3resfail, CREATE3resok, FSSTAT3args, FSSTAT3res,
     FSSTAT3resfail, FSSTAT3resok, LINK3args, LINK3res, LINK3resfail, LINK3resok, MKDIR3args,
     MKDIR3res, MKDIR3resfail, MKDIR3resok, MKNOD3args, MKNOD3res, MKNOD3resfail, Nfs3Option,
-    REMOVE3args, REMOVE3res, REMOVE3resfail, REMOVE3resok, RMDIR3args, RMDIR3res, RMDIR3resfail,
-    RMDIR3resok, SETATTR3args, SETATTR3res, SETATTR3resfail, SETATTR3resok, createhow3, nfs_fh3,
-    nfsstat3, post_op_attr, post_op_fh3, pre_op_attr, wcc_data,
+    READDIR3args, READDIR3res, READDIR3resfail, READDIR3resok, REMOVE3args, REMOVE3res,
+    REMOVE3resfail, REMOVE3resok, RMDIR3args, RMDIR3res, RMDIR3resfail, RMDIR3resok, SETATTR3args,
+    SETATTR3res, SETATTR3resfail, SETATTR3resok, createhow3, nfs_fh3, nfsstat3, post_op_attr,
+    post_op_fh3, pre_op_attr, wcc_data,
 };
 use nfs3_server::nfs3_types::rpc::{
     accept_stat_data, accepted_reply, msg_body, opaque_auth, reply_body, rpc_msg,
 };
-use nfs3_server::nfs3_types::xdr_codec::{Opaque, Pack, Unpack};
+use nfs3_server::nfs3_types::xdr_codec::{List, Opaque, Pack, Unpack};
 use nfs3_server::vfs::{FileHandle, FileHandleU64};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -51,7 +53,13 @@ const MKNOD: u32 = 11;
 const REMOVE: u32 = 12;
 const RMDIR: u32 = 13;
 const LINK: u32 = 15;
+const READDIR: u32 = 16;
 const FSSTAT: u32 = 18;
+/// MOUNT's MNT, answered here so that any spelling of the root (`/`, ``, `//`) and
+/// subdirectory mounts resolve through the same [`Front::lookup`] path.
+const MNT: u32 = 1;
+/// Marks a MOUNT procedure in the `proc` slot the gate dispatches on.
+const MOUNT_PROC: u32 = 0x1000;
 
 /// Shared by every connection.
 pub struct Gate {
@@ -158,7 +166,7 @@ impl Gate {
         }
         matches!(
             call.proc,
-            SETATTR | CREATE | MKDIR | MKNOD | REMOVE | RMDIR | LINK | FSSTAT
+            SETATTR | CREATE | MKDIR | MKNOD | REMOVE | RMDIR | LINK | READDIR | FSSTAT
         )
         .then_some((msg.xid, call.proc, cur.position() as usize))
     }
@@ -234,8 +242,16 @@ impl Gate {
                 Ok((a, _)) => pack(&self.link(a).await),
                 Err(_) => None,
             },
+            READDIR => match READDIR3args::unpack(&mut cur) {
+                Ok((a, _)) => pack(&self.readdir(a).await),
+                Err(_) => None,
+            },
             FSSTAT => match FSSTAT3args::unpack(&mut cur) {
                 Ok((a, _)) => pack(&self.fsstat(a).await),
+                Err(_) => None,
+            },
+            p if p == MOUNT_PROC | MNT => match mount::dirpath::unpack(&mut cur) {
+                Ok((a, _)) => pack(&self.mnt(&a.0).await),
                 Err(_) => None,
             },
             _ => None,
@@ -428,6 +444,91 @@ impl Gate {
                 },
             )),
         }
+    }
+
+    async fn mnt(&self, path: &[u8]) -> mount::mountres3<'static> {
+        use nfs3_server::nfs3_types::rpc::auth_flavor;
+        let mut id = FileHandleU64::new(crate::cache::index::ROOT_ID);
+        for comp in path.split(|&b| b == b'/').filter(|c| !c.is_empty()) {
+            match nfs3_server::vfs::NfsReadFileSystem::lookup(&*self.front, &id, &comp.into()).await
+            {
+                Ok(child) => id = child,
+                Err(nfsstat3::NFS3ERR_NOTDIR) => {
+                    return mount::mountres3::Err(mount::mountstat3::MNT3ERR_NOTDIR);
+                }
+                Err(nfsstat3::NFS3ERR_ACCES) => {
+                    return mount::mountres3::Err(mount::mountstat3::MNT3ERR_ACCES);
+                }
+                Err(_) => return mount::mountres3::Err(mount::mountstat3::MNT3ERR_NOENT),
+            }
+        }
+        mount::mountres3::Ok(mount::mountres3_ok {
+            fhandle: mount::fhandle3(self.fh(id.as_u64()).data),
+            auth_flavors: vec![auth_flavor::AUTH_NULL as u32, auth_flavor::AUTH_UNIX as u32],
+        })
+    }
+
+    /// READDIR with cookies that never go bad: they are name hashes the store resumes
+    /// after, so the verifier is always zero (RFC 1813 allows it) and a listing in progress
+    /// survives changes to the directory. (The dispatcher's READDIR ties the verifier to
+    /// the directory's mtime and answers BAD_COOKIE after any change, which Linux reads as
+    /// the end of the directory.)
+    async fn readdir(&self, a: READDIR3args) -> READDIR3res<'static> {
+        use nfs3_server::vfs::{NextResult, NfsReadFileSystem, ReadDirPlusIterator};
+        let dir = match self.handle_of(&a.dir) {
+            Ok(id) => id,
+            Err(s) => return READDIR3res::Err((s, READDIR3resfail::default())),
+        };
+        let dir_attributes = self.post(self.front.pre_attr(dir).await);
+        // Reply header, attributes, verifier, "no more entries" and eof.
+        let mut used = 4 + dir_attributes.packed_size() + 8 + 4 + 4;
+        if used > a.count as usize {
+            return READDIR3res::Err((
+                nfsstat3::NFS3ERR_TOOSMALL,
+                READDIR3resfail { dir_attributes },
+            ));
+        }
+        let dir_fh = FileHandleU64::new(dir);
+        let mut iter = match self.front.readdirplus(&dir_fh, a.cookie).await {
+            Ok(it) => it,
+            Err(s) => return READDIR3res::Err((s, READDIR3resfail { dir_attributes })),
+        };
+        let mut entries = Vec::new();
+        let eof = loop {
+            match iter.next().await {
+                NextResult::Ok(e) => {
+                    let entry = n::entry3 {
+                        fileid: e.fileid,
+                        name: e.name,
+                        cookie: e.cookie,
+                    };
+                    let size = 4 + entry.packed_size();
+                    if used + size > a.count as usize {
+                        break false;
+                    }
+                    used += size;
+                    entries.push(entry);
+                }
+                NextResult::Eof => break true,
+                NextResult::Err(s) => {
+                    return READDIR3res::Err((s, READDIR3resfail { dir_attributes }));
+                }
+            }
+        };
+        if entries.is_empty() && !eof {
+            return READDIR3res::Err((
+                nfsstat3::NFS3ERR_TOOSMALL,
+                READDIR3resfail { dir_attributes },
+            ));
+        }
+        READDIR3res::Ok(READDIR3resok {
+            dir_attributes,
+            cookieverf: n::cookieverf3::default(),
+            reply: n::dirlist3 {
+                entries: List(entries),
+                eof,
+            },
+        })
     }
 
     async fn fsstat(&self, a: FSSTAT3args) -> FSSTAT3res {

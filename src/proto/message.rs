@@ -27,19 +27,20 @@ pub struct Welcome {
     pub read_only: bool,
 }
 
-/// A path under the export plus, optionally, the inode the client expects there.
+/// A path under the export plus, optionally, the identity ([`Attr::ident`]) of the file the
+/// client expects there.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileRef {
     /// Relative path; empty for the export root. Never absolute, never `..`.
     pub path: Vec<u8>,
-    pub ino: Option<u64>,
+    pub ident: Option<u64>,
 }
 
 impl FileRef {
     pub fn root() -> Self {
         Self {
             path: Vec::new(),
-            ino: None,
+            ident: None,
         }
     }
 }
@@ -77,6 +78,9 @@ pub struct Attr {
     pub rdev: (u32, u32),
     pub dev: u64,
     pub ino: u64,
+    /// `ino` folded with the birth time: tells a recreated file from the one it replaced
+    /// even when the file system reuses the inode number.
+    pub ident: u64,
     pub atime: Time,
     pub mtime: Time,
     pub ctime: Time,
@@ -335,7 +339,7 @@ mod tests {
             proptest::collection::vec(any::<u8>(), 0..40),
             any::<Option<u64>>(),
         )
-            .prop_map(|(path, ino)| FileRef { path, ino })
+            .prop_map(|(path, ident)| FileRef { path, ident })
     }
 
     proptest! {

@@ -15,7 +15,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use crate::error::{Error, Result};
 use crate::proto::{FrameKind, Hello, PROTOCOL_VERSION, Reply, Request, Response, Welcome};
-use crate::server::{read_frame, write_frames};
+use crate::server::{Outgoing, read_frame, write_frames};
 use crate::tunnel::{self, Remote};
 
 /// Requests in flight on one session; past this, callers wait (back-pressure).
@@ -34,7 +34,7 @@ pub struct Counters {
 
 /// One live transport connection.
 struct Session {
-    tx: mpsc::Sender<(FrameKind, u64, Vec<u8>, Bytes)>,
+    tx: mpsc::Sender<Outgoing>,
     /// `None` once the reader saw the stream end: new calls fail fast.
     pending: Pending,
     slots: Arc<Semaphore>,
@@ -106,8 +106,14 @@ impl RemoteStore {
             match attempt {
                 Ok((Ok(resp), bytes)) => return Ok((resp, bytes)),
                 Ok((Err(status), _)) => return Err(Error::Status(status)),
-                Err(e @ (Error::Disconnected(_) | Error::Spawn { .. } | Error::Io(_)))
-                    if req.is_idempotent() && Instant::now() < deadline =>
+                Err(
+                    e @ (Error::Disconnected(_)
+                    | Error::Spawn { .. }
+                    | Error::Io(_)
+                    | Error::Unsent(_)),
+                ) if (req.is_idempotent()
+                    || matches!(e, Error::Unsent(_) | Error::Spawn { .. }))
+                    && Instant::now() < deadline =>
                 {
                     tracing::warn!("store unreachable ({e}); retrying in {backoff:?}");
                     tokio::time::sleep(backoff).await;
@@ -130,7 +136,7 @@ impl Session {
             features: 0,
         };
         let ctl = postcard::to_stdvec(&hello).expect("Hello serializes");
-        tx.send((FrameKind::Hello, 0, ctl, Bytes::new()))
+        tx.send((FrameKind::Hello, 0, ctl, Bytes::new(), None))
             .await
             .map_err(|_| Error::Disconnected("server exited before the handshake".into()))?;
         let mut buf = BytesMut::with_capacity(1 << 20);
@@ -211,7 +217,7 @@ impl Session {
             Some(m) => {
                 m.insert(id, done_tx);
             }
-            None => return Err(Error::Disconnected("tunnel closed".into())),
+            None => return Err(Error::Unsent("tunnel closed".into())),
         }
         let ctl = postcard::to_stdvec(req).expect("Request serializes");
         self.counters.requests.fetch_add(1, Ordering::Relaxed);
@@ -220,11 +226,11 @@ impl Session {
             .fetch_add((ctl.len() + data.len() + 17) as u64, Ordering::Relaxed);
         if self
             .tx
-            .send((FrameKind::Request, id, ctl, data))
+            .send((FrameKind::Request, id, ctl, data, None))
             .await
             .is_err()
         {
-            return Err(Error::Disconnected("tunnel writer stopped".into()));
+            return Err(Error::Unsent("tunnel writer stopped".into()));
         }
         done_rx
             .await

@@ -13,7 +13,9 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use rustix::fs::{self as rfs, AtFlags, Mode, OFlags, ResolveFlags, Timespec, Timestamps};
+use rustix::fs::{
+    self as rfs, AtFlags, Mode, OFlags, ResolveFlags, StatxFlags, Timespec, Timestamps,
+};
 use rustix::io::Errno;
 
 use crate::proto::{
@@ -86,24 +88,24 @@ impl Export {
     /// Open a directory and check it is the one the client expects.
     fn dir(&self, dir: &FileRef) -> Result<OwnedFd, Status> {
         let fd = self.resolve(&dir.path, OFlags::PATH | OFlags::DIRECTORY)?;
-        expect_ino(&rfs::fstat(&fd).map_err(status_of)?, dir.ino)?;
+        expect_ident(&stat_fd(&fd)?, dir.ident)?;
         Ok(fd)
     }
 
     /// `O_PATH` fd of any object (symlinks included) and its attributes.
-    fn object(&self, file: &FileRef) -> Result<(OwnedFd, rfs::Stat), Status> {
+    fn object(&self, file: &FileRef) -> Result<(OwnedFd, Meta), Status> {
         let fd = self.resolve(&file.path, OFlags::PATH)?;
-        let st = rfs::fstat(&fd).map_err(status_of)?;
-        expect_ino(&st, file.ino)?;
+        let st = stat_fd(&fd)?;
+        expect_ident(&st, file.ident)?;
         Ok((fd, st))
     }
 
     /// Open a regular file for I/O and check it is the one expected.
-    fn regular(&self, file: &FileRef, flags: OFlags) -> Result<(File, rfs::Stat), Status> {
+    fn regular(&self, file: &FileRef, flags: OFlags) -> Result<(File, Meta), Status> {
         let fd = self.resolve(&file.path, flags)?;
-        let st = rfs::fstat(&fd).map_err(status_of)?;
-        expect_ino(&st, file.ino)?;
-        match kind_of(st.st_mode) {
+        let st = stat_fd(&fd)?;
+        expect_ident(&st, file.ident)?;
+        match kind_of(st.mode) {
             FileKind::Regular => Ok((File::from(fd), st)),
             FileKind::Directory => Err(Status::IsDir),
             _ => Err(Status::Inval),
@@ -125,12 +127,10 @@ impl Export {
     pub fn lookup(&self, dir: &FileRef, name: &[u8]) -> Result<Attr, Status> {
         let dirfd = self.dir(dir)?;
         if name == b"." {
-            return Ok(attr_of(&rfs::fstat(&dirfd).map_err(status_of)?));
+            return Ok(attr_of(&stat_fd(&dirfd)?));
         }
         let name = check_name(name)?;
-        Ok(attr_of(
-            &rfs::statat(&dirfd, name, AtFlags::SYMLINK_NOFOLLOW).map_err(status_of)?,
-        ))
+        Ok(attr_of(&stat_at(&dirfd, name)?))
     }
 
     /// Read up to `len` bytes at `offset`; returns (bytes, eof, attrs).
@@ -141,7 +141,7 @@ impl Export {
         len: u32,
     ) -> Result<(Vec<u8>, bool, Attr), Status> {
         let (f, st) = self.regular(file, OFlags::RDONLY)?;
-        let size = st.st_size as u64;
+        let size = st.size as u64;
         let want = u64::from(len.min(MAX_READ)).min(size.saturating_sub(offset)) as usize;
         let mut buf = vec![0u8; want];
         let mut got = 0;
@@ -171,7 +171,7 @@ impl Export {
         if sync {
             rfs::fdatasync(&f).map_err(status_of)?;
         }
-        Ok(attr_of(&rfs::fstat(&f).map_err(status_of)?))
+        Ok(attr_of(&stat_fd(&f)?))
     }
 
     pub fn commit(&self, file: &FileRef) -> Result<(), Status> {
@@ -191,11 +191,11 @@ impl Export {
         self.writable()?;
         let (fd, st) = self.object(file)?;
         if let Some(g) = guard {
-            if (st.st_ctime, st.st_ctime_nsec as u32) != (g.sec, g.nsec) {
+            if (st.ctime.sec, st.ctime.nsec) != (g.sec, g.nsec) {
                 return Err(Status::NotSync);
             }
         }
-        let is_link = kind_of(st.st_mode) == FileKind::Symlink;
+        let is_link = kind_of(st.mode) == FileKind::Symlink;
         // /proc/self/fd/N names exactly the inode behind our O_PATH fd: chmod, truncate and
         // utimens through it cannot be redirected by a rename or symlink swap.
         let proc_path = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&fd));
@@ -216,7 +216,7 @@ impl Export {
             rfs::chmod(&proc_path, Mode::from_raw_mode(mode & 0o7777)).map_err(status_of)?;
         }
         if let Some(size) = set.size {
-            match kind_of(st.st_mode) {
+            match kind_of(st.mode) {
                 FileKind::Regular => {}
                 FileKind::Directory => return Err(Status::IsDir),
                 _ => return Err(Status::Inval),
@@ -251,7 +251,7 @@ impl Export {
             };
             rfs::utimensat(rfs::CWD, &proc_path, &times, AtFlags::empty()).map_err(status_of)?;
         }
-        Ok(attr_of(&rfs::fstat(&fd).map_err(status_of)?))
+        Ok(attr_of(&stat_fd(&fd)?))
     }
 
     pub fn create(&self, dir: &FileRef, name: &[u8], how: &CreateHow) -> Result<Attr, Status> {
@@ -265,8 +265,8 @@ impl Export {
                 let flags = if excl { base | OFlags::EXCL } else { base };
                 let mode = Mode::from_raw_mode(set.mode.unwrap_or(0o644) & 0o7777);
                 let fd = rfs::openat(&dirfd, name, flags, mode).map_err(status_of)?;
-                let st = rfs::fstat(&fd).map_err(status_of)?;
-                if kind_of(st.st_mode) != FileKind::Regular {
+                let st = stat_fd(&fd)?;
+                if kind_of(st.mode) != FileKind::Regular {
                     return Err(Status::Exist);
                 }
                 // The mode went to openat (umask is 0 in the server); apply the rest.
@@ -274,7 +274,7 @@ impl Export {
                 if rest != SetAttr::default() {
                     let file = FileRef {
                         path: join(&dir.path, std::os::unix::ffi::OsStrExt::as_bytes(name)),
-                        ino: Some(st.st_ino),
+                        ident: Some(st.ident),
                     };
                     return self.setattr(&file, &rest, None);
                 }
@@ -295,15 +295,14 @@ impl Export {
                         };
                         rfs::utimensat(&dirfd, name, &times, AtFlags::SYMLINK_NOFOLLOW)
                             .map_err(status_of)?;
-                        Ok(attr_of(&rfs::fstat(&fd).map_err(status_of)?))
+                        Ok(attr_of(&stat_fd(&fd)?))
                     }
                     Err(Errno::EXIST) => {
                         // A retransmitted exclusive CREATE finds its own file: same verifier.
-                        let st = rfs::statat(&dirfd, name, AtFlags::SYMLINK_NOFOLLOW)
-                            .map_err(status_of)?;
-                        let same = kind_of(st.st_mode) == FileKind::Regular
-                            && st.st_atime == a.tv_sec
-                            && st.st_mtime == m.tv_sec;
+                        let st = stat_at(&dirfd, name)?;
+                        let same = kind_of(st.mode) == FileKind::Regular
+                            && st.atime.sec == a.tv_sec
+                            && st.mtime.sec == m.tv_sec;
                         if same {
                             Ok(attr_of(&st))
                         } else {
@@ -321,9 +320,9 @@ impl Export {
         let dirfd = self.dir(dir)?;
         let name = check_name(name)?;
         rfs::mkdirat(&dirfd, name, Mode::from_raw_mode(mode & 0o7777)).map_err(status_of)?;
-        let st = rfs::statat(&dirfd, name, AtFlags::SYMLINK_NOFOLLOW).map_err(status_of)?;
+        let st = stat_at(&dirfd, name)?;
         // mkdir(2) drops the setuid/setgid/sticky bits on some file systems: apply exactly.
-        if st.st_mode & 0o7777 != mode & 0o7777 {
+        if st.mode & 0o7777 != mode & 0o7777 {
             let fd = rfs::openat(
                 &dirfd,
                 name,
@@ -333,7 +332,7 @@ impl Export {
             .map_err(status_of)?;
             let proc_path = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&fd));
             rfs::chmod(&proc_path, Mode::from_raw_mode(mode & 0o7777)).map_err(status_of)?;
-            return Ok(attr_of(&rfs::fstat(&fd).map_err(status_of)?));
+            return Ok(attr_of(&stat_fd(&fd)?));
         }
         Ok(attr_of(&st))
     }
@@ -347,14 +346,12 @@ impl Export {
         }
         let target = std::ffi::OsStr::from_encoded_bytes_checked(target)?;
         rfs::symlinkat(target, &dirfd, name).map_err(status_of)?;
-        Ok(attr_of(
-            &rfs::statat(&dirfd, name, AtFlags::SYMLINK_NOFOLLOW).map_err(status_of)?,
-        ))
+        Ok(attr_of(&stat_at(&dirfd, name)?))
     }
 
     pub fn readlink(&self, file: &FileRef) -> Result<Vec<u8>, Status> {
         let (fd, st) = self.object(file)?;
-        if kind_of(st.st_mode) != FileKind::Symlink {
+        if kind_of(st.mode) != FileKind::Symlink {
             return Err(Status::Inval);
         }
         let target = rfs::readlinkat(&fd, "", Vec::new()).map_err(status_of)?;
@@ -365,17 +362,15 @@ impl Export {
         self.writable()?;
         let (src_parent, src_name) = split_parent(&file.path)?;
         let src_dir = self.resolve(src_parent, OFlags::PATH | OFlags::DIRECTORY)?;
-        let st = rfs::statat(&src_dir, src_name, AtFlags::SYMLINK_NOFOLLOW).map_err(status_of)?;
-        expect_ino(&st, file.ino)?;
-        if kind_of(st.st_mode) == FileKind::Directory {
+        let st = stat_at(&src_dir, src_name)?;
+        expect_ident(&st, file.ident)?;
+        if kind_of(st.mode) == FileKind::Directory {
             return Err(Status::IsDir);
         }
         let dirfd = self.dir(dir)?;
         let name = check_name(name)?;
         rfs::linkat(&src_dir, src_name, &dirfd, name, AtFlags::empty()).map_err(status_of)?;
-        Ok(attr_of(
-            &rfs::statat(&dirfd, name, AtFlags::SYMLINK_NOFOLLOW).map_err(status_of)?,
-        ))
+        Ok(attr_of(&stat_at(&dirfd, name)?))
     }
 
     pub fn remove(&self, dir: &FileRef, name: &[u8], rmdir: bool) -> Result<(), Status> {
@@ -390,8 +385,8 @@ impl Export {
         match rfs::unlinkat(&dirfd, name, flags) {
             // unlink(2) of a directory says EISDIR on Linux but EPERM per POSIX.
             Err(Errno::PERM) if !rmdir => {
-                let st = rfs::statat(&dirfd, name, AtFlags::SYMLINK_NOFOLLOW).map_err(status_of)?;
-                if kind_of(st.st_mode) == FileKind::Directory {
+                let st = stat_at(&dirfd, name)?;
+                if kind_of(st.mode) == FileKind::Directory {
                     Err(Status::IsDir)
                 } else {
                     Err(Status::Perm)
@@ -424,7 +419,7 @@ impl Export {
         max: u32,
     ) -> Result<(Vec<DirEntry>, bool), Status> {
         let fd = self.resolve(&dir.path, OFlags::RDONLY | OFlags::DIRECTORY)?;
-        expect_ino(&rfs::fstat(&fd).map_err(status_of)?, dir.ino)?;
+        expect_ident(&stat_fd(&fd)?, dir.ident)?;
         let mut names: Vec<(u64, Vec<u8>)> = Vec::new();
         for ent in rfs::Dir::read_from(&fd).map_err(status_of)? {
             let ent = ent.map_err(status_of)?;
@@ -445,7 +440,7 @@ impl Export {
             .map(|(cookie, name)| {
                 let attr = std::ffi::OsStr::from_encoded_bytes_checked(&name)
                     .ok()
-                    .and_then(|n| rfs::statat(&fd, n, AtFlags::SYMLINK_NOFOLLOW).ok())
+                    .and_then(|n| stat_at(&fd, n).ok())
                     .map(|st| attr_of(&st));
                 DirEntry { name, cookie, attr }
             })
@@ -566,9 +561,9 @@ pub fn join(dir: &[u8], name: &[u8]) -> Vec<u8> {
     p
 }
 
-fn expect_ino(st: &rfs::Stat, ino: Option<u64>) -> Result<(), Status> {
-    match ino {
-        Some(i) if i != st.st_ino => Err(Status::Stale),
+fn expect_ident(st: &Meta, ident: Option<u64>) -> Result<(), Status> {
+    match ident {
+        Some(i) if i != st.ident => Err(Status::Stale),
         _ => Ok(()),
     }
 }
@@ -585,32 +580,81 @@ fn kind_of(mode: u32) -> FileKind {
     }
 }
 
-fn attr_of(st: &rfs::Stat) -> Attr {
-    let rdev = st.st_rdev;
-    Attr {
-        kind: kind_of(st.st_mode),
-        mode: st.st_mode & 0o7777,
-        nlink: st.st_nlink as u32,
-        uid: st.st_uid,
-        gid: st.st_gid,
-        size: st.st_size as u64,
-        used: st.st_blocks as u64 * 512,
-        rdev: (rustix::fs::major(rdev), rustix::fs::minor(rdev)),
-        dev: st.st_dev,
-        ino: st.st_ino,
-        atime: Time {
-            sec: st.st_atime,
-            nsec: st.st_atime_nsec as u32,
-        },
-        mtime: Time {
-            sec: st.st_mtime,
-            nsec: st.st_mtime_nsec as u32,
-        },
-        ctime: Time {
-            sec: st.st_ctime,
-            nsec: st.st_ctime_nsec as u32,
-        },
+/// What the server knows of a file: `statx`, with the birth time folded into an identity.
+#[derive(Debug, Clone, Copy)]
+pub struct Meta {
+    mode: u32,
+    /// Inode number folded with the birth time, where the file system records one: a
+    /// file deleted and recreated in the same inode is still another file.
+    ident: u64,
+    size: u64,
+    atime: Time,
+    mtime: Time,
+    ctime: Time,
+    attr: Attr,
+}
+
+const STATX_WANT: StatxFlags = StatxFlags::BASIC_STATS.union(StatxFlags::BTIME);
+
+fn stat_fd(fd: impl AsFd) -> Result<Meta, Status> {
+    rfs::statx(
+        fd,
+        "",
+        AtFlags::EMPTY_PATH | AtFlags::SYMLINK_NOFOLLOW,
+        STATX_WANT,
+    )
+    .map(meta_of)
+    .map_err(status_of)
+}
+
+fn stat_at(dirfd: impl AsFd, name: &std::ffi::OsStr) -> Result<Meta, Status> {
+    rfs::statx(dirfd, name, AtFlags::SYMLINK_NOFOLLOW, STATX_WANT)
+        .map(meta_of)
+        .map_err(status_of)
+}
+
+fn meta_of(x: rfs::Statx) -> Meta {
+    let t = |ts: rfs::StatxTimestamp| Time {
+        sec: ts.tv_sec,
+        nsec: ts.tv_nsec,
+    };
+    let mode = u32::from(x.stx_mode);
+    let born = StatxFlags::from_bits_retain(x.stx_mask).contains(StatxFlags::BTIME);
+    let ident = if born {
+        let b = x.stx_btime;
+        x.stx_ino ^ (b.tv_sec as u64).rotate_left(32) ^ u64::from(b.tv_nsec).rotate_left(17)
+    } else {
+        x.stx_ino
+    };
+    let attr = Attr {
+        kind: kind_of(mode),
+        mode: mode & 0o7777,
+        nlink: x.stx_nlink,
+        uid: x.stx_uid,
+        gid: x.stx_gid,
+        size: x.stx_size,
+        used: x.stx_blocks * 512,
+        rdev: (x.stx_rdev_major, x.stx_rdev_minor),
+        dev: rustix::fs::makedev(x.stx_dev_major, x.stx_dev_minor),
+        ino: x.stx_ino,
+        ident,
+        atime: t(x.stx_atime),
+        mtime: t(x.stx_mtime),
+        ctime: t(x.stx_ctime),
+    };
+    Meta {
+        mode,
+        ident,
+        size: x.stx_size,
+        atime: attr.atime,
+        mtime: attr.mtime,
+        ctime: attr.ctime,
+        attr,
     }
+}
+
+fn attr_of(m: &Meta) -> Attr {
+    m.attr
 }
 
 /// errno -> protocol status. EXDEV and ELOOP from `openat2` mean a path tried to leave the

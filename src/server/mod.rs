@@ -35,7 +35,7 @@ where
     };
     let hello: Hello = postcard::from_bytes(&hello.control)
         .map_err(|e| Error::Protocol(format!("bad Hello: {e}")))?;
-    let (tx, rx) = mpsc::channel::<(FrameKind, u64, Vec<u8>, Bytes)>(MAX_IN_FLIGHT);
+    let (tx, rx) = mpsc::channel::<Outgoing>(MAX_IN_FLIGHT + 1);
     let writer = tokio::spawn(write_frames(output, rx));
     let welcome = Welcome {
         version: PROTOCOL_VERSION,
@@ -44,7 +44,9 @@ where
         read_only: export.read_only(),
     };
     let ctl = postcard::to_stdvec(&welcome).expect("Welcome serializes");
-    let _ = tx.send((FrameKind::Welcome, 0, ctl, Bytes::new())).await;
+    let _ = tx
+        .send((FrameKind::Welcome, 0, ctl, Bytes::new(), None))
+        .await;
     if hello.version != PROTOCOL_VERSION {
         drop(tx);
         let _ = writer.await;
@@ -82,8 +84,10 @@ where
         tokio::task::spawn_blocking(move || {
             let (reply, data) = dispatch::dispatch(&export, req, &frame.data);
             let ctl = postcard::to_stdvec(&reply).expect("Reply serializes");
-            let _ = tx.blocking_send((FrameKind::Reply, frame.id, ctl, data));
-            drop(permit);
+            // The slot travels with the reply and is freed once it is written: requests
+            // being worked on plus replies waiting never exceed MAX_IN_FLIGHT, so this send
+            // never waits, and a slow reader of our replies slows our reading of requests.
+            let _ = tx.blocking_send((FrameKind::Reply, frame.id, ctl, data, Some(permit)));
         });
     };
     // Let in-flight requests finish and their replies drain before closing.
@@ -119,13 +123,23 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
     }
 }
 
+/// A frame queued for the writer: kind, id, control bytes, data, and the in-flight slot to
+/// free once it is written (if it holds one).
+pub type Outgoing = (
+    FrameKind,
+    u64,
+    Vec<u8>,
+    Bytes,
+    Option<tokio::sync::OwnedSemaphorePermit>,
+);
+
 /// Write queued frames, flushing when the queue runs dry (batches small replies).
 pub async fn write_frames<W: AsyncWrite + Unpin>(
     mut out: W,
-    mut rx: mpsc::Receiver<(FrameKind, u64, Vec<u8>, Bytes)>,
+    mut rx: mpsc::Receiver<Outgoing>,
 ) -> Result<(), Error> {
     let mut head = BytesMut::with_capacity(256);
-    while let Some((kind, id, ctl, data)) = rx.recv().await {
+    while let Some((kind, id, ctl, data, _slot)) = rx.recv().await {
         head.clear();
         proto::codec::encode_header(&mut head, kind, id, ctl.len(), data.len());
         out.write_all(&head).await?;

@@ -1,0 +1,524 @@
+//! Test harness: real `gridvfs-client` processes (which spawn real `gridvfs-server`s) and a
+//! small typed wrapper over `nfs3_client`, a real NFSv3 client speaking TCP to them.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use nfs3_client::Nfs3Client;
+use nfs3_client::nfs3_types::nfs3::*;
+use nfs3_client::nfs3_types::xdr_codec::Opaque;
+use nfs3_client::tokio::{TokioConnector, TokioIo};
+use tokio::net::TcpStream;
+
+/// A built binary of this workspace (`cargo build` puts them beside the test's deps dir).
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test exe");
+    for dir in exe.ancestors().skip(1).take(2) {
+        let cand = dir.join(name);
+        if cand.is_file() {
+            return cand;
+        }
+    }
+    panic!(
+        "{name} not built: run `cargo build --workspace` before the tests (the README's test command does)"
+    );
+}
+
+/// A running `gridvfs-client serve`.
+pub struct ClientProc {
+    pub child: Child,
+    pub port: u16,
+    pub export: PathBuf,
+    pub cache: PathBuf,
+    pub extra: Vec<String>,
+}
+
+impl ClientProc {
+    /// Start a client for `local:{export}`; `port` 0 picks a free one.
+    pub fn start(export: &Path, cache: &Path, port: u16, extra: &[&str]) -> Self {
+        let remote = format!("local:{}", export.display());
+        Self::start_remote(&remote, export, cache, port, extra)
+    }
+
+    pub fn start_remote(
+        remote: &str,
+        export: &Path,
+        cache: &Path,
+        port: u16,
+        extra: &[&str],
+    ) -> Self {
+        let mut child = Command::new(bin("gridvfs-client"))
+            .args([
+                "serve",
+                "--remote",
+                remote,
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+            ])
+            .arg("--cache-dir")
+            .arg(cache)
+            .args(extra)
+            .env("GRIDVFS_SERVER", bin("gridvfs-server"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn gridvfs-client");
+        let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut line = String::new();
+        out.read_line(&mut line).expect("client banner");
+        let port = line
+            .trim()
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("unexpected banner {line:?}"));
+        // Keep draining stdout so the client never blocks on a full pipe.
+        std::thread::spawn(move || for _ in out.lines() {});
+        Self {
+            child,
+            port,
+            export: export.to_path_buf(),
+            cache: cache.to_path_buf(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    /// `kill -9` the client (its server child dies with its pipe), then start it again on
+    /// the same port with the same cache directory.
+    pub fn restart(&mut self) {
+        self.kill();
+        let extra: Vec<&str> = self.extra.iter().map(|s| s.as_str()).collect();
+        let mut last = None;
+        for _ in 0..50 {
+            // The port may linger a moment after the kill.
+            let try_ = std::panic::catch_unwind(|| {
+                Self::start(&self.export, &self.cache, self.port, &extra)
+            });
+            match try_ {
+                Ok(c) => {
+                    *self = c;
+                    return;
+                }
+                Err(e) => last = Some(e),
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        std::panic::resume_unwind(last.expect("tried"));
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Pids of the `gridvfs-server` children of this client.
+    pub fn server_pids(&self) -> Vec<u32> {
+        let me = self.child.id();
+        let mut pids = Vec::new();
+        for ent in std::fs::read_dir("/proc").expect("/proc").flatten() {
+            let Ok(pid) = ent.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                continue;
+            };
+            let after = stat.rsplit(')').next().unwrap_or("");
+            let ppid: u32 = after
+                .split_whitespace()
+                .nth(1)
+                .and_then(|p| p.parse().ok())
+                .unwrap_or(0);
+            if ppid == me {
+                pids.push(pid);
+            }
+        }
+        pids
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!(
+            "nfs://127.0.0.1/{path}?version=3&nfsport={p}&mountport={p}",
+            p = self.port
+        )
+    }
+}
+
+impl Drop for ClientProc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// NFS status or transport failure, for `?` in tests.
+pub type R<T> = Result<T, nfsstat3>;
+
+/// A mounted NFSv3 client session.
+pub struct Nfs {
+    pub c: Nfs3Client<TokioIo<TcpStream>>,
+    pub root: nfs_fh3,
+}
+
+fn ok<T, E>(r: Nfs3Result<T, E>) -> R<T> {
+    match r {
+        Nfs3Result::Ok(v) => Ok(v),
+        Nfs3Result::Err((s, _)) => Err(s),
+    }
+}
+
+pub fn name(s: &str) -> filename3<'static> {
+    filename3(Opaque::owned(s.as_bytes().to_vec()))
+}
+
+pub fn dirop(dir: &nfs_fh3, n: &str) -> diropargs3<'static> {
+    diropargs3 {
+        dir: dir.clone(),
+        name: name(n),
+    }
+}
+
+pub fn attrs(mode: Option<u32>) -> sattr3 {
+    sattr3 {
+        mode: mode.map_or(Nfs3Option::None, Nfs3Option::Some),
+        ..Default::default()
+    }
+}
+
+impl Nfs {
+    pub async fn mount(port: u16) -> Self {
+        let mut last = None;
+        for _ in 0..50 {
+            match nfs3_client::Nfs3ConnectionBuilder::new(TokioConnector, "127.0.0.1", "/")
+                .connect_from_privileged_port(false)
+                .mount_port(port)
+                .nfs3_port(port)
+                .mount()
+                .await
+            {
+                Ok(conn) => {
+                    let root = conn.root_nfs_fh3();
+                    return Self {
+                        c: conn.into_nfs3_client(),
+                        root,
+                    };
+                }
+                Err(e) => last = Some(e),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("mount failed: {last:?}");
+    }
+
+    pub async fn getattr(&mut self, fh: &nfs_fh3) -> R<fattr3> {
+        ok(self
+            .c
+            .getattr(&GETATTR3args { object: fh.clone() })
+            .await
+            .expect("rpc"))
+        .map(|r| r.obj_attributes)
+    }
+
+    pub async fn lookup(&mut self, dir: &nfs_fh3, n: &str) -> R<nfs_fh3> {
+        ok(self
+            .c
+            .lookup(&LOOKUP3args {
+                what: dirop(dir, n),
+            })
+            .await
+            .expect("rpc"))
+        .map(|r| r.object)
+    }
+
+    pub async fn create(&mut self, dir: &nfs_fh3, n: &str, how: createhow3) -> R<nfs_fh3> {
+        let r = ok(self
+            .c
+            .create(&CREATE3args {
+                where_: dirop(dir, n),
+                how,
+            })
+            .await
+            .expect("rpc"))?;
+        match r.obj {
+            Nfs3Option::Some(fh) => Ok(fh),
+            Nfs3Option::None => self.lookup(dir, n).await,
+        }
+    }
+
+    pub async fn mkdir(&mut self, dir: &nfs_fh3, n: &str, mode: Option<u32>) -> R<nfs_fh3> {
+        let r = ok(self
+            .c
+            .mkdir(&MKDIR3args {
+                where_: dirop(dir, n),
+                attributes: attrs(mode),
+            })
+            .await
+            .expect("rpc"))?;
+        match r.obj {
+            Nfs3Option::Some(fh) => Ok(fh),
+            Nfs3Option::None => self.lookup(dir, n).await,
+        }
+    }
+
+    pub async fn write(
+        &mut self,
+        fh: &nfs_fh3,
+        offset: u64,
+        data: &[u8],
+        stable: stable_how,
+    ) -> R<WRITE3resok> {
+        ok(self
+            .c
+            .write(&WRITE3args {
+                file: fh.clone(),
+                offset,
+                count: data.len() as u32,
+                stable,
+                data: Opaque::owned(data.to_vec()),
+            })
+            .await
+            .expect("rpc"))
+    }
+
+    pub async fn read(&mut self, fh: &nfs_fh3, offset: u64, count: u32) -> R<(Vec<u8>, bool)> {
+        ok(self
+            .c
+            .read(&READ3args {
+                file: fh.clone(),
+                offset,
+                count,
+            })
+            .await
+            .expect("rpc"))
+        .map(|r| (r.data.to_vec(), r.eof))
+    }
+
+    /// Read a whole file in `chunk`-byte READs.
+    pub async fn read_all(&mut self, fh: &nfs_fh3, chunk: u32) -> R<Vec<u8>> {
+        let mut out = Vec::new();
+        loop {
+            let (d, eof) = self.read(fh, out.len() as u64, chunk).await?;
+            out.extend_from_slice(&d);
+            if eof || d.is_empty() {
+                return Ok(out);
+            }
+        }
+    }
+
+    pub async fn setattr(&mut self, fh: &nfs_fh3, s: sattr3, guard: Option<nfstime3>) -> R<()> {
+        let guard = guard.map_or(Nfs3Option::None, Nfs3Option::Some);
+        ok(self
+            .c
+            .setattr(&SETATTR3args {
+                object: fh.clone(),
+                new_attributes: s,
+                guard,
+            })
+            .await
+            .expect("rpc"))
+        .map(|_| ())
+    }
+
+    pub async fn remove(&mut self, dir: &nfs_fh3, n: &str) -> R<()> {
+        ok(self
+            .c
+            .remove(&REMOVE3args {
+                object: dirop(dir, n),
+            })
+            .await
+            .expect("rpc"))
+        .map(|_| ())
+    }
+
+    pub async fn rmdir(&mut self, dir: &nfs_fh3, n: &str) -> R<()> {
+        ok(self
+            .c
+            .rmdir(&RMDIR3args {
+                object: dirop(dir, n),
+            })
+            .await
+            .expect("rpc"))
+        .map(|_| ())
+    }
+
+    pub async fn rename(&mut self, fd: &nfs_fh3, f: &str, td: &nfs_fh3, t: &str) -> R<()> {
+        ok(self
+            .c
+            .rename(&RENAME3args {
+                from: dirop(fd, f),
+                to: dirop(td, t),
+            })
+            .await
+            .expect("rpc"))
+        .map(|_| ())
+    }
+
+    pub async fn symlink(&mut self, dir: &nfs_fh3, n: &str, target: &str) -> R<nfs_fh3> {
+        let args = SYMLINK3args {
+            where_: dirop(dir, n),
+            symlink: symlinkdata3 {
+                symlink_attributes: attrs(None),
+                symlink_data: nfspath3(Opaque::owned(target.as_bytes().to_vec())),
+            },
+        };
+        ok(self.c.symlink(&args).await.expect("rpc"))?;
+        self.lookup(dir, n).await
+    }
+
+    pub async fn readlink(&mut self, fh: &nfs_fh3) -> R<Vec<u8>> {
+        ok(self
+            .c
+            .readlink(&READLINK3args {
+                symlink: fh.clone(),
+            })
+            .await
+            .expect("rpc"))
+        .map(|r| r.data.0.to_vec())
+    }
+
+    pub async fn link(&mut self, fh: &nfs_fh3, dir: &nfs_fh3, n: &str) -> R<()> {
+        ok(self
+            .c
+            .link(&LINK3args {
+                file: fh.clone(),
+                link: dirop(dir, n),
+            })
+            .await
+            .expect("rpc"))
+        .map(|_| ())
+    }
+
+    pub async fn fsstat(&mut self) -> R<FSSTAT3resok> {
+        ok(self
+            .c
+            .fsstat(&FSSTAT3args {
+                fsroot: self.root.clone(),
+            })
+            .await
+            .expect("rpc"))
+    }
+
+    pub async fn fsinfo(&mut self) -> R<FSINFO3resok> {
+        ok(self
+            .c
+            .fsinfo(&FSINFO3args {
+                fsroot: self.root.clone(),
+            })
+            .await
+            .expect("rpc"))
+    }
+
+    pub async fn commit(&mut self, fh: &nfs_fh3) -> R<()> {
+        ok(self
+            .c
+            .commit(&COMMIT3args {
+                file: fh.clone(),
+                offset: 0,
+                count: 0,
+            })
+            .await
+            .expect("rpc"))
+        .map(|_| ())
+    }
+
+    /// Every name in a directory through READDIR, following cookies; `count` bytes a call.
+    pub async fn readdir_names(&mut self, dir: &nfs_fh3, count: u32) -> R<Vec<Vec<u8>>> {
+        let mut names = Vec::new();
+        let mut cookie = 0;
+        let mut verf = cookieverf3::default();
+        loop {
+            let r = ok(self
+                .c
+                .readdir(&READDIR3args {
+                    dir: dir.clone(),
+                    cookie,
+                    cookieverf: verf,
+                    count,
+                })
+                .await
+                .expect("rpc"))?;
+            verf = r.cookieverf;
+            for e in &r.reply.entries.0 {
+                names.push(e.name.0.to_vec());
+                cookie = e.cookie;
+            }
+            if r.reply.eof {
+                return Ok(names);
+            }
+            assert!(
+                !r.reply.entries.0.is_empty(),
+                "READDIR returned no entries and no eof"
+            );
+        }
+    }
+
+    /// Every (name, handle) through READDIRPLUS.
+    pub async fn readdirplus_names(
+        &mut self,
+        dir: &nfs_fh3,
+        maxcount: u32,
+    ) -> R<Vec<(Vec<u8>, Option<nfs_fh3>, u64)>> {
+        let mut out = Vec::new();
+        let mut cookie = 0;
+        let mut verf = cookieverf3::default();
+        loop {
+            let r = ok(self
+                .c
+                .readdirplus(&READDIRPLUS3args {
+                    dir: dir.clone(),
+                    cookie,
+                    cookieverf: verf,
+                    dircount: maxcount,
+                    maxcount,
+                })
+                .await
+                .expect("rpc"))?;
+            verf = r.cookieverf;
+            for e in &r.reply.entries.0 {
+                let fh = match &e.name_handle {
+                    Nfs3Option::Some(fh) => Some(fh.clone()),
+                    Nfs3Option::None => None,
+                };
+                out.push((e.name.0.to_vec(), fh, e.cookie));
+                cookie = e.cookie;
+            }
+            if r.reply.eof {
+                return Ok(out);
+            }
+            assert!(
+                !r.reply.entries.0.is_empty(),
+                "READDIRPLUS returned no entries and no eof"
+            );
+        }
+    }
+}
+
+/// Deterministic pseudo-random bytes.
+pub fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// A fresh export and cache directory under one temp dir.
+pub struct Dirs {
+    pub tmp: tempfile::TempDir,
+    pub export: PathBuf,
+    pub cache: PathBuf,
+}
+
+pub fn dirs() -> Dirs {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let export = tmp.path().join("export");
+    let cache = tmp.path().join("cache");
+    std::fs::create_dir_all(&export).unwrap();
+    std::fs::create_dir_all(&cache).unwrap();
+    Dirs { tmp, export, cache }
+}

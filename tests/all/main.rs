@@ -1,0 +1,10 @@
+//! gridvfs integration tests: real proxies (processes), real NFS clients, real files.
+//!
+//! Needs the workspace binaries built first: `cargo build --workspace && cargo test --workspace`.
+
+mod confinement;
+mod harness;
+mod libnfs;
+mod nfs_ops;
+mod protocol;
+mod restart;
