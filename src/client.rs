@@ -20,6 +20,8 @@ pub struct ClientConfig {
     pub cache_dir: PathBuf,
     pub attr_timeout: Duration,
     pub reconnect_timeout: Duration,
+    /// Also serve a portmapper here (e.g. `127.0.0.1:111`) for qemu's `nfs://` driver.
+    pub portmapper: Option<SocketAddr>,
 }
 
 /// A client proxy that is connected and bound, not yet serving.
@@ -40,7 +42,10 @@ impl Client {
         let index = Arc::new(Index::open(&export_dir.join("index.sqlite"))?);
         let generation = index.generation()?;
         let front = Front::new(index.clone(), store.clone(), cfg.attr_timeout).await?;
-        let nfs = NfsFront::bind(front, generation, cfg.listen).await?;
+        let mut nfs = NfsFront::bind(front, generation, cfg.listen).await?;
+        if let Some(pm) = cfg.portmapper {
+            nfs = nfs.with_portmapper(pm).await?;
+        }
         Ok(Self {
             nfs,
             store,

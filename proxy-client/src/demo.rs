@@ -74,6 +74,7 @@ pub async fn run() -> anyhow::Result<()> {
         cache_dir: cache_dir.path().to_path_buf(),
         attr_timeout: Duration::from_secs(1),
         reconnect_timeout: Duration::from_secs(10),
+        portmapper: None,
     };
     let client = Client::start(&cfg)
         .await

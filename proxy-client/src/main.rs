@@ -42,6 +42,10 @@ struct ServeArgs {
     /// With `local:`, start the server read-only.
     #[arg(long)]
     read_only: bool,
+    /// Also answer portmapper lookups here (e.g. 127.0.0.1:111), for NFS clients that
+    /// cannot be given a port, such as qemu's nfs:// driver.
+    #[arg(long)]
+    portmapper: Option<SocketAddr>,
 }
 
 #[derive(Subcommand)]
@@ -76,6 +80,7 @@ fn config(a: &ServeArgs) -> anyhow::Result<ClientConfig> {
         cache_dir: a.cache_dir.clone().unwrap_or_else(default_cache_dir),
         attr_timeout: Duration::from_secs_f64(a.attr_timeout),
         reconnect_timeout: Duration::from_secs_f64(a.reconnect_timeout),
+        portmapper: a.portmapper,
     })
 }
 

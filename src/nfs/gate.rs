@@ -17,7 +17,6 @@ use std::io::Cursor;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-use nfs3_server::nfs3_types::mount;
 use nfs3_server::nfs3_types::nfs3::{
     self as n, CREATE3args, CREATE3res, CREATE3resfail, CREATE3resok, FSSTAT3args, FSSTAT3res,
     FSSTAT3resfail, FSSTAT3resok, LINK3args, LINK3res, LINK3resfail, LINK3resok, MKDIR3args,
@@ -31,6 +30,7 @@ use nfs3_server::nfs3_types::rpc::{
     accept_stat_data, accepted_reply, msg_body, opaque_auth, reply_body, rpc_msg,
 };
 use nfs3_server::nfs3_types::xdr_codec::{List, Opaque, Pack, Unpack};
+use nfs3_server::nfs3_types::{mount, portmap};
 use nfs3_server::vfs::{FileHandle, FileHandleU64};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -60,6 +60,11 @@ const FSSTAT: u32 = 18;
 const MNT: u32 = 1;
 /// Marks a MOUNT procedure in the `proc` slot the gate dispatches on.
 const MOUNT_PROC: u32 = 0x1000;
+/// Portmapper NULL and GETPORT (for clients that cannot be told a port, like qemu's
+/// `nfs://` driver): NFS and MOUNT map to the gate's own port.
+const PMAP_PROC: u32 = 0x2000;
+const PMAP_NULL: u32 = 0;
+const PMAP_GETPORT: u32 = 3;
 
 /// Shared by every connection.
 pub struct Gate {
@@ -68,6 +73,8 @@ pub struct Gate {
     pub generation: u64,
     /// Where the `nfs3_server` dispatcher listens (loopback, internal).
     pub upstream: SocketAddr,
+    /// The port the kernel mounts, as the portmapper tells it.
+    pub public_port: u16,
 }
 
 impl Gate {
@@ -161,6 +168,22 @@ impl Gate {
         let msg_body::CALL(call) = msg.body else {
             return None;
         };
+        tracing::trace!(
+            xid = msg.xid,
+            prog = call.prog,
+            vers = call.vers,
+            proc_ = call.proc,
+            "RPC call"
+        );
+        if call.prog == mount::PROGRAM && call.vers == mount::VERSION && call.proc == MNT {
+            return Some((msg.xid, MOUNT_PROC | MNT, cur.position() as usize));
+        }
+        if call.prog == portmap::PROGRAM
+            && call.vers == portmap::VERSION
+            && matches!(call.proc, PMAP_NULL | PMAP_GETPORT)
+        {
+            return Some((msg.xid, PMAP_PROC | call.proc, cur.position() as usize));
+        }
         if call.prog != n::PROGRAM || call.vers != n::VERSION {
             return None;
         }
@@ -248,6 +271,17 @@ impl Gate {
             },
             FSSTAT => match FSSTAT3args::unpack(&mut cur) {
                 Ok((a, _)) => pack(&self.fsstat(a).await),
+                Err(_) => None,
+            },
+            p if p == PMAP_PROC | PMAP_NULL => Some(Vec::new()),
+            p if p == PMAP_PROC | PMAP_GETPORT => match portmap::mapping::unpack(&mut cur) {
+                Ok((m, _)) => {
+                    let ours = matches!(
+                        (m.prog, m.vers),
+                        (n::PROGRAM, n::VERSION) | (mount::PROGRAM, mount::VERSION)
+                    ) && m.prot == portmap::IPPROTO_TCP;
+                    pack(&if ours { u32::from(self.public_port) } else { 0 })
+                }
                 Err(_) => None,
             },
             p if p == MOUNT_PROC | MNT => match mount::dirpath::unpack(&mut cur) {
@@ -448,6 +482,7 @@ impl Gate {
 
     async fn mnt(&self, path: &[u8]) -> mount::mountres3<'static> {
         use nfs3_server::nfs3_types::rpc::auth_flavor;
+        tracing::debug!(path = %String::from_utf8_lossy(path), "MOUNT");
         let mut id = FileHandleU64::new(crate::cache::index::ROOT_ID);
         for comp in path.split(|&b| b == b'/').filter(|c| !c.is_empty()) {
             match nfs3_server::vfs::NfsReadFileSystem::lookup(&*self.front, &id, &comp.into()).await

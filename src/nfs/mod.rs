@@ -19,6 +19,7 @@ pub use gate::Gate;
 /// A bound NFS front, ready to [`run`](NfsFront::run).
 pub struct NfsFront {
     listener: TcpListener,
+    portmapper: Option<TcpListener>,
     gate: Arc<Gate>,
 }
 
@@ -39,14 +40,25 @@ impl NfsFront {
             }
         });
         let listener = TcpListener::bind(listen).await?;
+        let public_port = listener.local_addr()?.port();
+        let gate = Arc::new(Gate {
+            front,
+            generation,
+            upstream,
+            public_port,
+        });
         Ok(Self {
             listener,
-            gate: Arc::new(Gate {
-                front,
-                generation,
-                upstream,
-            }),
+            portmapper: None,
+            gate,
         })
+    }
+
+    /// Also answer portmapper calls at `addr` (usually `127.0.0.1:111`), for NFS clients
+    /// that look ports up instead of being told them (qemu's `nfs://` driver).
+    pub async fn with_portmapper(mut self, addr: SocketAddr) -> std::io::Result<Self> {
+        self.portmapper = Some(TcpListener::bind(addr).await?);
+        Ok(self)
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -55,6 +67,9 @@ impl NfsFront {
 
     /// Serve until the task is dropped.
     pub async fn run(self) -> std::io::Result<()> {
+        if let Some(pm) = self.portmapper {
+            tokio::spawn(self.gate.clone().run(pm));
+        }
         self.gate.run(self.listener).await
     }
 }
