@@ -2,7 +2,9 @@
 //!
 //! Needs the workspace binaries built first: `cargo build --workspace && cargo test --workspace`.
 
+mod backpressure;
 mod confinement;
+mod guest;
 mod harness;
 mod libnfs;
 mod nfs_ops;

@@ -1,0 +1,182 @@
+//! The real Linux kernel NFSv3 client, booted in a guest (`tests/guest/run-in-guest`),
+//! mounting a `gridvfs-client` on this machine's loopback. Needs root (CI runs as root).
+
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use crate::harness::*;
+
+fn harness() -> &'static str {
+    concat!(env!("CARGO_MANIFEST_DIR"), "/tests/guest/run-in-guest")
+}
+
+fn guest_cmd(port: u16, share: &Path, script: &str) -> Command {
+    assert!(rustix::process::geteuid().is_root(), "the kernel-client tests need root (the guest harness makes a VM); CI runs as root");
+    let mut c = Command::new(harness());
+    c.args(["--port", &port.to_string(), "--timeout", "600", "--share"]).arg(share).arg("--").arg(script);
+    c
+}
+
+fn show(out: &Output) -> String {
+    format!("status {:?}\n--- stdout\n{}--- stderr\n{}", out.status, String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+fn md5_hex(data: &[u8]) -> String {
+    let out = Command::new("md5sum")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            c.stdin.take().unwrap().write_all(data)?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap().to_string()
+}
+
+#[test]
+fn kernel_client_file_operations() {
+    let d = dirs();
+    let share = d.tmp.path().join("share");
+    std::fs::create_dir(&share).unwrap();
+    let rand = noise(31, (3 << 20) + 17);
+    std::fs::write(share.join("rand.bin"), &rand).unwrap();
+    let client = ClientProc::start(&d.export, &d.cache, 0, &[]);
+    let script = r#"set -e
+echo hello > a.txt
+md5sum a.txt
+cp /host/rand.bin r.bin
+md5sum r.bin
+mkdir -m 0750 d
+stat -c 'mode-d %a' d
+rmdir d
+mkdir d2
+mv a.txt d2/
+echo old > y
+echo new > w
+mv w y
+cat y
+ln -s d2/a.txt sl
+readlink sl
+cat sl
+ln y hl
+stat -c 'links %h' y
+chmod 0 y
+stat -c 'mode-y %a' y
+chmod 640 y
+truncate -s 5 r.bin
+stat -c 'size %s' r.bin
+touch -d '2001-02-03 04:05:06' y
+mkdir many
+cd many
+i=0
+while [ $i -lt 2000 ]; do : > f$i; i=$((i+1)); done
+echo "count $(ls | wc -l)"
+ls -a | head -2 | tr '\n' ' '; echo
+cd ..
+rm many/f7
+echo "count-after $(ls many | wc -l)"
+df -k . | tail -1
+echo done
+"#;
+    let out = guest_cmd(client.port, &share, script).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    println!("{}", show(&out));
+    assert!(out.status.success(), "{}", show(&out));
+    let e = &d.export;
+    assert!(text.contains(&md5_hex(b"hello\n")), "{text}");
+    assert!(text.contains(&md5_hex(&rand)), "{text}");
+    assert!(text.contains("mode-d 750"), "{text}");
+    assert!(!e.join("d").exists());
+    assert_eq!(std::fs::read(e.join("d2/a.txt")).unwrap(), b"hello\n");
+    assert_eq!(std::fs::read(e.join("y")).unwrap(), b"new\n", "rename over an existing name");
+    assert!(!e.join("w").exists());
+    assert!(text.contains("d2/a.txt\nhello"), "symlink: {text}");
+    assert_eq!(std::fs::read_link(e.join("sl")).unwrap(), Path::new("d2/a.txt"));
+    assert!(text.contains("links 2"), "{text}");
+    assert_eq!(std::fs::metadata(e.join("hl")).unwrap().ino(), std::fs::metadata(e.join("y")).unwrap().ino());
+    assert!(text.contains("mode-y 0"), "{text}");
+    assert_eq!(std::fs::metadata(e.join("y")).unwrap().permissions().mode() & 0o7777, 0o640);
+    assert_eq!(std::fs::read(e.join("r.bin")).unwrap(), &rand[..5]);
+    let mtime = std::fs::metadata(e.join("y")).unwrap().mtime();
+    assert_eq!(mtime, 981_173_106, "touch -d (UTC in the guest)");
+    assert!(text.contains("count 2000"), "{text}");
+    assert!(text.contains(". .. "), "listing starts with . and ..: {text}");
+    assert!(text.contains("count-after 1999"), "{text}");
+    assert_eq!(std::fs::read_dir(e.join("many")).unwrap().count(), 1999);
+    assert!(text.contains("done"));
+}
+
+#[test]
+fn kernel_client_dd_256_mib_in_and_out() {
+    let d = dirs();
+    let share = d.tmp.path().join("share");
+    std::fs::create_dir(&share).unwrap();
+    let data = noise(41, 256 << 20);
+    std::fs::write(d.export.join("in.img"), &data).unwrap();
+    std::fs::write(share.join("out.src"), &noise(42, 256 << 20)).unwrap();
+    let client = ClientProc::start(&d.export, &d.cache, 0, &[]);
+    let script = r#"set -e
+echo "read: $(dd if=in.img of=/dev/null bs=1M 2>&1 | tail -1)"
+md5sum in.img
+echo "write: $(dd if=/host/out.src of=out.img bs=1M conv=fsync 2>&1 | tail -1)"
+echo 3 > /proc/sys/vm/drop_caches
+md5sum out.img
+"#;
+    let out = guest_cmd(client.port, &share, script).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    println!("{}", show(&out));
+    assert!(out.status.success(), "{}", show(&out));
+    assert!(text.contains(&md5_hex(&data)), "read md5: {text}");
+    let written = std::fs::read(d.export.join("out.img")).unwrap();
+    assert_eq!(written.len(), 256 << 20);
+    assert!(written == noise(42, 256 << 20), "bytes written through the kernel differ");
+    assert!(text.contains(&md5_hex(&written)), "read-back md5: {text}");
+}
+
+#[test]
+fn kernel_client_survives_a_client_proxy_restart() {
+    let d = dirs();
+    let share = d.tmp.path().join("share");
+    std::fs::create_dir(&share).unwrap();
+    std::fs::create_dir(d.export.join("work")).unwrap();
+    let data = noise(51, 1 << 20);
+    std::fs::write(d.export.join("work/held.bin"), &data).unwrap();
+    let mut client = ClientProc::start(&d.export, &d.cache, 0, &[]);
+    // The guest takes a cwd and an open file, then waits while the host restarts the
+    // client proxy; afterwards both must still work (no ESTALE).
+    let script = r#"set -e
+cd work
+exec 3< held.bin
+dd bs=4096 count=1 <&3 2>/dev/null | md5sum
+touch /host/ready
+while [ ! -f /host/restarted ]; do sleep 0.2; done
+echo "fd: $(cat <&3 | md5sum)"
+echo "cwd: $(ls)"
+echo "whole: $(md5sum held.bin)"
+echo after > new.txt
+echo ok
+"#;
+    let mut guest = guest_cmd(client.port, &share, script).stdout(std::process::Stdio::piped()).spawn().unwrap();
+    let started = Instant::now();
+    while !share.join("ready").exists() {
+        assert!(started.elapsed() < Duration::from_secs(300), "guest never got ready");
+        if let Some(status) = guest.try_wait().unwrap() {
+            panic!("guest exited early: {status:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    client.restart();
+    std::fs::write(share.join("restarted"), b"").unwrap();
+    let out = guest.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    println!("{}", show(&out));
+    assert!(out.status.success(), "{}", show(&out));
+    assert!(text.contains(&format!("fd: {}", md5_hex(&data[4096..]))), "open file read after restart: {text}");
+    assert!(text.contains("cwd: held.bin"), "{text}");
+    assert!(text.contains(&md5_hex(&data)), "{text}");
+    assert_eq!(std::fs::read(d.export.join("work/new.txt")).unwrap(), b"after\n");
+}
