@@ -74,10 +74,8 @@ impl RemoteStore {
 
     async fn current(&self) -> Result<Arc<Session>> {
         let mut guard = self.session.lock().await;
-        if let Some(s) = guard.as_ref() {
-            if s.alive() {
-                return Ok(s.clone());
-            }
+        if let Some(s) = guard.as_ref().filter(|s| s.alive()) {
+            return Ok(s.clone());
         }
         *guard = None;
         let (session, welcome) = Session::open(&self.remote, self.counters.clone()).await?;

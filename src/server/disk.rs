@@ -141,7 +141,7 @@ impl Export {
         len: u32,
     ) -> Result<(Vec<u8>, bool, Attr), Status> {
         let (f, st) = self.regular(file, OFlags::RDONLY)?;
-        let size = st.size as u64;
+        let size = st.size;
         let want = u64::from(len.min(MAX_READ)).min(size.saturating_sub(offset)) as usize;
         let mut buf = vec![0u8; want];
         let mut got = 0;
@@ -190,10 +190,8 @@ impl Export {
     ) -> Result<Attr, Status> {
         self.writable()?;
         let (fd, st) = self.object(file)?;
-        if let Some(g) = guard {
-            if (st.ctime.sec, st.ctime.nsec) != (g.sec, g.nsec) {
-                return Err(Status::NotSync);
-            }
+        if guard.is_some_and(|g| (st.ctime.sec, st.ctime.nsec) != (g.sec, g.nsec)) {
+            return Err(Status::NotSync);
         }
         let is_link = kind_of(st.mode) == FileKind::Symlink;
         // /proc/self/fd/N names exactly the inode behind our O_PATH fd: chmod, truncate and

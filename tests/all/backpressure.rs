@@ -5,7 +5,9 @@
 use std::io::Cursor;
 
 use nfs3_client::nfs3_types::nfs3::{READ3args, READ3res, nfs_fh3};
-use nfs3_client::nfs3_types::rpc::{accept_stat_data, call_body, msg_body, opaque_auth, reply_body, rpc_msg};
+use nfs3_client::nfs3_types::rpc::{
+    accept_stat_data, call_body, msg_body, opaque_auth, reply_body, rpc_msg,
+};
 use nfs3_client::nfs3_types::xdr_codec::{Pack, Unpack};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -26,7 +28,11 @@ fn read_call(xid: u32, fh: &nfs_fh3, offset: u64) -> Vec<u8> {
             verf: opaque_auth::default(),
         }),
     };
-    let args = READ3args { file: fh.clone(), offset, count: CHUNK };
+    let args = READ3args {
+        file: fh.clone(),
+        offset,
+        count: CHUNK,
+    };
     let mut body = Vec::new();
     msg.pack(&mut body).unwrap();
     args.pack(&mut body).unwrap();
@@ -37,8 +43,14 @@ fn read_call(xid: u32, fh: &nfs_fh3, offset: u64) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hundreds_of_reads_in_flight_against_a_slow_store_all_succeed() {
-    let pv = std::process::Command::new("sh").args(["-c", "command -v pv"]).output().unwrap();
-    assert!(pv.status.success(), "pv is not installed: apt-get install pv (.ci/run does)");
+    let pv = std::process::Command::new("sh")
+        .args(["-c", "command -v pv"])
+        .output()
+        .unwrap();
+    assert!(
+        pv.status.success(),
+        "pv is not installed: apt-get install pv (.ci/run does)"
+    );
     let d = dirs();
     let data = noise(21, (CALLS * CHUNK) as usize);
     std::fs::write(d.export.join("f"), &data).unwrap();
@@ -52,7 +64,9 @@ async fn hundreds_of_reads_in_flight_against_a_slow_store_all_succeed() {
     let mut nfs = Nfs::mount(client.port).await;
     let fh = nfs.lookup(&nfs.root.clone(), "f").await.unwrap();
 
-    let mut sock = tokio::net::TcpStream::connect(("127.0.0.1", client.port)).await.unwrap();
+    let mut sock = tokio::net::TcpStream::connect(("127.0.0.1", client.port))
+        .await
+        .unwrap();
     let (mut rx, mut tx) = sock.split();
     let writer = async {
         let mut all = Vec::new();
@@ -74,24 +88,36 @@ async fn hundreds_of_reads_in_flight_against_a_slow_store_all_succeed() {
             let xid = msg.xid;
             match msg.body {
                 msg_body::REPLY(reply_body::MSG_ACCEPTED(acc)) => {
-                    assert!(matches!(acc.reply_data, accept_stat_data::SUCCESS), "call {xid}: {:?}", acc.reply_data)
+                    assert!(
+                        matches!(acc.reply_data, accept_stat_data::SUCCESS),
+                        "call {xid}: {:?}",
+                        acc.reply_data
+                    )
                 }
                 other => panic!("call {xid} denied: {other:?}"),
             }
             let (res, _) = READ3res::unpack(&mut cur).unwrap();
             let ok = match res {
                 nfs3_client::nfs3_types::nfs3::Nfs3Result::Ok(ok) => ok,
-                nfs3_client::nfs3_types::nfs3::Nfs3Result::Err((s, _)) => panic!("READ {xid} failed: {s:?}"),
+                nfs3_client::nfs3_types::nfs3::Nfs3Result::Err((s, _)) => {
+                    panic!("READ {xid} failed: {s:?}")
+                }
             };
             let i = (xid - 1) as usize;
             let off = i * CHUNK as usize;
-            assert_eq!(&ok.data[..], &data[off..off + CHUNK as usize], "READ {xid} bytes");
+            assert_eq!(
+                &ok.data[..],
+                &data[off..off + CHUNK as usize],
+                "READ {xid} bytes"
+            );
             assert!(!seen[i], "duplicate reply {xid}");
             seen[i] = true;
         }
         assert!(seen.iter().all(|s| *s));
     };
-    tokio::time::timeout(std::time::Duration::from_secs(120), async { tokio::join!(writer, reader) })
-        .await
-        .expect("all replies within 120 s");
+    tokio::time::timeout(std::time::Duration::from_secs(120), async {
+        tokio::join!(writer, reader)
+    })
+    .await
+    .expect("all replies within 120 s");
 }

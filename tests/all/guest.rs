@@ -14,14 +14,25 @@ fn harness() -> &'static str {
 }
 
 fn guest_cmd(port: u16, share: &Path, script: &str) -> Command {
-    assert!(rustix::process::geteuid().is_root(), "the kernel-client tests need root (the guest harness makes a VM); CI runs as root");
+    assert!(
+        rustix::process::geteuid().is_root(),
+        "the kernel-client tests need root (the guest harness makes a VM); CI runs as root"
+    );
     let mut c = Command::new(harness());
-    c.args(["--port", &port.to_string(), "--timeout", "600", "--share"]).arg(share).arg("--").arg(script);
+    c.args(["--port", &port.to_string(), "--timeout", "600", "--share"])
+        .arg(share)
+        .arg("--")
+        .arg(script);
     c
 }
 
 fn show(out: &Output) -> String {
-    format!("status {:?}\n--- stdout\n{}--- stderr\n{}", out.status, String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    format!(
+        "status {:?}\n--- stdout\n{}--- stderr\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
 }
 
 fn md5_hex(data: &[u8]) -> String {
@@ -34,7 +45,11 @@ fn md5_hex(data: &[u8]) -> String {
             c.wait_with_output()
         })
         .unwrap();
-    String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap().to_string()
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
 }
 
 #[test]
@@ -92,19 +107,35 @@ echo done
     assert!(text.contains("mode-d 750"), "{text}");
     assert!(!e.join("d").exists());
     assert_eq!(std::fs::read(e.join("d2/a.txt")).unwrap(), b"hello\n");
-    assert_eq!(std::fs::read(e.join("y")).unwrap(), b"new\n", "rename over an existing name");
+    assert_eq!(
+        std::fs::read(e.join("y")).unwrap(),
+        b"new\n",
+        "rename over an existing name"
+    );
     assert!(!e.join("w").exists());
     assert!(text.contains("d2/a.txt\nhello"), "symlink: {text}");
-    assert_eq!(std::fs::read_link(e.join("sl")).unwrap(), Path::new("d2/a.txt"));
+    assert_eq!(
+        std::fs::read_link(e.join("sl")).unwrap(),
+        Path::new("d2/a.txt")
+    );
     assert!(text.contains("links 2"), "{text}");
-    assert_eq!(std::fs::metadata(e.join("hl")).unwrap().ino(), std::fs::metadata(e.join("y")).unwrap().ino());
+    assert_eq!(
+        std::fs::metadata(e.join("hl")).unwrap().ino(),
+        std::fs::metadata(e.join("y")).unwrap().ino()
+    );
     assert!(text.contains("mode-y 0"), "{text}");
-    assert_eq!(std::fs::metadata(e.join("y")).unwrap().permissions().mode() & 0o7777, 0o640);
+    assert_eq!(
+        std::fs::metadata(e.join("y")).unwrap().permissions().mode() & 0o7777,
+        0o640
+    );
     assert_eq!(std::fs::read(e.join("r.bin")).unwrap(), &rand[..5]);
     let mtime = std::fs::metadata(e.join("y")).unwrap().mtime();
     assert_eq!(mtime, 981_173_106, "touch -d (UTC in the guest)");
     assert!(text.contains("count 2000"), "{text}");
-    assert!(text.contains(". .. "), "listing starts with . and ..: {text}");
+    assert!(
+        text.contains(". .. "),
+        "listing starts with . and ..: {text}"
+    );
     assert!(text.contains("count-after 1999"), "{text}");
     assert_eq!(std::fs::read_dir(e.join("many")).unwrap().count(), 1999);
     assert!(text.contains("done"));
@@ -117,12 +148,17 @@ fn kernel_client_dd_256_mib_in_and_out() {
     std::fs::create_dir(&share).unwrap();
     let data = noise(41, 256 << 20);
     std::fs::write(d.export.join("in.img"), &data).unwrap();
-    std::fs::write(share.join("out.src"), &noise(42, 256 << 20)).unwrap();
+    std::fs::write(share.join("out.src"), noise(42, 256 << 20)).unwrap();
     let client = ClientProc::start(&d.export, &d.cache, 0, &[]);
+    // Timed with /proc/uptime (busybox dd prints no rate); MB/s = 268.4 / seconds.
     let script = r#"set -e
-echo "read: $(dd if=in.img of=/dev/null bs=1M 2>&1 | tail -1)"
+up() { cut -d' ' -f1 /proc/uptime; }
+rate() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f s, %.1f MB/s", b - a, 268.435456 / (b - a) }'; }
+t0=$(up); dd if=in.img of=/dev/null bs=1M 2>/dev/null; t1=$(up)
+echo "dd read 256 MiB: $(rate $t0 $t1)"
 md5sum in.img
-echo "write: $(dd if=/host/out.src of=out.img bs=1M conv=fsync 2>&1 | tail -1)"
+t0=$(up); dd if=/host/out.src of=out.img bs=1M conv=fsync 2>/dev/null; t1=$(up)
+echo "dd write 256 MiB (from 9p, fsync): $(rate $t0 $t1)"
 echo 3 > /proc/sys/vm/drop_caches
 md5sum out.img
 "#;
@@ -133,7 +169,10 @@ md5sum out.img
     assert!(text.contains(&md5_hex(&data)), "read md5: {text}");
     let written = std::fs::read(d.export.join("out.img")).unwrap();
     assert_eq!(written.len(), 256 << 20);
-    assert!(written == noise(42, 256 << 20), "bytes written through the kernel differ");
+    assert!(
+        written == noise(42, 256 << 20),
+        "bytes written through the kernel differ"
+    );
     assert!(text.contains(&md5_hex(&written)), "read-back md5: {text}");
 }
 
@@ -160,10 +199,16 @@ echo "whole: $(md5sum held.bin)"
 echo after > new.txt
 echo ok
 "#;
-    let mut guest = guest_cmd(client.port, &share, script).stdout(std::process::Stdio::piped()).spawn().unwrap();
+    let mut guest = guest_cmd(client.port, &share, script)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
     let started = Instant::now();
     while !share.join("ready").exists() {
-        assert!(started.elapsed() < Duration::from_secs(300), "guest never got ready");
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "guest never got ready"
+        );
         if let Some(status) = guest.try_wait().unwrap() {
             panic!("guest exited early: {status:?}");
         }
@@ -175,8 +220,14 @@ echo ok
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     println!("{}", show(&out));
     assert!(out.status.success(), "{}", show(&out));
-    assert!(text.contains(&format!("fd: {}", md5_hex(&data[4096..]))), "open file read after restart: {text}");
+    assert!(
+        text.contains(&format!("fd: {}", md5_hex(&data[4096..]))),
+        "open file read after restart: {text}"
+    );
     assert!(text.contains("cwd: held.bin"), "{text}");
     assert!(text.contains(&md5_hex(&data)), "{text}");
-    assert_eq!(std::fs::read(d.export.join("work/new.txt")).unwrap(), b"after\n");
+    assert_eq!(
+        std::fs::read(d.export.join("work/new.txt")).unwrap(),
+        b"after\n"
+    );
 }

@@ -82,7 +82,7 @@ fn qemu_img_creates_converts_and_checks_images_through_nfs() {
     std::fs::write(&raw, &img).unwrap();
     // qemu's nfs:// driver takes no ports: it asks the portmapper on 111, which the
     // client answers with --portmapper.
-    let client = ClientProc::start(&d.export, &d.cache, 0, &["--portmapper", "127.0.0.1:111"]);
+    let _client = ClientProc::start(&d.export, &d.cache, 0, &["--portmapper", "127.0.0.1:111"]);
     // `//`: the export is "/" (libnfs reads nfs://host/file as export "" + file).
     let url = |p: &str| format!("nfs://127.0.0.1//{p}");
 
