@@ -95,6 +95,7 @@ cd ..
 rm many/f7
 echo "count-after $(ls many | wc -l)"
 df -k . | tail -1
+grep ' /mnt ' /proc/mounts
 echo done
 "#;
     let out = guest_cmd(client.port, &share, script).output().unwrap();
@@ -138,6 +139,7 @@ echo done
     );
     assert!(text.contains("count-after 1999"), "{text}");
     assert_eq!(std::fs::read_dir(e.join("many")).unwrap().count(), 1999);
+    assert!(text.contains("rsize=1048576") && text.contains("wsize=1048576"), "kernel picks 1 MiB transfers: {text}");
     assert!(text.contains("done"));
 }
 
