@@ -139,7 +139,10 @@ echo done
     );
     assert!(text.contains("count-after 1999"), "{text}");
     assert_eq!(std::fs::read_dir(e.join("many")).unwrap().count(), 1999);
-    assert!(text.contains("rsize=1048576") && text.contains("wsize=1048576"), "kernel picks 1 MiB transfers: {text}");
+    assert!(
+        text.contains("rsize=1048576") && text.contains("wsize=1048576"),
+        "kernel picks 1 MiB transfers: {text}"
+    );
     assert!(text.contains("done"));
 }
 

@@ -1,0 +1,702 @@
+//! `bench`: gridvfs side by side with the tools users would pick instead, over an emulated
+//! WAN, in one run on one machine. See bench/README.md.
+
+mod data;
+mod link;
+mod nfsread;
+mod peers;
+mod report;
+mod sshd;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+
+use data::DataSpec;
+use link::{LinkSpec, Relay};
+use peers::{GridvfsClient, Run, Sshfs, bounded, command_copy};
+use report::Row;
+
+#[derive(Parser)]
+#[command(name = "bench", about = "gridvfs WAN benchmark")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, serde::Serialize)]
+enum Profile {
+    /// No emulated link: loopback.
+    Lan,
+    /// 40 ms RTT, 100 Mbit/s.
+    Wan,
+    /// 80 ms RTT, 20 Mbit/s.
+    WanSlow,
+    /// 10 ms RTT, 400 Mbit/s: CI's seconds-long smoke.
+    Smoke,
+}
+
+impl Profile {
+    fn link(self) -> Option<LinkSpec> {
+        let ms = Duration::from_millis;
+        match self {
+            Self::Lan => None,
+            Self::Wan => Some(LinkSpec {
+                rtt: ms(40),
+                bytes_per_sec: Some(100e6 / 8.0),
+            }),
+            Self::WanSlow => Some(LinkSpec {
+                rtt: ms(80),
+                bytes_per_sec: Some(20e6 / 8.0),
+            }),
+            Self::Smoke => Some(LinkSpec {
+                rtt: ms(10),
+                bytes_per_sec: Some(400e6 / 8.0),
+            }),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+enum Size {
+    Full,
+    Tiny,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+enum Transport {
+    /// gridvfs-server through the system ssh client and the store's sshd (like the peers).
+    Ssh,
+    /// gridvfs-server behind a plain TCP bridge (no sshd needed; CI's smoke).
+    Pipe,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+enum Peer {
+    Gridvfs,
+    Sshfs,
+    SshfsTuned,
+    Scp,
+    SshZstd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the benchmark for one profile; writes PROFILE.{md,json,svg} to --out.
+    Run {
+        #[arg(long, value_enum, default_value = "wan")]
+        profile: Profile,
+        #[arg(long, value_enum, default_value = "full")]
+        size: Size,
+        /// Comma-separated peers (default: all).
+        #[arg(long, value_enum, value_delimiter = ',')]
+        peers: Vec<Peer>,
+        #[arg(long, value_enum, default_value = "ssh")]
+        transport: Transport,
+        /// Stop a run after this many seconds and report its partial rate.
+        #[arg(long, default_value_t = 300)]
+        bound: u64,
+        #[arg(long, default_value = "bench/results")]
+        out: PathBuf,
+        /// Where generated data is kept between runs (default $XDG_CACHE_HOME/gridvfs-bench).
+        #[arg(long)]
+        data: Option<PathBuf>,
+    },
+    /// CI smoke: tiny data, gridvfs only, plain TCP bridge, a short emulated link.
+    Smoke,
+    /// Copy stdin/stdout to and from a TCP address (the `exec:` end of the pipe transport).
+    Connect { addr: String },
+}
+
+fn sibling(name: &str) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let p = exe.with_file_name(name);
+    if p.is_file() {
+        Ok(p)
+    } else {
+        bail!(
+            "{name} not found beside {}: run `cargo build --release --workspace` first",
+            exe.display()
+        )
+    }
+}
+
+/// Install Debian packages for commands that are missing (the bench needs root anyway).
+fn ensure_tools(tools: &[(&str, &str)]) -> anyhow::Result<()> {
+    let missing: Vec<&str> = tools
+        .iter()
+        .filter(|(cmd, _)| {
+            !Command::new("sh")
+                .arg("-c")
+                .arg(format!("command -v {cmd}"))
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+        .map(|(_, pkg)| *pkg)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("bench: installing {}", missing.join(" "));
+    let ok = Command::new("apt-get")
+        .args(["install", "-y", "-qq", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .status()?
+        .success();
+    anyhow::ensure!(ok, "apt-get install {} failed", missing.join(" "));
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().cmd {
+        Cmd::Connect { addr } => connect(&addr).await,
+        Cmd::Smoke => {
+            let out = tempfile::tempdir()?;
+            let data = tempfile::tempdir()?;
+            run(
+                Profile::Smoke,
+                Size::Tiny,
+                &[Peer::Gridvfs],
+                Transport::Pipe,
+                60,
+                out.path(),
+                data.path(),
+            )
+            .await
+        }
+        Cmd::Run {
+            profile,
+            size,
+            peers,
+            transport,
+            bound,
+            out,
+            data,
+        } => {
+            let all = [
+                Peer::Gridvfs,
+                Peer::Sshfs,
+                Peer::SshfsTuned,
+                Peer::Scp,
+                Peer::SshZstd,
+            ];
+            let peers = if peers.is_empty() {
+                all.to_vec()
+            } else {
+                peers
+            };
+            let data = data.unwrap_or_else(|| {
+                std::env::var_os("XDG_CACHE_HOME")
+                    .map(PathBuf::from)
+                    .unwrap_or_else(|| {
+                        PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache")
+                    })
+                    .join("gridvfs-bench")
+            });
+            run(profile, size, &peers, transport, bound, &out, &data).await
+        }
+    }
+}
+
+async fn connect(addr: &str) -> anyhow::Result<()> {
+    let s = tokio::net::TcpStream::connect(addr)
+        .await
+        .with_context(|| format!("connect {addr}"))?;
+    s.set_nodelay(true)?;
+    let (mut r, mut w) = s.into_split();
+    let up = tokio::spawn(async move {
+        let _ = tokio::io::copy(&mut tokio::io::stdin(), &mut w).await;
+    });
+    tokio::io::copy(&mut r, &mut tokio::io::stdout()).await?;
+    up.abort();
+    Ok(())
+}
+
+/// A TCP listener that runs one `gridvfs-server serve --stdio` per connection.
+async fn server_bridge(server: PathBuf, store: PathBuf) -> anyhow::Result<std::net::SocketAddr> {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = l.local_addr()?;
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            let mut child = match tokio::process::Command::new(&server)
+                .args(["serve", "--stdio", "--export"])
+                .arg(&store)
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .kill_on_drop(true)
+                .spawn()
+            {
+                Ok(c) => c,
+                Err(_) => continue,
+            };
+            let (mut stdin, mut stdout) = (
+                child.stdin.take().expect("stdin"),
+                child.stdout.take().expect("stdout"),
+            );
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.into_split();
+                tokio::join!(
+                    async {
+                        let _ = tokio::io::copy(&mut r, &mut stdin).await;
+                        drop(stdin);
+                    },
+                    async {
+                        let _ = tokio::io::copy(&mut stdout, &mut w).await;
+                    }
+                );
+                let _ = child.kill().await;
+            });
+        }
+    });
+    Ok(addr)
+}
+
+/// Link bytes, both directions, since `before`.
+fn link_delta(relay: Option<&Relay>, before: (u64, u64)) -> Option<u64> {
+    relay.map(|r| {
+        let (u, d) = r.bytes();
+        (u - before.0) + (d - before.1)
+    })
+}
+
+struct Ctx<'a> {
+    relay: Option<&'a Relay>,
+    rows: Vec<Row>,
+    limits: Vec<(&'static str, f64)>,
+}
+
+impl Ctx<'_> {
+    fn snapshot(&self) -> (u64, u64) {
+        self.relay.map_or((0, 0), |r| r.bytes())
+    }
+
+    #[allow(clippy::too_many_arguments)] // one call per measured row; a struct would only rename them
+    fn push(
+        &mut self,
+        peer: &str,
+        workload: &str,
+        limit_of: &str,
+        run: Run,
+        before: (u64, u64),
+        rss: Option<f64>,
+        note: &str,
+    ) {
+        let limit = self
+            .limits
+            .iter()
+            .find(|(w, _)| *w == limit_of)
+            .map(|(_, s)| *s);
+        let row = Row {
+            peer: peer.into(),
+            workload: workload.into(),
+            seconds: run.seconds,
+            bytes: run.bytes,
+            mb_s: run.bytes as f64 / run.seconds.max(1e-9) / 1e6,
+            first_byte_s: run.first_byte_s,
+            link_bytes: link_delta(self.relay, before),
+            vs_limit: limit.filter(|l| *l > 0.0).map(|l| run.seconds / l),
+            client_rss_mib: rss,
+            complete: run.complete,
+            note: note.into(),
+        };
+        eprintln!(
+            "bench: {workload:14} {peer:12} {:>8.2} s {:>8.1} MB/s{}",
+            row.seconds,
+            row.mb_s,
+            if row.complete {
+                ""
+            } else {
+                "  (stopped at the bound)"
+            }
+        );
+        self.rows.push(row);
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run(
+    profile: Profile,
+    size: Size,
+    peers: &[Peer],
+    transport: Transport,
+    bound: u64,
+    out: &Path,
+    data_root: &Path,
+) -> anyhow::Result<()> {
+    let bound = Duration::from_secs(bound);
+    let spec = if size == Size::Full {
+        DataSpec::full()
+    } else {
+        DataSpec::tiny()
+    };
+    let client_bin = sibling("gridvfs-client")?;
+    let server_bin = sibling("gridvfs-server")?;
+    let bench_bin = std::env::current_exe()?;
+    let needs_ssh = transport == Transport::Ssh || peers.iter().any(|p| *p != Peer::Gridvfs);
+    if needs_ssh {
+        ensure_tools(&[
+            ("sshd", "openssh-server"),
+            ("ssh", "openssh-client"),
+            ("zstd", "zstd"),
+            ("sshfs", "sshfs"),
+            ("fusermount3", "fuse3"),
+        ])?;
+        if Path::new("/usr/sbin/sshd").exists() {
+            // fine
+        } else {
+            bail!("sshd missing after install");
+        }
+    }
+    let ds = data::ensure(data_root, spec)?;
+    let mem_size = std::fs::metadata(&ds.mem)?.len();
+    let trace_bytes: u64 = ds.trace.iter().map(|t| u64::from(t.len)).sum();
+    let work = tempfile::tempdir()?;
+
+    // The physical limit: what must cross at the least, at the link's rate, plus one RTT.
+    let link = profile.link();
+    eprintln!("bench: computing the physical limit (zstd -1 of the non-zero pages) ...");
+    let w1_min = data::compressed_nonzero(&ds.mem, &[(0, mem_size)])?;
+    let w2_min = data::compressed_nonzero(&ds.disk, &data::trace_ranges(&ds.trace))?;
+    let limit_s = |bytes: u64| {
+        link.and_then(|l| {
+            l.bytes_per_sec
+                .map(|bw| bytes as f64 / bw + l.rtt.as_secs_f64())
+        })
+    };
+
+    let sshd = if needs_ssh {
+        Some(sshd::Sshd::start(&work.path().join("sshd"))?)
+    } else {
+        None
+    };
+    let target = match (&sshd, transport) {
+        (_, Transport::Pipe) if !peers.iter().any(|p| *p != Peer::Gridvfs) => {
+            server_bridge(server_bin.clone(), ds.dir.clone()).await?
+        }
+        (Some(s), _) => s.addr,
+        (None, _) => server_bridge(server_bin.clone(), ds.dir.clone()).await?,
+    };
+    let gridvfs_target = if transport == Transport::Pipe {
+        server_bridge(server_bin.clone(), ds.dir.clone()).await?
+    } else {
+        target
+    };
+    let verification = match link {
+        Some(l) => {
+            let v = link::verify(l).await?;
+            eprintln!(
+                "bench: link check: RTT {:.1} ms (set {:.1}), throughput {} MB/s (cap {}) -> {}",
+                v.rtt_ms_median,
+                v.rtt_ms_set,
+                v.throughput_mb_s.map_or("-".into(), |t| format!("{t:.2}")),
+                v.throughput_cap_mb_s
+                    .map_or("-".into(), |t| format!("{t:.2}")),
+                if v.ok { "ok" } else { "OUT OF TOLERANCE" }
+            );
+            Some(v)
+        }
+        None => None,
+    };
+    let relay = match link {
+        Some(l) => Some(Relay::start(l, target).await?),
+        None => None,
+    };
+    let gridvfs_relay = match (link, transport) {
+        (Some(l), Transport::Pipe) => Some(Relay::start(l, gridvfs_target).await?),
+        _ => None,
+    };
+    let port = relay.as_ref().map_or(target.port(), |r| r.addr.port());
+
+    let mut ctx = Ctx {
+        relay: relay.as_ref(),
+        rows: Vec::new(),
+        limits: Vec::new(),
+    };
+    if let (Some(w1), Some(w2)) = (limit_s(w1_min), limit_s(w2_min)) {
+        ctx.limits = vec![("W1", w1), ("W2", w2)];
+        for (w, secs, bytes, min) in [
+            ("W1", w1, mem_size, w1_min),
+            ("W2", w2, trace_bytes, w2_min),
+        ] {
+            let run = Run {
+                seconds: secs,
+                bytes,
+                first_byte_s: None,
+                complete: true,
+            };
+            let note = format!(
+                "{:.1} MiB must cross (zstd -1 of non-zero pages)",
+                min as f64 / (1u64 << 20) as f64
+            );
+            ctx.push("limit", w, w, run, ctx.snapshot(), None, &note);
+            ctx.rows.last_mut().expect("pushed").link_bytes = Some(min);
+        }
+    }
+    let w4_bytes = mem_size.min(512 << 20);
+
+    for peer in peers {
+        match peer {
+            Peer::Gridvfs => {
+                let name = match transport {
+                    Transport::Ssh => "gridvfs-ssh",
+                    Transport::Pipe => "gridvfs-tcp",
+                };
+                let remote = match transport {
+                    Transport::Ssh => {
+                        let s = sshd.as_ref().expect("sshd");
+                        format!(
+                            "exec:ssh {} root@127.0.0.1 {} serve --stdio --export {}",
+                            s.ssh_opts(port).join(" "),
+                            server_bin.display(),
+                            ds.dir.display()
+                        )
+                    }
+                    Transport::Pipe => {
+                        let p = gridvfs_relay
+                            .as_ref()
+                            .map_or(gridvfs_target.port(), |r| r.addr.port());
+                        format!("exec:{} connect 127.0.0.1:{p}", bench_bin.display())
+                    }
+                };
+                let gctx_relay = if transport == Transport::Pipe {
+                    gridvfs_relay.as_ref()
+                } else {
+                    relay.as_ref()
+                };
+                let saved = ctx.relay;
+                ctx.relay = gctx_relay;
+                let cache = work.path().join("gridvfs-cache");
+                for round in ["cold", "warm"] {
+                    let client = GridvfsClient::start(&client_bin, &remote, &cache)?;
+                    let (w1, w2) = if round == "cold" {
+                        ("W1", "W2")
+                    } else {
+                        ("W3 (W1 again)", "W3 (W2 again)")
+                    };
+                    let done = Arc::new(AtomicU64::new(0));
+                    let before = ctx.snapshot();
+                    let r = bounded(bound, done.clone(), async {
+                        nfsread::read_whole(
+                            client.port,
+                            "vm1.mem",
+                            mem_size,
+                            &ds.mem,
+                            8,
+                            done.clone(),
+                        )
+                        .await
+                        .map(Some)
+                    })
+                    .await?;
+                    ctx.push(
+                        name,
+                        w1,
+                        "W1",
+                        r,
+                        before,
+                        client.peak_rss_mib(),
+                        "8 NFS connections, 1 MiB READs",
+                    );
+                    let done = Arc::new(AtomicU64::new(0));
+                    let before = ctx.snapshot();
+                    let r = bounded(bound, done.clone(), async {
+                        nfsread::replay(client.port, "vm1.img", &ds.trace, &ds.disk, done.clone())
+                            .await
+                            .map(Some)
+                    })
+                    .await?;
+                    ctx.push(
+                        name,
+                        w2,
+                        "W2",
+                        r,
+                        before,
+                        client.peak_rss_mib(),
+                        "single-threaded preads",
+                    );
+                    if round == "warm" {
+                        let done = Arc::new(AtomicU64::new(0));
+                        let before = ctx.snapshot();
+                        let r = bounded(bound, done.clone(), async {
+                            nfsread::write_then_commit(
+                                client.port,
+                                "redo.log",
+                                &ds.mem,
+                                w4_bytes,
+                                8,
+                                done.clone(),
+                            )
+                            .await
+                            .map(|()| None)
+                        })
+                        .await?;
+                        ctx.push(
+                            name,
+                            "W4",
+                            "",
+                            r,
+                            before,
+                            client.peak_rss_mib(),
+                            "write + COMMIT",
+                        );
+                        let _ = std::fs::remove_file(ds.dir.join("redo.log"));
+                    }
+                }
+                ctx.relay = saved;
+            }
+            Peer::Sshfs | Peer::SshfsTuned => {
+                let tuned = *peer == Peer::SshfsTuned;
+                let name = if tuned { "sshfs-tuned" } else { "sshfs" };
+                let s = sshd.as_ref().expect("sshd");
+                let mnt = work.path().join(name);
+                let m = Sshfs::mount(&mnt, &ds.dir, port, &s.key, tuned)?;
+                for (w, limit) in [("W1", "W1"), ("W2", "W2"), ("W4", "")] {
+                    let done = Arc::new(AtomicU64::new(0));
+                    let before = ctx.snapshot();
+                    let (mnt, ds_mem, ds_disk, trace) = (
+                        m.mnt.clone(),
+                        ds.mem.clone(),
+                        ds.disk.clone(),
+                        ds.trace.clone(),
+                    );
+                    let d2 = done.clone();
+                    let job = tokio::task::spawn_blocking(move || match w {
+                        "W1" => peers::fs_read_whole(&mnt.join("vm1.mem"), &ds_mem, &d2),
+                        "W2" => peers::fs_replay(&mnt.join("vm1.img"), &ds_disk, &trace, &d2),
+                        _ => peers::fs_write(&mnt.join("redo.log"), &ds_mem, w4_bytes, &d2),
+                    });
+                    let r = bounded(bound, done.clone(), async { job.await? }).await?;
+                    ctx.push(
+                        name,
+                        w,
+                        limit,
+                        r,
+                        before,
+                        None,
+                        if tuned {
+                            "max_read=1M, read_ahead_kb=16384"
+                        } else {
+                            "defaults"
+                        },
+                    );
+                    let _ = std::fs::remove_file(ds.dir.join("redo.log"));
+                }
+                drop(m);
+            }
+            Peer::Scp => {
+                let s = sshd.as_ref().expect("sshd");
+                let dst = work.path().join("scp.out");
+                let mut cmd = Command::new("scp");
+                let mut opts = s.ssh_opts(port);
+                opts[2] = "-P".into();
+                cmd.arg("-q")
+                    .args(&opts)
+                    .arg(format!("root@127.0.0.1:{}", ds.mem.display()))
+                    .arg(&dst);
+                let before = ctx.snapshot();
+                let r = command_copy(cmd, &dst, bound).await?;
+                ctx.push("scp", "W1", "W1", r, before, None, "");
+                let _ = std::fs::remove_file(&dst);
+            }
+            Peer::SshZstd => {
+                let s = sshd.as_ref().expect("sshd");
+                let dst = work.path().join("zstd.out");
+                let mut cmd = Command::new("sh");
+                cmd.arg("-c").arg(format!(
+                    "ssh {} root@127.0.0.1 'zstd -1 -q -c {}' | zstd -d -q -f -o {}",
+                    s.ssh_opts(port).join(" "),
+                    ds.mem.display(),
+                    dst.display()
+                ));
+                let before = ctx.snapshot();
+                let r = command_copy(cmd, &dst, bound).await?;
+                ctx.push(
+                    "ssh+zstd",
+                    "W1",
+                    "W1",
+                    r,
+                    before,
+                    None,
+                    "ssh host 'zstd -1 -c' | zstd -d",
+                );
+                let _ = std::fs::remove_file(&dst);
+            }
+        }
+    }
+
+    // Report.
+    let mut rows = ctx.rows;
+    let order = |w: &str| {
+        ["W1", "W2", "W3 (W1 again)", "W3 (W2 again)", "W4"]
+            .iter()
+            .position(|x| *x == w)
+            .unwrap_or(9)
+    };
+    rows.sort_by_key(|r| order(&r.workload));
+    let table = report::table(&rows);
+    let uname = Command::new("uname")
+        .arg("-srm")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_default();
+    let date = Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    let name = format!("{profile:?}").to_lowercase();
+    std::fs::create_dir_all(out)?;
+    let json = serde_json::json!({
+        "profile": name, "link": link, "link_check": verification, "data": spec,
+        "machine": format!("{uname}; {cpu}; {} cores", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)),
+        "date": date, "command": command, "rows": rows,
+    });
+    std::fs::write(
+        out.join(format!("{name}.json")),
+        serde_json::to_string_pretty(&json)?,
+    )?;
+    let md = format!(
+        "## {name}\n\n{date} · {uname}; {cpu} · `{command}`\n\nlink: {}\n\n{table}",
+        match (&link, &verification) {
+            (Some(l), Some(v)) => format!(
+                "RTT {:.0} ms, {} — checked: RTT {:.1} ms, {} MB/s",
+                l.rtt.as_secs_f64() * 1000.0,
+                l.bytes_per_sec
+                    .map_or("unlimited".into(), |b| format!("{:.1} MB/s", b / 1e6)),
+                v.rtt_ms_median,
+                v.throughput_mb_s.map_or("-".into(), |t| format!("{t:.2}"))
+            ),
+            _ => "none (loopback)".into(),
+        }
+    );
+    std::fs::write(out.join(format!("{name}.md")), &md)?;
+    std::fs::write(
+        out.join(format!("{name}.svg")),
+        report::svg(&format!("gridvfs bench: {name}"), &rows),
+    )?;
+    println!("{md}");
+    println!("wrote {}/{name}.{{md,json,svg}}", out.display());
+    if let Some(v) = verification {
+        anyhow::ensure!(
+            v.ok,
+            "the link emulator is out of tolerance; figures are not trustworthy"
+        );
+    }
+    Ok(())
+}

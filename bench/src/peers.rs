@@ -1,0 +1,265 @@
+//! The contenders: gridvfs, and the tools users would pick instead (sshfs, scp, ssh+zstd),
+//! each run against the same store through the same link.
+
+use std::io::Read;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+use crate::data::TraceRead;
+
+/// Outcome of one bounded run.
+pub struct Run {
+    pub seconds: f64,
+    pub bytes: u64,
+    pub first_byte_s: Option<f64>,
+    pub complete: bool,
+}
+
+/// Run `fut` for at most `bound`; `done` counts payload bytes so a stopped run still has
+/// a partial rate.
+pub async fn bounded<F>(bound: Duration, done: Arc<AtomicU64>, fut: F) -> anyhow::Result<Run>
+where
+    F: std::future::Future<Output = anyhow::Result<Option<f64>>>,
+{
+    let t = Instant::now();
+    match tokio::time::timeout(bound, fut).await {
+        Ok(r) => {
+            let first = r?;
+            Ok(Run {
+                seconds: t.elapsed().as_secs_f64(),
+                bytes: done.load(Ordering::Relaxed),
+                first_byte_s: first,
+                complete: true,
+            })
+        }
+        Err(_) => Ok(Run {
+            seconds: t.elapsed().as_secs_f64(),
+            bytes: done.load(Ordering::Relaxed),
+            first_byte_s: None,
+            complete: false,
+        }),
+    }
+}
+
+/// A running `gridvfs-client serve`.
+pub struct GridvfsClient {
+    pub child: Child,
+    pub port: u16,
+}
+
+impl GridvfsClient {
+    pub fn start(client_bin: &Path, remote: &str, cache: &Path) -> anyhow::Result<Self> {
+        let mut child = Command::new(client_bin)
+            .args([
+                "serve",
+                "--remote",
+                remote,
+                "--listen",
+                "127.0.0.1:0",
+                "--cache-dir",
+            ])
+            .arg(cache)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("start gridvfs-client")?;
+        let mut out = child.stdout.take().expect("stdout");
+        let mut line = Vec::new();
+        let mut b = [0u8; 1];
+        while out.read(&mut b)? == 1 && b[0] != b'\n' {
+            line.push(b[0]);
+        }
+        let line = String::from_utf8_lossy(&line).to_string();
+        let Some(port) = line.rsplit(':').next().and_then(|p| p.trim().parse().ok()) else {
+            let _ = child.kill();
+            bail!("gridvfs-client did not start: {line:?}");
+        };
+        std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+        Ok(Self { child, port })
+    }
+
+    /// Peak resident memory so far (VmHWM), in MiB.
+    pub fn peak_rss_mib(&self) -> Option<f64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
+        let kb: f64 = status
+            .lines()
+            .find(|l| l.starts_with("VmHWM:"))?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()?;
+        Some(kb / 1024.0)
+    }
+}
+
+impl Drop for GridvfsClient {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A FUSE mount of the store made by sshfs.
+pub struct Sshfs {
+    pub mnt: PathBuf,
+}
+
+impl Sshfs {
+    pub fn mount(
+        mnt: &Path,
+        store: &Path,
+        port: u16,
+        key: &Path,
+        tuned: bool,
+    ) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(mnt)?;
+        let mut opts = format!(
+            "IdentityFile={},StrictHostKeyChecking=no,UserKnownHostsFile=/dev/null,LogLevel=ERROR",
+            key.display()
+        );
+        if tuned {
+            opts.push_str(",max_read=1048576");
+        }
+        let ok = Command::new("sshfs")
+            .arg("-p")
+            .arg(port.to_string())
+            .arg(format!("root@127.0.0.1:{}", store.display()))
+            .arg(mnt)
+            .args(["-o", &opts])
+            .status()
+            .context("run sshfs")?
+            .success();
+        anyhow::ensure!(ok, "sshfs mount failed");
+        if tuned {
+            // Raise the kernel's readahead on this FUSE mount's backing device.
+            let dev = Command::new("mountpoint").arg("-d").arg(mnt).output()?;
+            let dev = String::from_utf8_lossy(&dev.stdout).trim().to_string();
+            std::fs::write(format!("/sys/class/bdi/{dev}/read_ahead_kb"), "16384")
+                .with_context(|| format!("read_ahead_kb of bdi {dev}"))?;
+        }
+        Ok(Self {
+            mnt: mnt.to_path_buf(),
+        })
+    }
+}
+
+impl Drop for Sshfs {
+    fn drop(&mut self) {
+        let _ = Command::new("fusermount3")
+            .arg("-u")
+            .arg(&self.mnt)
+            .status();
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(&self.mnt)
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// W1 through a mounted file system: sequential 1 MiB reads, compared with the store.
+pub fn fs_read_whole(path: &Path, local: &Path, done: &AtomicU64) -> anyhow::Result<Option<f64>> {
+    let t = Instant::now();
+    let f = std::fs::File::open(path)?;
+    let l = std::fs::File::open(local)?;
+    let (mut got, mut want) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
+    let mut off = 0u64;
+    let mut first = None;
+    loop {
+        let n = f.read_at(&mut got, off)?;
+        if n == 0 {
+            return Ok(first);
+        }
+        first.get_or_insert(t.elapsed().as_secs_f64());
+        let m = l.read_at(&mut want[..n], off)?;
+        if m != n || got[..n] != want[..n] {
+            bail!("{}: bytes at {off} differ", path.display());
+        }
+        off += n as u64;
+        done.fetch_add(n as u64, Ordering::Relaxed);
+    }
+}
+
+/// W2 through a mounted file system: the trace as single-threaded preads.
+pub fn fs_replay(
+    path: &Path,
+    local: &Path,
+    trace: &[TraceRead],
+    done: &AtomicU64,
+) -> anyhow::Result<Option<f64>> {
+    let t = Instant::now();
+    let f = std::fs::File::open(path)?;
+    let l = std::fs::File::open(local)?;
+    let mut first = None;
+    for r in trace {
+        let (mut got, mut want) = (vec![0u8; r.len as usize], vec![0u8; r.len as usize]);
+        f.read_exact_at(&mut got, r.offset)?;
+        first.get_or_insert(t.elapsed().as_secs_f64());
+        l.read_exact_at(&mut want, r.offset)?;
+        if got != want {
+            bail!("{}: trace read at {} differs", path.display(), r.offset);
+        }
+        done.fetch_add(u64::from(r.len), Ordering::Relaxed);
+    }
+    Ok(first)
+}
+
+/// W4 through a mounted file system: write `bytes` of `src` then fsync.
+pub fn fs_write(
+    path: &Path,
+    src: &Path,
+    bytes: u64,
+    done: &AtomicU64,
+) -> anyhow::Result<Option<f64>> {
+    let f = std::fs::File::create(path)?;
+    let s = std::fs::File::open(src)?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut off = 0;
+    while off < bytes {
+        s.read_exact_at(&mut buf, off)?;
+        f.write_all_at(&buf, off)?;
+        off += buf.len() as u64;
+        done.fetch_add(buf.len() as u64, Ordering::Relaxed);
+    }
+    f.sync_all()?;
+    Ok(None)
+}
+
+/// A whole-file copy by a command (scp, ssh|zstd) into `out`; its size is the progress.
+pub async fn command_copy(mut cmd: Command, out: &Path, bound: Duration) -> anyhow::Result<Run> {
+    let t = Instant::now();
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .spawn()
+        .context("spawn copy command")?;
+    loop {
+        if let Some(st) = child.try_wait()? {
+            anyhow::ensure!(st.success(), "copy command failed: {st}");
+            let bytes = std::fs::metadata(out).map(|m| m.len()).unwrap_or(0);
+            return Ok(Run {
+                seconds: t.elapsed().as_secs_f64(),
+                bytes,
+                first_byte_s: None,
+                complete: true,
+            });
+        }
+        if t.elapsed() > bound {
+            let _ = child.kill();
+            let _ = child.wait();
+            let bytes = std::fs::metadata(out).map(|m| m.len()).unwrap_or(0);
+            return Ok(Run {
+                seconds: t.elapsed().as_secs_f64(),
+                bytes,
+                first_byte_s: None,
+                complete: false,
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
