@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::cache::Index;
+use crate::cache::{CacheStats, DataPath, Index};
 use crate::error::Result;
 use crate::nfs::{Front, NfsFront};
 use crate::remote::RemoteStore;
@@ -22,6 +22,8 @@ pub struct ClientConfig {
     pub reconnect_timeout: Duration,
     /// Also serve a portmapper here (e.g. `127.0.0.1:111`) for qemu's `nfs://` driver.
     pub portmapper: Option<SocketAddr>,
+    /// Cache block size in bytes (power of two, 4 KiB to 4 MiB).
+    pub block_size: u64,
 }
 
 /// A client proxy that is connected and bound, not yet serving.
@@ -30,6 +32,7 @@ pub struct Client {
     pub store: Arc<RemoteStore>,
     pub index: Arc<Index>,
     pub export_dir: PathBuf,
+    pub stats: Arc<CacheStats>,
 }
 
 impl Client {
@@ -41,16 +44,30 @@ impl Client {
         std::fs::create_dir_all(&export_dir)?;
         let index = Arc::new(Index::open(&export_dir.join("index.sqlite"))?);
         let generation = index.generation()?;
-        let front = Front::new(index.clone(), store.clone(), cfg.attr_timeout).await?;
+        let data = DataPath::new(
+            store.clone(),
+            index.clone(),
+            export_dir.join("blocks"),
+            cfg.block_size,
+        )?;
+        let stats = data.stats.clone();
+        let front = Front::new(index.clone(), store.clone(), data, cfg.attr_timeout).await?;
         let mut nfs = NfsFront::bind(front, generation, cfg.listen).await?;
         if let Some(pm) = cfg.portmapper {
             nfs = nfs.with_portmapper(pm).await?;
         }
+        let sources = crate::control::Sources {
+            export_id: store.welcome().export_id.clone(),
+            tunnel: store.counters.clone(),
+            cache: stats.clone(),
+        };
+        crate::control::serve(&export_dir, sources)?;
         Ok(Self {
             nfs,
             store,
             index,
             export_dir,
+            stats,
         })
     }
 

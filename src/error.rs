@@ -29,6 +29,8 @@ pub enum Error {
     BadRemote(String),
     #[error("cache index: {0}")]
     Index(String),
+    #[error("configuration: {0}")]
+    Config(String),
     #[error(transparent)]
     Io(#[from] std::io::Error),
 }

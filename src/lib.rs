@@ -15,6 +15,7 @@
 
 pub mod cache;
 pub mod client;
+pub mod control;
 pub mod error;
 pub mod nfs;
 pub mod proto;

@@ -75,6 +75,7 @@ pub async fn run() -> anyhow::Result<()> {
         attr_timeout: Duration::from_secs(1),
         reconnect_timeout: Duration::from_secs(10),
         portmapper: None,
+        block_size: gridvfs::cache::DEFAULT_BLOCK_SIZE,
     };
     let client = Client::start(&cfg)
         .await

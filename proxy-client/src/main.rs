@@ -46,6 +46,9 @@ struct ServeArgs {
     /// cannot be given a port, such as qemu's nfs:// driver.
     #[arg(long)]
     portmapper: Option<SocketAddr>,
+    /// Cache block size in bytes: a power of two from 4096 to 4194304.
+    #[arg(long, default_value_t = gridvfs::cache::DEFAULT_BLOCK_SIZE)]
+    block_size: u64,
 }
 
 #[derive(Subcommand)]
@@ -54,6 +57,15 @@ enum Cmd {
     Serve(ServeArgs),
     /// Make a small sample VM store, serve it through both proxies, read it back over NFS.
     Demo,
+    /// Figures of the clients running on a cache directory (cache hits, bytes fetched, ...).
+    Status {
+        /// Cache directory (default: $XDG_CACHE_HOME/gridvfs or ~/.cache/gridvfs).
+        #[arg(long)]
+        cache_dir: Option<PathBuf>,
+        /// One JSON object per running client, one per line.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn default_cache_dir() -> PathBuf {
@@ -81,6 +93,7 @@ fn config(a: &ServeArgs) -> anyhow::Result<ClientConfig> {
         attr_timeout: Duration::from_secs_f64(a.attr_timeout),
         reconnect_timeout: Duration::from_secs_f64(a.reconnect_timeout),
         portmapper: a.portmapper,
+        block_size: a.block_size,
     })
 }
 
@@ -112,5 +125,47 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Demo => demo::run().await,
+        Cmd::Status { cache_dir, json } => {
+            status(&cache_dir.unwrap_or_else(default_cache_dir), json).await
+        }
     }
+}
+
+async fn status(cache_dir: &std::path::Path, json: bool) -> anyhow::Result<()> {
+    let entries = std::fs::read_dir(cache_dir)
+        .with_context(|| format!("cannot read cache directory {}", cache_dir.display()))?;
+    let mut found = 0;
+    for e in entries.flatten() {
+        let Ok(st) = gridvfs::control::query(&e.path()).await else {
+            continue;
+        };
+        found += 1;
+        if json {
+            println!("{}", serde_json::to_string(&st)?);
+        } else {
+            let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
+            println!("export {} (pid {})", st.export_id, st.pid);
+            println!(
+                "  tunnel   {} requests, {:.1} MiB sent, {:.1} MiB received, {} reconnects",
+                st.tunnel_requests,
+                mib(st.tunnel_bytes_sent),
+                mib(st.tunnel_bytes_received),
+                st.reconnects
+            );
+            println!(
+                "  cache    {} block hits, {} misses, {:.1} MiB fetched, {} checksum failures, {} invalidations",
+                st.block_hits,
+                st.block_misses,
+                mib(st.bytes_fetched),
+                st.checksum_failures,
+                st.invalidations
+            );
+        }
+    }
+    anyhow::ensure!(
+        found > 0,
+        "no running gridvfs-client uses {} (start one with `gridvfs-client serve`)",
+        cache_dir.display()
+    );
+    Ok(())
 }

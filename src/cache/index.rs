@@ -8,6 +8,12 @@
 //!   the store last reported there: a different inode at the same path is a new file, so
 //!   it gets a new id and the old handle turns stale, as on a local file system.
 //!
+//! - `files_v1(file, size, mtime, ctime, ident)`: the store's validator of a cached file,
+//!   as it was when its blocks were fetched; a different validator drops the blocks.
+//! - `blocks_v1(file, block, sum)`: blocks present in the data file, each with the
+//!   blake3 of its bytes (checked on every read: a corrupt or half-written block is
+//!   refetched, never served).
+//!
 //! One connection behind a std `Mutex` (SQLite has one writer anyway; every statement is
 //! microseconds, so async callers hold it briefly). WAL with `synchronous=NORMAL`: a
 //! committed id survives a crash of this process, which is what handles need.
@@ -50,7 +56,15 @@ impl Index {
              CREATE TABLE IF NOT EXISTS names_v1 (
                  id INTEGER PRIMARY KEY AUTOINCREMENT,
                  path BLOB NOT NULL UNIQUE,
-                 ino INTEGER NOT NULL);",
+                 ino INTEGER NOT NULL);
+             CREATE TABLE IF NOT EXISTS files_v1 (
+                 file INTEGER PRIMARY KEY,
+                 validator BLOB NOT NULL);
+             CREATE TABLE IF NOT EXISTS blocks_v1 (
+                 file INTEGER NOT NULL,
+                 block INTEGER NOT NULL,
+                 sum BLOB NOT NULL,
+                 PRIMARY KEY (file, block)) WITHOUT ROWID;",
         )
         .map_err(db)?;
         conn.execute(
@@ -197,6 +211,100 @@ impl Index {
 
     pub fn is_empty(&self) -> Result<bool> {
         Ok(self.len()? == 0)
+    }
+}
+
+/// Block-cache statements.
+impl Index {
+    /// The validator recorded for a cached file.
+    pub fn validator(&self, file: u64) -> Result<Option<Vec<u8>>> {
+        let conn = self.lock();
+        let mut st = conn
+            .prepare_cached("SELECT validator FROM files_v1 WHERE file = ?1")
+            .map_err(db)?;
+        st.query_row(params![to_sql(file)], |r| r.get(0))
+            .optional()
+            .map_err(db)
+    }
+
+    /// Record a new validator and drop every block of the file (they were of another
+    /// version). Returns whether anything was dropped.
+    pub fn reset_file(&self, file: u64, validator: &[u8]) -> Result<bool> {
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(db)?;
+        let dropped = tx
+            .prepare_cached("DELETE FROM blocks_v1 WHERE file = ?1")
+            .map_err(db)?
+            .execute(params![to_sql(file)])
+            .map_err(db)?;
+        tx.prepare_cached("INSERT OR REPLACE INTO files_v1 (file, validator) VALUES (?1, ?2)")
+            .map_err(db)?
+            .execute(params![to_sql(file), validator])
+            .map_err(db)?;
+        tx.commit().map_err(db)?;
+        Ok(dropped > 0)
+    }
+
+    /// Replace the validator without touching blocks (after our own write, whose bytes
+    /// the cache already reflects).
+    pub fn set_validator(&self, file: u64, validator: &[u8]) -> Result<()> {
+        self.lock()
+            .prepare_cached("INSERT OR REPLACE INTO files_v1 (file, validator) VALUES (?1, ?2)")
+            .map_err(db)?
+            .execute(params![to_sql(file), validator])
+            .map_err(db)?;
+        Ok(())
+    }
+
+    /// Checksums of the present blocks among `first..=last`.
+    pub fn blocks(&self, file: u64, first: u64, last: u64) -> Result<Vec<(u64, [u8; 32])>> {
+        let conn = self.lock();
+        let mut st = conn
+            .prepare_cached(
+                "SELECT block, sum FROM blocks_v1 WHERE file = ?1 AND block BETWEEN ?2 AND ?3",
+            )
+            .map_err(db)?;
+        let rows = st
+            .query_map(params![to_sql(file), to_sql(first), to_sql(last)], |r| {
+                Ok((from_sql(r.get(0)?), r.get::<_, Vec<u8>>(1)?))
+            })
+            .map_err(db)?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (b, sum) = row.map_err(db)?;
+            if let Ok(sum) = <[u8; 32]>::try_from(sum.as_slice()) {
+                out.push((b, sum));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Mark blocks present (their data is already in the data file), in one transaction.
+    pub fn add_blocks(&self, file: u64, blocks: &[(u64, [u8; 32])]) -> Result<()> {
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(db)?;
+        {
+            let mut st = tx
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO blocks_v1 (file, block, sum) VALUES (?1, ?2, ?3)",
+                )
+                .map_err(db)?;
+            for (b, sum) in blocks {
+                st.execute(params![to_sql(file), to_sql(*b), &sum[..]])
+                    .map_err(db)?;
+            }
+        }
+        tx.commit().map_err(db)
+    }
+
+    /// Forget blocks (corrupt, or overwritten through this client).
+    pub fn drop_blocks(&self, file: u64, first: u64, last: u64) -> Result<()> {
+        self.lock()
+            .prepare_cached("DELETE FROM blocks_v1 WHERE file = ?1 AND block BETWEEN ?2 AND ?3")
+            .map_err(db)?
+            .execute(params![to_sql(file), to_sql(first), to_sql(last)])
+            .map_err(db)?;
+        Ok(())
     }
 }
 

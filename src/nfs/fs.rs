@@ -35,6 +35,10 @@ const DOT_COOKIE: u64 = 1;
 const DOTDOT_COOKIE: u64 = 2;
 /// Entries asked of the store per READDIR page.
 const DIR_PAGE: u32 = 1024;
+/// Attribute-cache size at which expired entries are swept out.
+const ATTR_CACHE_SWEEP: usize = 65_536;
+/// Largest READ passed to the store: the rtmax we advertise.
+const MAX_READ: u32 = 1 << 20;
 
 pub struct Front {
     index: Arc<Index>,
@@ -49,6 +53,12 @@ pub struct Front {
     /// id -> (attributes, when fetched). A std Mutex: held for a map lookup, never across
     /// an await.
     attrs: Mutex<HashMap<u64, (Attr, Instant)>>,
+    /// Paths sent to the store must match the namespace map. A RENAME rewrites paths, so it
+    /// holds this for writing (store call + map update); every other operation holds it for
+    /// reading. Without it a READ racing a rename of its directory would get NOENT for the
+    /// old path and the open file would turn stale. Rule: taken once, at the entry points
+    /// (trait methods and the gate's calls), never in helpers, so never nested.
+    ns: tokio::sync::RwLock<()>,
 }
 
 fn map_err(e: Error) -> nfsstat3 {
@@ -59,6 +69,7 @@ impl Front {
     pub async fn new(
         index: Arc<Index>,
         store: Arc<RemoteStore>,
+        data: DataPath,
         attr_timeout: Duration,
     ) -> crate::Result<Self> {
         let export_id = store.welcome().export_id.clone();
@@ -78,7 +89,7 @@ impl Front {
         index.set_root_ino(root.ident)?;
         let fsid = u64::from_str_radix(&export_id[..16.min(export_id.len())], 16).unwrap_or(1);
         Ok(Self {
-            data: DataPath::new(store.clone()),
+            data,
             index,
             store,
             fsid,
@@ -86,6 +97,7 @@ impl Front {
             read_only,
             attr_timeout,
             attrs: Mutex::new(HashMap::new()),
+            ns: tokio::sync::RwLock::new(()),
         })
     }
 
@@ -115,10 +127,13 @@ impl Front {
     }
 
     fn remember(&self, id: u64, a: Attr) {
-        self.attrs
-            .lock()
-            .expect("attr lock")
-            .insert(id, (a, Instant::now()));
+        let mut map = self.attrs.lock().expect("attr lock");
+        if map.len() >= ATTR_CACHE_SWEEP {
+            // Ids are never reused, so stale entries would otherwise pile up forever.
+            let ttl = self.attr_timeout;
+            map.retain(|_, (_, t)| t.elapsed() < ttl);
+        }
+        map.insert(id, (a, Instant::now()));
     }
 
     fn forget_attr(&self, id: u64) {
@@ -209,6 +224,7 @@ impl Front {
         name: &[u8],
         how: CreateHow,
     ) -> Result<(u64, Attr), nfsstat3> {
+        let _ns = self.ns.read().await;
         let dir = self.file_ref(dirid)?;
         let req = Request::Create {
             dir: dir.clone(),
@@ -229,6 +245,7 @@ impl Front {
         name: &[u8],
         mode: u32,
     ) -> Result<(u64, Attr), nfsstat3> {
+        let _ns = self.ns.read().await;
         let dir = self.file_ref(dirid)?;
         let req = Request::Mkdir {
             dir: dir.clone(),
@@ -244,6 +261,7 @@ impl Front {
 
     /// LINK: a new name for an existing file. Returns the file's attributes.
     pub async fn link(&self, fileid: u64, dirid: u64, name: &[u8]) -> Result<Attr, nfsstat3> {
+        let _ns = self.ns.read().await;
         let file = self.file_ref(fileid)?;
         let dir = self.file_ref(dirid)?;
         let req = Request::Link {
@@ -262,6 +280,7 @@ impl Front {
 
     /// FSSTAT of the real file system under the export.
     pub async fn fsstat(&self, id: u64) -> Result<FsStat, nfsstat3> {
+        let _ns = self.ns.read().await;
         let file = self.file_ref(id)?;
         match self.call_on(id, Request::Fsstat { file }).await? {
             (Response::FsStat(s), _) => Ok(s),
@@ -271,6 +290,7 @@ impl Front {
 
     /// Attributes of a directory before a change, for wcc (cached, else fetched).
     pub async fn pre_attr(&self, id: u64) -> Option<Attr> {
+        let _ns = self.ns.read().await;
         self.attr(id).await.ok()
     }
 
@@ -291,6 +311,7 @@ impl NfsReadFileSystem for Front {
         dirid: &FileHandleU64,
         filename: &filename3<'_>,
     ) -> Result<FileHandleU64, nfsstat3> {
+        let _ns = self.ns.read().await;
         let dirid = dirid.as_u64();
         let name: &[u8] = &filename.0;
         let dir = self.file_ref(dirid)?;
@@ -328,6 +349,7 @@ impl NfsReadFileSystem for Front {
     }
 
     async fn getattr(&self, id: &FileHandleU64) -> Result<fattr3, nfsstat3> {
+        let _ns = self.ns.read().await;
         Ok(self.fattr(&self.attr(id.as_u64()).await?))
     }
 
@@ -337,10 +359,25 @@ impl NfsReadFileSystem for Front {
         offset: u64,
         count: u32,
     ) -> Result<(Vec<u8>, bool), nfsstat3> {
-        let file = self.file_ref(id.as_u64())?;
-        match self.data.read(file, offset, count).await {
+        let _ns = self.ns.read().await;
+        let id = id.as_u64();
+        let file = self.file_ref(id)?;
+        // Current attributes (cached up to attr_timeout) decide whether cached blocks hold.
+        let attr = self.attr(id).await?;
+        if attr.kind != crate::proto::FileKind::Regular {
+            return Err(if attr.kind == crate::proto::FileKind::Directory {
+                nfsstat3::NFS3ERR_ISDIR
+            } else {
+                nfsstat3::NFS3ERR_INVAL
+            });
+        }
+        match self
+            .data
+            .read(id, file, attr, offset, count.min(MAX_READ))
+            .await
+        {
             Ok((bytes, eof, attr)) => {
-                self.remember(id.as_u64(), attr);
+                self.remember(id, attr);
                 Ok((bytes.to_vec(), eof))
             }
             Err(Error::Status(Status::NoEnt | Status::Stale)) => Err(nfsstat3::NFS3ERR_STALE),
@@ -353,6 +390,7 @@ impl NfsReadFileSystem for Front {
         dirid: &FileHandleU64,
         cookie: u64,
     ) -> Result<impl ReadDirPlusIterator<FileHandleU64>, nfsstat3> {
+        let _ns = self.ns.read().await;
         let id = dirid.as_u64();
         let dir = self.file_ref(id)?;
         let dir_attr = self.attr(id).await?;
@@ -371,6 +409,7 @@ impl NfsReadFileSystem for Front {
     }
 
     async fn readlink(&self, id: &FileHandleU64) -> Result<nfspath3<'_>, nfsstat3> {
+        let _ns = self.ns.read().await;
         let file = self.file_ref(id.as_u64())?;
         match self
             .call_on(id.as_u64(), Request::Readlink { file })
@@ -411,6 +450,7 @@ struct DirIter<'a> {
 
 impl DirIter<'_> {
     async fn fill(&mut self) -> Result<(), nfsstat3> {
+        let _ns = self.front.ns.read().await;
         let after = if self.cookie <= DOTDOT_COOKIE {
             0
         } else {
@@ -425,6 +465,7 @@ impl DirIter<'_> {
             (Response::Entries { entries, eof }, _) => (entries, eof),
             (other, _) => return Err(map_err(unexpected(&other))),
         };
+        let last_raw = entries.last().map(|e| e.cookie);
         let live: Vec<DirEntry> = entries.into_iter().filter(|e| e.attr.is_some()).collect();
         let keys: Vec<(Vec<u8>, u64)> = live
             .iter()
@@ -433,9 +474,9 @@ impl DirIter<'_> {
         let ids = self.front.index.ids_for(&keys).map_err(map_err)?;
         self.page = live.into_iter().zip(ids).rev().collect();
         self.eof = eof;
-        if self.page.is_empty() && !eof {
-            // Every entry of the page vanished: resume after the page's last cookie.
-            return Ok(());
+        if let (true, Some(c)) = (self.page.is_empty(), last_raw) {
+            // Every entry of the page vanished (or cannot be stat'ed): go on after them.
+            self.cookie = c;
         }
         Ok(())
     }
@@ -538,11 +579,18 @@ impl NfsFileSystem for Front {
         data: &[u8],
         stable: stable_how,
     ) -> Result<(fattr3, stable_how), nfsstat3> {
+        let _ns = self.ns.read().await;
         let file = self.file_ref(id.as_u64())?;
         let sync = stable != stable_how::UNSTABLE;
         match self
             .data
-            .write(file, offset, Bytes::copy_from_slice(data), sync)
+            .write(
+                id.as_u64(),
+                file,
+                offset,
+                Bytes::copy_from_slice(data),
+                sync,
+            )
             .await
         {
             Ok(a) => {
@@ -620,11 +668,16 @@ impl NfsFileSystem for Front {
         to_dirid: &FileHandleU64,
         to_filename: &filename3<'a>,
     ) -> Result<(), nfsstat3> {
+        let _ns = self.ns.write().await;
         let (fd, td) = (from_dirid.as_u64(), to_dirid.as_u64());
         let from_dir = self.file_ref(fd)?;
         let to_dir = self.file_ref(td)?;
         let from = join(&from_dir.path, &from_filename.0);
         let to = join(&to_dir.path, &to_filename.0);
+        if from == to {
+            // POSIX: renaming a name onto itself does nothing (and must not drop its id).
+            return Ok(());
+        }
         let req = Request::Rename {
             from_dir,
             from_name: from_filename.0.to_vec(),
@@ -643,6 +696,7 @@ impl NfsFileSystem for Front {
         symlink: &nfspath3<'a>,
         attr: &sattr3,
     ) -> Result<(FileHandleU64, fattr3), nfsstat3> {
+        let _ns = self.ns.read().await;
         let id = dirid.as_u64();
         let dir = self.file_ref(id)?;
         let req = Request::Symlink {
@@ -660,6 +714,7 @@ impl NfsFileSystem for Front {
     }
 
     async fn commit(&self, id: &FileHandleU64, _offset: u64, _count: u32) -> Result<(), nfsstat3> {
+        let _ns = self.ns.read().await;
         let file = self.file_ref(id.as_u64())?;
         match self.data.commit(file).await {
             Ok(()) => Ok(()),
@@ -677,6 +732,7 @@ impl Front {
         set: SetAttr,
         guard: Option<Time>,
     ) -> Result<Attr, nfsstat3> {
+        let _ns = self.ns.read().await;
         let file = self.file_ref(id)?;
         match self
             .call_on(id, Request::Setattr { file, set, guard })
@@ -698,6 +754,7 @@ impl Front {
 impl Front {
     /// REMOVE (`rmdir == false`) or RMDIR of `name` in `dirid`; forgets its ids.
     pub async fn unlink(&self, dirid: u64, name: &[u8], rmdir: bool) -> Result<(), nfsstat3> {
+        let _ns = self.ns.read().await;
         let dir = self.file_ref(dirid)?;
         let path = join(&dir.path, name);
         let name = name.to_vec();

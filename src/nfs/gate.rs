@@ -16,6 +16,7 @@ use std::collections::HashMap;
 use std::io::Cursor;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use nfs3_server::nfs3_types::nfs3::{
     self as n, CREATE3args, CREATE3res, CREATE3resfail, CREATE3resok, FSSTAT3args, FSSTAT3res,
@@ -42,6 +43,8 @@ use crate::proto::{Attr, CreateHow};
 
 /// Calls being worked on per kernel connection (the dispatcher's own limit is 256).
 pub const MAX_IN_FLIGHT: usize = 128;
+/// A forwarded call unanswered this long is taken as never to be answered.
+const ABANDONED_AFTER: std::time::Duration = std::time::Duration::from_secs(120);
 /// Largest RPC record accepted: a 1 MiB WRITE plus headers, with room to spare.
 const MAX_RECORD: usize = 4 * 1024 * 1024;
 
@@ -99,7 +102,7 @@ impl Gate {
         let (mut up_rx, mut up_tx) = up.into_split();
         let (reply_tx, mut reply_rx) = mpsc::channel::<Vec<u8>>(MAX_IN_FLIGHT);
         let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
-        let forwarded: Arc<Mutex<HashMap<u32, OwnedSemaphorePermit>>> = Arc::default();
+        let forwarded: Arc<Mutex<HashMap<u32, (OwnedSemaphorePermit, Instant)>>> = Arc::default();
 
         // Replies (ours and the dispatcher's) to the kernel, one whole record at a time.
         let writer = tokio::spawn(async move {
@@ -109,7 +112,7 @@ impl Gate {
             std::io::Result::Ok(())
         });
         // Dispatcher replies: release the call's slot, pass the record on.
-        let up_reader = {
+        let mut up_reader = {
             let reply_tx = reply_tx.clone();
             let forwarded = forwarded.clone();
             tokio::spawn(async move {
@@ -126,12 +129,21 @@ impl Gate {
             })
         };
 
+        // If the dispatcher's connection ends, its outstanding calls will never be answered:
+        // close the kernel's connection too, so it reconnects and retransmits them.
+        let dispatcher_gone = || std::io::Error::other("the NFS dispatcher closed its connection");
         let result = loop {
-            let permit = slots.clone().acquire_owned().await.expect("never closed");
-            let body = match read_record(&mut kernel_rx).await {
-                Ok(Some(b)) => b,
-                Ok(None) => break Ok(()),
-                Err(e) => break Err(e),
+            let permit = tokio::select! {
+                p = slots.clone().acquire_owned() => p.expect("never closed"),
+                _ = &mut up_reader => break Err(dispatcher_gone()),
+            };
+            let body = tokio::select! {
+                r = read_record(&mut kernel_rx) => match r {
+                    Ok(Some(b)) => b,
+                    Ok(None) => break Ok(()),
+                    Err(e) => break Err(e),
+                },
+                _ = &mut up_reader => break Err(dispatcher_gone()),
             };
             match self.intercept(&body) {
                 Some((xid, proc_, args_at)) => {
@@ -146,7 +158,15 @@ impl Gate {
                 None => {
                     if body.len() >= 4 {
                         let xid = u32::from_be_bytes([body[0], body[1], body[2], body[3]]);
-                        forwarded.lock().expect("slot map").insert(xid, permit);
+                        // A retransmission of a call still in flight holds no second slot
+                        // (the dispatcher may answer it only once).
+                        let mut map = forwarded.lock().expect("slot map");
+                        if map.len() >= MAX_IN_FLIGHT / 2 {
+                            // The dispatcher never answers a retransmission of a call it
+                            // already answered: free such slots after a while.
+                            map.retain(|_, (_, t)| t.elapsed() < ABANDONED_AFTER);
+                        }
+                        map.entry(xid).or_insert((permit, Instant::now()));
                     }
                     if let Err(e) = up_tx.write_all(&frame_record(&body)).await {
                         break Err(e);

@@ -40,8 +40,9 @@ struct Session {
     slots: Arc<Semaphore>,
     next_id: AtomicU64,
     counters: Arc<Counters>,
-    /// Kept so the child (server or ssh) dies with the session.
-    _child: tokio::process::Child,
+    /// The transport's process (server or ssh): killed when the session is replaced, and
+    /// with the session.
+    child: Mutex<tokio::process::Child>,
 }
 
 /// The store, reached through a (re)connectable tunnel.
@@ -72,13 +73,24 @@ impl RemoteStore {
         &self.welcome
     }
 
-    async fn current(&self) -> Result<Arc<Session>> {
+    /// The live session, or a new one. Any failure here happened before the request was
+    /// sent, so it comes back as [`Error::Unsent`] (safe to retry), except a different
+    /// export behind the same remote, which is final.
+    async fn current(&self, deadline: Instant) -> Result<Arc<Session>> {
         let mut guard = self.session.lock().await;
         if let Some(s) = guard.as_ref().filter(|s| s.alive()) {
             return Ok(s.clone());
         }
-        *guard = None;
-        let (session, welcome) = Session::open(&self.remote, self.counters.clone()).await?;
+        if let Some(dead) = guard.take() {
+            // Its server may still be running a request; stop it before starting another.
+            dead.kill();
+        }
+        let open = Session::open(&self.remote, self.counters.clone());
+        let (session, welcome) = match tokio::time::timeout_at(deadline.into(), open).await {
+            Ok(Ok(sw)) => sw,
+            Ok(Err(e)) => return Err(Error::Unsent(format!("cannot reconnect: {e}"))),
+            Err(_) => return Err(Error::Unsent("reconnect timed out".into())),
+        };
         if welcome.export_id != self.welcome.export_id {
             return Err(Error::Protocol(format!(
                 "reconnected to another export ({} instead of {})",
@@ -97,21 +109,16 @@ impl RemoteStore {
         let deadline = Instant::now() + self.reconnect_timeout;
         let mut backoff = Duration::from_millis(50);
         loop {
-            let attempt = match self.current().await {
+            let attempt = match self.current(deadline).await {
                 Ok(s) => s.call(&req, data.clone()).await,
                 Err(e) => Err(e),
             };
             match attempt {
                 Ok((Ok(resp), bytes)) => return Ok((resp, bytes)),
                 Ok((Err(status), _)) => return Err(Error::Status(status)),
-                Err(
-                    e @ (Error::Disconnected(_)
-                    | Error::Spawn { .. }
-                    | Error::Io(_)
-                    | Error::Unsent(_)),
-                ) if (req.is_idempotent()
-                    || matches!(e, Error::Unsent(_) | Error::Spawn { .. }))
-                    && Instant::now() < deadline =>
+                Err(e @ (Error::Disconnected(_) | Error::Io(_) | Error::Unsent(_)))
+                    if (req.is_idempotent() || matches!(e, Error::Unsent(_)))
+                        && Instant::now() < deadline =>
                 {
                     tracing::warn!("store unreachable ({e}); retrying in {backoff:?}");
                     tokio::time::sleep(backoff).await;
@@ -153,6 +160,15 @@ impl Session {
                 ));
             }
         };
+        // The id names a directory in the client's cache: accept exactly what servers make.
+        if welcome.export_id.len() != 32
+            || !welcome.export_id.bytes().all(|b| b.is_ascii_hexdigit())
+        {
+            return Err(Error::Protocol(format!(
+                "malformed export id {:?}",
+                welcome.export_id
+            )));
+        }
         if welcome.version != PROTOCOL_VERSION {
             return Err(Error::Protocol(format!(
                 "server speaks protocol {}, this client {PROTOCOL_VERSION}",
@@ -198,9 +214,13 @@ impl Session {
             pending,
             slots: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
             next_id: AtomicU64::new(1),
-            _child: conn.child,
+            child: Mutex::new(conn.child),
         };
         Ok((session, welcome))
+    }
+
+    fn kill(&self) {
+        let _ = self.child.lock().expect("child lock").start_kill();
     }
 
     fn alive(&self) -> bool {

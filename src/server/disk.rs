@@ -10,7 +10,7 @@
 
 use std::fs::File;
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 
 use rustix::fs::{
@@ -82,7 +82,11 @@ impl Export {
             Mode::empty(),
             ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
         )
-        .map_err(status_of)
+        .map_err(|e| match e {
+            // openat2's refusals: the path leaves the export or passes a symlink.
+            Errno::XDEV | Errno::LOOP => Status::Escape,
+            e => status_of(e),
+        })
     }
 
     /// Open a directory and check it is the one the client expects.
@@ -102,13 +106,36 @@ impl Export {
 
     /// Open a regular file for I/O and check it is the one expected.
     fn regular(&self, file: &FileRef, flags: OFlags) -> Result<(File, Meta), Status> {
-        let fd = self.resolve(&file.path, flags)?;
+        // O_NONBLOCK: opening a FIFO or device must not hang a server thread (it changes
+        // nothing for regular files, the only kind we go on to use).
+        let fd = self.resolve(&file.path, flags | OFlags::NONBLOCK)?;
         let st = stat_fd(&fd)?;
         expect_ident(&st, file.ident)?;
         match kind_of(st.mode) {
             FileKind::Regular => Ok((File::from(fd), st)),
             FileKind::Directory => Err(Status::IsDir),
             _ => Err(Status::Inval),
+        }
+    }
+
+    /// Open a regular file for writing. Like knfsd's owner override: the owner may write
+    /// through a file it made read-only (`cp` of a 0444 file, `tar x`, git objects: the
+    /// kernel gave the program a writable fd at create time, so EACCES here would lose data
+    /// silently). Write permission is added for the open and put back at once.
+    fn writer(&self, file: &FileRef) -> Result<(File, Meta), Status> {
+        match self.regular(file, OFlags::WRONLY) {
+            Err(Status::Access) => {
+                let (fd, _) = self.object(file)?;
+                with_owner_write(&fd, || {
+                    std::fs::OpenOptions::new()
+                        .write(true)
+                        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+                        .open(proc_path(&fd))
+                        .map_err(|e| status_of_io(&e))
+                })
+                .and_then(|f| Ok((f, self.object(file)?.1)))
+            }
+            other => other,
         }
     }
 
@@ -166,10 +193,10 @@ impl Export {
         sync: bool,
     ) -> Result<Attr, Status> {
         self.writable()?;
-        let (f, _) = self.regular(file, OFlags::WRONLY)?;
+        let (f, _) = self.writer(file)?;
         f.write_all_at(data, offset).map_err(|e| status_of_io(&e))?;
         if sync {
-            rfs::fdatasync(&f).map_err(status_of)?;
+            rfs::fsync(&f).map_err(status_of)?;
         }
         Ok(attr_of(&stat_fd(&f)?))
     }
@@ -178,7 +205,7 @@ impl Export {
         self.writable()?;
         let (f, _) = self
             .regular(file, OFlags::RDONLY)
-            .or_else(|_| self.regular(file, OFlags::WRONLY))?;
+            .or_else(|_| self.writer(file))?;
         rfs::fsync(&f).map_err(status_of)
     }
 
@@ -219,10 +246,16 @@ impl Export {
                 FileKind::Directory => return Err(Status::IsDir),
                 _ => return Err(Status::Inval),
             }
-            let f = std::fs::OpenOptions::new()
-                .write(true)
-                .open(&proc_path)
-                .map_err(|e| status_of_io(&e))?;
+            let open = || {
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&proc_path)
+                    .map_err(|e| status_of_io(&e))
+            };
+            let f = match open() {
+                Err(Status::Access) => with_owner_write(&fd, open)?,
+                other => other?,
+            };
             f.set_len(size).map_err(|e| status_of_io(&e))?;
         }
         if set.atime.is_some() || set.mtime.is_some() {
@@ -259,16 +292,41 @@ impl Export {
         let base = OFlags::CREATE | OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
         match how {
             CreateHow::Unchecked(set) | CreateHow::Guarded(set) => {
-                let excl = matches!(how, CreateHow::Guarded(_));
-                let flags = if excl { base | OFlags::EXCL } else { base };
+                let guarded = matches!(how, CreateHow::Guarded(_));
                 let mode = Mode::from_raw_mode(set.mode.unwrap_or(0o644) & 0o7777);
-                let fd = rfs::openat(&dirfd, name, flags, mode).map_err(status_of)?;
+                let excl = base | OFlags::EXCL | OFlags::NONBLOCK;
+                let (fd, rest) = match rfs::openat(&dirfd, name, excl, mode) {
+                    // Made it: the mode went to openat (umask is 0 here); apply the rest.
+                    Ok(fd) => (fd, SetAttr { mode: None, ..*set }),
+                    Err(Errno::EXIST) if !guarded => {
+                        // UNCHECKED on an existing name: a regular file is opened and only
+                        // the size applies (as knfsd); anything else is EXIST.
+                        let st = stat_at(&dirfd, name)?;
+                        if kind_of(st.mode) != FileKind::Regular {
+                            return Err(Status::Exist);
+                        }
+                        let fd = rfs::openat(
+                            &dirfd,
+                            name,
+                            OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                            Mode::empty(),
+                        )
+                        .map_err(status_of)?;
+                        (
+                            fd,
+                            SetAttr {
+                                size: set.size,
+                                ..SetAttr::default()
+                            },
+                        )
+                    }
+                    Err(Errno::LOOP) => return Err(Status::Exist),
+                    Err(e) => return Err(status_of(e)),
+                };
                 let st = stat_fd(&fd)?;
                 if kind_of(st.mode) != FileKind::Regular {
                     return Err(Status::Exist);
                 }
-                // The mode went to openat (umask is 0 in the server); apply the rest.
-                let rest = SetAttr { mode: None, ..*set };
                 if rest != SetAttr::default() {
                     let file = FileRef {
                         path: join(&dir.path, std::os::unix::ffi::OsStrExt::as_bytes(name)),
@@ -320,7 +378,9 @@ impl Export {
         rfs::mkdirat(&dirfd, name, Mode::from_raw_mode(mode & 0o7777)).map_err(status_of)?;
         let st = stat_at(&dirfd, name)?;
         // mkdir(2) drops the setuid/setgid/sticky bits on some file systems: apply exactly.
-        if st.mode & 0o7777 != mode & 0o7777 {
+        // Keep a setgid bit inherited from the parent (BSD group semantics), as knfsd does.
+        let mode = (mode & 0o7777) | (st.mode & 0o2000);
+        if st.mode & 0o7777 != mode {
             let fd = rfs::openat(
                 &dirfd,
                 name,
@@ -450,9 +510,9 @@ impl Export {
         let s = rfs::fstatvfs(&self.root).map_err(status_of)?;
         let frsize = s.f_frsize;
         Ok(FsStat {
-            total_bytes: s.f_blocks * frsize,
-            free_bytes: s.f_bfree * frsize,
-            avail_bytes: s.f_bavail * frsize,
+            total_bytes: s.f_blocks.saturating_mul(frsize),
+            free_bytes: s.f_bfree.saturating_mul(frsize),
+            avail_bytes: s.f_bavail.saturating_mul(frsize),
             total_files: s.f_files,
             free_files: s.f_ffree,
             avail_files: s.f_favail,
@@ -475,8 +535,9 @@ pub fn name_cookie(name: &[u8]) -> u64 {
 
 /// The exclusive-create verifier, stored in atime (first 4 bytes) and mtime (last 4).
 fn verf_times(verf: &[u8; 8]) -> (Timespec, Timespec) {
-    let a = u32::from_be_bytes([verf[0], verf[1], verf[2], verf[3]]);
-    let m = u32::from_be_bytes([verf[4], verf[5], verf[6], verf[7]]);
+    // 31 bits each (as knfsd): file systems with 32-bit timestamps would clamp more.
+    let a = u32::from_be_bytes([verf[0], verf[1], verf[2], verf[3]]) & 0x7fff_ffff;
+    let m = u32::from_be_bytes([verf[4], verf[5], verf[6], verf[7]]) & 0x7fff_ffff;
     (
         Timespec {
             tv_sec: i64::from(a),
@@ -655,15 +716,17 @@ fn attr_of(m: &Meta) -> Attr {
     m.attr
 }
 
-/// errno -> protocol status. EXDEV and ELOOP from `openat2` mean a path tried to leave the
-/// export or pass a symlink; both are refused as [`Status::Escape`].
+/// errno -> protocol status. (EXDEV and ELOOP from `openat2` itself are mapped to
+/// [`Status::Escape`] in `resolve`: there they mean the path tried to leave the export.)
 pub fn status_of(e: Errno) -> Status {
     match e {
         Errno::PERM => Status::Perm,
         Errno::NOENT => Status::NoEnt,
         Errno::ACCESS => Status::Access,
         Errno::EXIST => Status::Exist,
-        Errno::XDEV | Errno::LOOP => Status::Escape,
+        Errno::XDEV => Status::XDev,
+        // O_NOFOLLOW met a symlink where a file was expected.
+        Errno::LOOP => Status::Inval,
         Errno::NOTDIR => Status::NotDir,
         Errno::ISDIR => Status::IsDir,
         Errno::INVAL => Status::Inval,
@@ -683,4 +746,31 @@ pub fn status_of(e: Errno) -> Status {
 fn status_of_io(e: &std::io::Error) -> Status {
     e.raw_os_error()
         .map_or(Status::Io, |n| status_of(Errno::from_raw_os_error(n)))
+}
+
+/// `/proc/self/fd/N` of `fd`: names exactly that inode, whatever happens to its path.
+fn proc_path(fd: &OwnedFd) -> String {
+    format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(fd))
+}
+
+/// Serialises owner overrides, so two of them on one file cannot leave it writable.
+static OWNER_OVERRIDE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Run `open` with the owner's write bit added to the file behind `fd` (an `O_PATH` fd),
+/// then restore the mode. Refused unless this process owns the file.
+fn with_owner_write<T>(
+    fd: &OwnedFd,
+    open: impl FnOnce() -> Result<T, Status>,
+) -> Result<T, Status> {
+    let _one = OWNER_OVERRIDE.lock().unwrap_or_else(|p| p.into_inner());
+    let st = stat_fd(fd)?;
+    if st.attr.uid != rustix::process::geteuid().as_raw() || st.mode & 0o200 != 0 {
+        return Err(Status::Access);
+    }
+    let path = proc_path(fd);
+    let mode = st.mode & 0o7777;
+    rfs::chmod(&path, Mode::from_raw_mode(mode | 0o200)).map_err(status_of)?;
+    let out = open();
+    rfs::chmod(&path, Mode::from_raw_mode(mode)).map_err(status_of)?;
+    out
 }

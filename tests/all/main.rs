@@ -3,6 +3,7 @@
 //! Needs the workspace binaries built first: `cargo build --workspace && cargo test --workspace`.
 
 mod backpressure;
+mod cache;
 mod confinement;
 mod guest;
 mod harness;

@@ -437,3 +437,115 @@ async fn one_gib_sparse_file_round_trip() {
         assert_eq!(&buf, data);
     }
 }
+
+#[tokio::test]
+async fn store_side_runs_as_an_ordinary_user_with_owner_override() {
+    use std::os::unix::fs::chown;
+    let d = dirs();
+    // The store side as `nobody`: what a real deployment is (no root on the store).
+    std::fs::set_permissions(d.tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    chown(&d.export, Some(65534), Some(65534)).unwrap();
+    std::fs::write(d.export.join("roots"), b"root's file").unwrap();
+    let remote = format!(
+        "exec:setpriv --reuid=65534 --regid=65534 --clear-groups {} serve --stdio --export {}",
+        bin("gridvfs-server").display(),
+        d.export.display()
+    );
+    let client = ClientProc::start_remote(&remote, &d.export, &d.cache, 0, &[]);
+    let mut nfs = Nfs::mount(client.port).await;
+    let root = nfs.root.clone();
+
+    // `cp` of a 0444 file: CREATE with mode 0444, then WRITEs. The owner may write.
+    let f = nfs
+        .create(&root, "ro", createhow3::GUARDED(attrs(Some(0o444))))
+        .await
+        .unwrap();
+    nfs.write(&f, 0, b"written after create", stable_how::FILE_SYNC)
+        .await
+        .unwrap();
+    nfs.setattr(
+        &f,
+        sattr3 {
+            size: Nfs3Option::Some(7),
+            ..Default::default()
+        },
+        None,
+    )
+    .await
+    .unwrap();
+    nfs.commit(&f).await.unwrap();
+    let meta = std::fs::metadata(d.export.join("ro")).unwrap();
+    assert_eq!(std::fs::read(d.export.join("ro")).unwrap(), b"written");
+    assert_eq!(
+        meta.permissions().mode() & 0o7777,
+        0o444,
+        "mode restored after the override"
+    );
+    assert_eq!(meta.uid(), 65534);
+    // chmod 0 and still writable by its owner (as with knfsd).
+    nfs.setattr(&f, attrs(Some(0)), None).await.unwrap();
+    nfs.write(&f, 7, b"!", stable_how::FILE_SYNC).await.unwrap();
+    assert_eq!(std::fs::read(d.export.join("ro")).unwrap(), b"written!");
+    assert_eq!(
+        std::fs::metadata(d.export.join("ro"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o7777,
+        0
+    );
+
+    // Someone else's file is not ours to override.
+    let other = nfs.lookup(&root, "roots").await.unwrap();
+    assert_eq!(
+        nfs.write(&other, 0, b"x", stable_how::FILE_SYNC)
+            .await
+            .err(),
+        Some(nfsstat3::NFS3ERR_ACCES)
+    );
+    assert_eq!(
+        std::fs::read(d.export.join("roots")).unwrap(),
+        b"root's file"
+    );
+    assert_eq!(
+        nfs.setattr(&other, attrs(Some(0o777)), None).await,
+        Err(nfsstat3::NFS3ERR_PERM)
+    );
+}
+
+#[tokio::test]
+async fn oversized_reads_are_clamped_and_setgid_directories_keep_their_group_bit() {
+    let d = dirs();
+    std::fs::write(d.export.join("big"), noise(5, 3 << 20)).unwrap();
+    std::fs::create_dir(d.export.join("proj")).unwrap();
+    std::fs::set_permissions(
+        d.export.join("proj"),
+        std::fs::Permissions::from_mode(0o2775),
+    )
+    .unwrap();
+    let client = ClientProc::start(&d.export, &d.cache, 0, &[]);
+    let mut nfs = Nfs::mount(client.port).await;
+    let root = nfs.root.clone();
+    let big = nfs.lookup(&root, "big").await.unwrap();
+    // Past rtmax: a short read (the client asks again), never a broken connection.
+    let (data, eof) = nfs.read(&big, 0, 8 << 20).await.unwrap();
+    assert_eq!(data.len(), 1 << 20);
+    assert!(!eof);
+    assert_eq!(data, noise(5, 3 << 20)[..1 << 20]);
+    assert_eq!(
+        nfs.getattr(&big).await.unwrap().size,
+        3 << 20,
+        "connection still good"
+    );
+
+    let proj = nfs.lookup(&root, "proj").await.unwrap();
+    let sub = nfs.mkdir(&proj, "sub", Some(0o755)).await.unwrap();
+    assert_eq!(
+        nfs.getattr(&sub).await.unwrap().mode,
+        0o2755,
+        "inherited setgid kept"
+    );
+    // Renaming a name onto itself changes nothing and keeps the handle.
+    nfs.rename(&root, "big", &root, "big").await.unwrap();
+    assert_eq!(nfs.getattr(&big).await.unwrap().size, 3 << 20);
+}

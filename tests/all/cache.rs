@@ -1,0 +1,143 @@
+//! The persistent block cache: warm restarts fetch nothing, corruption is caught, changes
+//! on the store and writes through the mount are never hidden by stale blocks.
+
+use std::process::Command;
+
+use nfs3_client::nfs3_types::nfs3::*;
+
+use crate::harness::*;
+
+/// `gridvfs-client status --json` for the one client on `cache`.
+fn status(cache: &std::path::Path) -> serde_json::Value {
+    let out = Command::new(bin("gridvfs-client"))
+        .args(["status", "--json", "--cache-dir"])
+        .arg(cache)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "status: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("one JSON line")
+}
+
+fn n(v: &serde_json::Value, k: &str) -> u64 {
+    v[k].as_u64()
+        .unwrap_or_else(|| panic!("{k} missing in {v}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warm_restart_fetches_nothing_and_bytes_match() {
+    let d = dirs();
+    let data = noise(61, 256 << 20);
+    std::fs::write(d.export.join("vm.img"), &data).unwrap();
+    let mut client = ClientProc::start(&d.export, &d.cache, 0, &[]);
+    let mut nfs = Nfs::mount(client.port).await;
+    let f = nfs.lookup(&nfs.root.clone(), "vm.img").await.unwrap();
+    assert!(nfs.read_all(&f, 1 << 20).await.unwrap() == data);
+    let cold = status(&d.cache);
+    assert_eq!(
+        n(&cold, "bytes_fetched"),
+        256 << 20,
+        "cold read fetches each byte once: {cold}"
+    );
+
+    client.restart();
+    let mut nfs = Nfs::mount(client.port).await;
+    assert!(
+        nfs.read_all(&f, 1 << 20).await.unwrap() == data,
+        "warm bytes differ"
+    );
+    let warm = status(&d.cache);
+    assert_eq!(
+        n(&warm, "bytes_fetched"),
+        0,
+        "warm read after restart fetched data: {warm}"
+    );
+    assert_eq!(n(&warm, "block_misses"), 0, "{warm}");
+    assert!(n(&warm, "block_hits") >= 1024, "{warm}");
+    assert!(
+        n(&warm, "tunnel_bytes_received") < 1 << 20,
+        "only attributes crossed: {warm}"
+    );
+}
+
+#[tokio::test]
+async fn corrupted_cache_blocks_are_refetched_not_served() {
+    let d = dirs();
+    let data = noise(62, 8 << 20);
+    std::fs::write(d.export.join("f"), &data).unwrap();
+    let mut client = ClientProc::start(&d.export, &d.cache, 0, &[]);
+    let mut nfs = Nfs::mount(client.port).await;
+    let f = nfs.lookup(&nfs.root.clone(), "f").await.unwrap();
+    assert!(nfs.read_all(&f, 1 << 20).await.unwrap() == data);
+    client.kill();
+    // Flip bytes in every cached data file, at several places.
+    let mut flipped = 0;
+    for export in std::fs::read_dir(&d.cache).unwrap().flatten() {
+        let blocks = export.path().join("blocks");
+        for file in std::fs::read_dir(&blocks).into_iter().flatten().flatten() {
+            let mut bytes = std::fs::read(file.path()).unwrap();
+            for off in (0..bytes.len()).step_by(1 << 20) {
+                bytes[off] ^= 0xff;
+                flipped += 1;
+            }
+            std::fs::write(file.path(), bytes).unwrap();
+        }
+    }
+    assert!(flipped >= 8, "found cached data to corrupt");
+    client.restart();
+    let mut nfs = Nfs::mount(client.port).await;
+    assert!(
+        nfs.read_all(&f, 1 << 20).await.unwrap() == data,
+        "corrupt cache served wrong bytes"
+    );
+    let st = status(&d.cache);
+    assert_eq!(n(&st, "checksum_failures"), flipped, "{st}");
+    assert_eq!(
+        n(&st, "bytes_fetched"),
+        flipped * (256 << 10),
+        "only the bad blocks were refetched: {st}"
+    );
+}
+
+#[tokio::test]
+async fn store_changes_and_writes_through_the_mount_are_never_hidden() {
+    let d = dirs();
+    std::fs::write(d.export.join("f"), noise(63, 1 << 20)).unwrap();
+    let client = ClientProc::start(&d.export, &d.cache, 0, &["--attr-timeout", "0.2"]);
+    let mut nfs = Nfs::mount(client.port).await;
+    let f = nfs.lookup(&nfs.root.clone(), "f").await.unwrap();
+    assert_eq!(nfs.read_all(&f, 1 << 20).await.unwrap(), noise(63, 1 << 20));
+
+    // Changed on the store behind the client: seen once the attributes are refreshed.
+    std::fs::write(d.export.join("f"), noise(64, 1 << 20)).unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(nfs.read_all(&f, 1 << 20).await.unwrap(), noise(64, 1 << 20));
+    assert!(n(&status(&d.cache), "invalidations") >= 1);
+
+    // Written through the mount, partly inside blocks and across a block boundary.
+    let patch = noise(65, 300_000);
+    nfs.write(&f, 100_000, &patch, stable_how::FILE_SYNC)
+        .await
+        .unwrap();
+    let mut want = noise(64, 1 << 20);
+    want[100_000..400_000].copy_from_slice(&patch);
+    assert_eq!(nfs.read_all(&f, 1 << 20).await.unwrap(), want);
+    assert_eq!(std::fs::read(d.export.join("f")).unwrap(), want);
+    // A whole aligned block written is served from the cache afterwards.
+    let block = noise(66, 256 << 10);
+    nfs.write(&f, 512 << 10, &block, stable_how::FILE_SYNC)
+        .await
+        .unwrap();
+    want[512 << 10..768 << 10].copy_from_slice(&block);
+    let before = n(&status(&d.cache), "bytes_fetched");
+    assert_eq!(nfs.read(&f, 512 << 10, 256 << 10).await.unwrap().0, block);
+    assert_eq!(
+        n(&status(&d.cache), "bytes_fetched"),
+        before,
+        "written block came from the cache"
+    );
+    assert_eq!(nfs.read_all(&f, 1 << 20).await.unwrap(), want);
+}
