@@ -44,12 +44,12 @@ impl Client {
         std::fs::create_dir_all(&export_dir)?;
         let index = Arc::new(Index::open(&export_dir.join("index.sqlite"))?);
         let generation = index.generation()?;
-        let data = DataPath::new(
+        let data = Arc::new(DataPath::new(
             store.clone(),
             index.clone(),
             export_dir.join("blocks"),
             cfg.block_size,
-        )?;
+        )?);
         let stats = data.stats.clone();
         let front = Front::new(index.clone(), store.clone(), data, cfg.attr_timeout).await?;
         let mut nfs = NfsFront::bind(front, generation, cfg.listen).await?;

@@ -28,6 +28,7 @@ pub struct Status {
     pub bytes_fetched: u64,
     pub checksum_failures: u64,
     pub invalidations: u64,
+    pub read_ahead_blocks: u64,
 }
 
 /// Figures the socket reports, from the live counters.
@@ -54,6 +55,7 @@ impl Sources {
             bytes_fetched: l(&c.bytes_fetched),
             checksum_failures: l(&c.checksum_failures),
             invalidations: l(&c.invalidations),
+            read_ahead_blocks: l(&c.read_ahead_blocks),
         }
     }
 }

@@ -7,7 +7,10 @@
 //! in runs, written to the data file, then indexed with their checksum. Writes go through
 //! to the store (write-through); the blocks they touch are refreshed or dropped.
 //!
-//! Not yet (issue 4): single flight, read-ahead, capacity/LRU eviction, write-back.
+//! Concurrent readers of one missing block cause one fetch (single flight); sequential
+//! readers get the following blocks fetched ahead of them.
+//!
+//! Not yet (issue 4): capacity/LRU eviction, write-back.
 
 pub mod index;
 pub mod range;
@@ -15,10 +18,11 @@ pub mod store;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
+use tokio::sync::watch;
 
 pub use index::Index;
 use store::Store;
@@ -33,6 +37,9 @@ use crate::remote::RemoteStore;
 pub const DEFAULT_BLOCK_SIZE: u64 = 256 * 1024;
 /// Largest request to the store for one run of missing blocks.
 const MAX_FETCH: u64 = 4 * 1024 * 1024;
+/// Largest read-ahead window, in blocks (4 MiB at the default block size: more than the
+/// bandwidth-delay product of a 100 Mbit/s, 40 ms link).
+const MAX_READ_AHEAD: u64 = 16;
 
 /// Cache figures (for `status`, the bench and tests).
 #[derive(Debug, Default)]
@@ -42,6 +49,7 @@ pub struct CacheStats {
     pub bytes_fetched: AtomicU64,
     pub checksum_failures: AtomicU64,
     pub invalidations: AtomicU64,
+    pub read_ahead_blocks: AtomicU64,
 }
 
 /// File data, between the NFS front and the store.
@@ -51,6 +59,29 @@ pub struct DataPath {
     blocks: Store,
     block_size: u64,
     pub stats: Arc<CacheStats>,
+    /// (file, block) -> closed when the fetch of that block ends (single flight: concurrent
+    /// readers of a missing block cause one fetch). std Mutex: held for map updates only.
+    inflight: Mutex<HashMap<(u64, u64), watch::Receiver<()>>>,
+    /// file -> (block a sequential reader will read next, read-ahead window in blocks).
+    sequential: Mutex<HashMap<u64, (u64, u64)>>,
+}
+
+/// Blocks a caller has registered as in flight; unregistered (and their waiters woken)
+/// when dropped, whether the fetch worked or not.
+struct Claim {
+    cache: Arc<DataPath>,
+    id: u64,
+    blocks: Vec<u64>,
+    _done: watch::Sender<()>,
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        let mut map = self.cache.inflight.lock().expect("inflight lock");
+        for b in &self.blocks {
+            map.remove(&(self.id, *b));
+        }
+    }
 }
 
 /// The store's version of a file: blocks are valid only under the validator they were
@@ -84,6 +115,8 @@ impl DataPath {
             blocks: Store::open(dir)?,
             block_size,
             stats: Arc::default(),
+            inflight: Mutex::default(),
+            sequential: Mutex::default(),
         })
     }
 
@@ -102,7 +135,7 @@ impl DataPath {
     /// Read up to `len` bytes at `offset` of file `id` (at `file` on the store, whose
     /// current attributes are `attr`): (bytes, eof, attributes).
     pub async fn read(
-        &self,
+        self: &Arc<Self>,
         id: u64,
         file: FileRef,
         attr: Attr,
@@ -114,56 +147,192 @@ impl DataPath {
         let Some((first, last)) = range::blocks(offset, u64::from(len), size, bs) else {
             return Ok((Bytes::new(), true, attr));
         };
+        let mut buf = vec![0u8; ((last - first + 1) * bs) as usize];
+        let mut done = vec![false; (last - first + 1) as usize];
+        let mut now = attr;
+        // Round 1 serves hits and fetches what nobody else is fetching; blocks another
+        // reader is fetching are awaited, then picked up from the cache in the next round.
+        for _round in 0..4 {
+            self.cached_into(id, size, first, last, &mut buf, &mut done)?;
+            let missing: Vec<u64> = (first..=last)
+                .filter(|b| !done[(b - first) as usize])
+                .collect();
+            if missing.is_empty() {
+                break;
+            }
+            let (mine, others) = self.claim(id, &missing);
+            for (start, n) in range::runs(&mine.blocks, MAX_FETCH / bs) {
+                let off = start * bs;
+                let want = (n * bs).min(size - off);
+                let (data, fetched) = self
+                    .fetch_into_cache(id, file.clone(), &attr, off, want)
+                    .await?;
+                buf[((start - first) * bs) as usize..][..data.len()].copy_from_slice(&data);
+                for b in start..start + n {
+                    done[(b - first) as usize] = true;
+                }
+                if validator(&fetched) != validator(&attr) {
+                    now = fetched;
+                }
+            }
+            drop(mine);
+            for mut rx in others {
+                let _ = rx.changed().await;
+            }
+        }
+        if done.iter().any(|d| !d) {
+            return Err(Error::Protocol("cache: blocks never arrived".into()));
+        }
+        self.read_ahead(id, file, attr, first, last);
+        let from = (offset - first * bs) as usize;
+        let n = u64::from(len).min(size - offset) as usize;
+        let eof = offset + n as u64 >= size;
+        Ok((Bytes::from(buf).slice(from..from + n), eof, now))
+    }
+
+    /// Copy verified cached blocks of `first..=last` into `buf`, marking them done.
+    fn cached_into(
+        &self,
+        id: u64,
+        size: u64,
+        first: u64,
+        last: u64,
+        buf: &mut [u8],
+        done: &mut [bool],
+    ) -> Result<()> {
+        let bs = self.block_size;
         let present: HashMap<u64, [u8; 32]> =
             self.index.blocks(id, first, last)?.into_iter().collect();
-        let mut buf = vec![0u8; ((last - first + 1) * bs) as usize];
-        let mut missing = Vec::new();
         for b in first..=last {
+            let i = (b - first) as usize;
+            if done[i] {
+                continue;
+            }
+            let Some(sum) = present.get(&b) else {
+                self.stats.block_misses.fetch_add(1, Ordering::Relaxed);
+                continue;
+            };
             let blen = range::block_len(b, size, bs) as usize;
-            let slot = &mut buf[((b - first) * bs) as usize..][..blen];
-            if let Some(sum) = present.get(&b) {
-                let n = self.blocks.read(id, b * bs, slot)?;
-                if n == blen && blake3::hash(slot).as_bytes() == sum {
-                    self.stats.block_hits.fetch_add(1, Ordering::Relaxed);
-                    continue;
-                }
+            let slot = &mut buf[i * bs as usize..][..blen];
+            let n = self.blocks.read(id, b * bs, slot)?;
+            if n == blen && blake3::hash(slot).as_bytes() == sum {
+                self.stats.block_hits.fetch_add(1, Ordering::Relaxed);
+                done[i] = true;
+            } else {
                 // Torn by a crash, or corrupted on disk: never served, fetched again.
                 self.stats.checksum_failures.fetch_add(1, Ordering::Relaxed);
+                self.stats.block_misses.fetch_add(1, Ordering::Relaxed);
+                self.index.drop_blocks(id, b, b)?;
                 tracing::warn!(
                     file = id,
                     block = b,
                     "cached block failed its checksum; refetching"
                 );
             }
-            self.stats.block_misses.fetch_add(1, Ordering::Relaxed);
-            missing.push(b);
         }
-        let mut now = attr;
-        for (start, n) in range::runs(&missing, MAX_FETCH / bs) {
-            let off = start * bs;
-            let want = (n * bs).min(size - off);
-            let (data, fetched_attr) = self.fetch(file.clone(), off, want).await?;
-            self.stats
-                .bytes_fetched
-                .fetch_add(data.len() as u64, Ordering::Relaxed);
-            buf[((start - first) * bs) as usize..][..data.len()].copy_from_slice(&data);
-            if validator(&fetched_attr) == validator(&attr) && data.len() as u64 == want {
-                self.blocks.write(id, off, &data)?;
-                let sums: Vec<(u64, [u8; 32])> = data
-                    .chunks(bs as usize)
-                    .enumerate()
-                    .map(|(i, c)| (start + i as u64, *blake3::hash(c).as_bytes()))
-                    .collect();
-                self.index.add_blocks(id, &sums)?;
-            } else {
-                // The file changed while we read: serve what came, cache nothing.
-                now = fetched_attr;
+        Ok(())
+    }
+
+    /// Split `missing` into blocks this caller fetches (now registered as in flight) and
+    /// watchers of blocks others are already fetching.
+    fn claim(self: &Arc<Self>, id: u64, missing: &[u64]) -> (Claim, Vec<watch::Receiver<()>>) {
+        let (tx, rx) = watch::channel(());
+        let mut map = self.inflight.lock().expect("inflight lock");
+        let mut mine = Vec::new();
+        let mut others = Vec::new();
+        for &b in missing {
+            match map.get(&(id, b)) {
+                Some(r) => others.push(r.clone()),
+                None => {
+                    map.insert((id, b), rx.clone());
+                    mine.push(b);
+                }
             }
         }
-        let from = (offset - first * bs) as usize;
-        let n = u64::from(len).min(size - offset) as usize;
-        let eof = offset + n as u64 >= size;
-        Ok((Bytes::from(buf).slice(from..from + n), eof, now))
+        (
+            Claim {
+                cache: self.clone(),
+                id,
+                blocks: mine,
+                _done: tx,
+            },
+            others,
+        )
+    }
+
+    /// Fetch `len` bytes at `off` and, if the file did not change meanwhile, store them as
+    /// blocks (data first, then the index rows with their checksums).
+    async fn fetch_into_cache(
+        &self,
+        id: u64,
+        file: FileRef,
+        attr: &Attr,
+        off: u64,
+        len: u64,
+    ) -> Result<(Bytes, Attr)> {
+        let bs = self.block_size;
+        let (data, fetched) = self.fetch(file, off, len).await?;
+        self.stats
+            .bytes_fetched
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
+        if validator(&fetched) == validator(attr) && data.len() as u64 == len {
+            self.blocks.write(id, off, &data)?;
+            let sums: Vec<(u64, [u8; 32])> = data
+                .chunks(bs as usize)
+                .enumerate()
+                .map(|(i, c)| (off / bs + i as u64, *blake3::hash(c).as_bytes()))
+                .collect();
+            self.index.add_blocks(id, &sums)?;
+        }
+        Ok((data, fetched))
+    }
+
+    /// Sequential readers get the next blocks fetched ahead of them, in a window that
+    /// doubles while the reader stays sequential (up to [`MAX_READ_AHEAD`] blocks); a
+    /// random reader triggers nothing.
+    fn read_ahead(self: &Arc<Self>, id: u64, file: FileRef, attr: Attr, first: u64, last: u64) {
+        let bs = self.block_size;
+        let window = {
+            let mut seq = self.sequential.lock().expect("sequential lock");
+            let (next, win) = seq.get(&id).copied().unwrap_or((u64::MAX, 0));
+            let win = if first == next || first + 1 == next {
+                (win * 2).clamp(4, MAX_READ_AHEAD)
+            } else {
+                0
+            };
+            seq.insert(id, (last + 1, win));
+            win
+        };
+        let end_block = attr.size.div_ceil(bs);
+        let (from, to) = (last + 1, (last + window).min(end_block.saturating_sub(1)));
+        if window == 0 || from > to {
+            return;
+        }
+        let Ok(present) = self.index.blocks(id, from, to) else {
+            return;
+        };
+        let present: std::collections::HashSet<u64> = present.into_iter().map(|(b, _)| b).collect();
+        let missing: Vec<u64> = (from..=to).filter(|b| !present.contains(b)).collect();
+        let (mine, _) = self.claim(id, &missing);
+        if mine.blocks.is_empty() {
+            return;
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            for (start, n) in range::runs(&mine.blocks, MAX_FETCH / bs) {
+                let off = start * bs;
+                let want = (n * bs).min(attr.size - off);
+                if this
+                    .fetch_into_cache(id, file.clone(), &attr, off, want)
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+                this.stats.read_ahead_blocks.fetch_add(n, Ordering::Relaxed);
+            }
+            drop(mine);
+        });
     }
 
     async fn fetch(&self, file: FileRef, offset: u64, len: u64) -> Result<(Bytes, Attr)> {

@@ -43,7 +43,7 @@ const MAX_READ: u32 = 1 << 20;
 pub struct Front {
     index: Arc<Index>,
     store: Arc<RemoteStore>,
-    data: DataPath,
+    data: Arc<DataPath>,
     /// One fsid for the export: the kernel must not see submounts.
     fsid: u64,
     /// Device of the export root; inodes of other devices are folded with theirs.
@@ -69,7 +69,7 @@ impl Front {
     pub async fn new(
         index: Arc<Index>,
         store: Arc<RemoteStore>,
-        data: DataPath,
+        data: Arc<DataPath>,
         attr_timeout: Duration,
     ) -> crate::Result<Self> {
         let export_id = store.welcome().export_id.clone();

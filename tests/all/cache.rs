@@ -141,3 +141,58 @@ async fn store_changes_and_writes_through_the_mount_are_never_hidden() {
     );
     assert_eq!(nfs.read_all(&f, 1 << 20).await.unwrap(), want);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixty_four_concurrent_readers_fetch_each_block_once() {
+    let d = dirs();
+    let size = 32usize << 20;
+    let data = std::sync::Arc::new(noise(67, size));
+    std::fs::write(d.export.join("cold.img"), &*data).unwrap();
+    let client = ClientProc::start(&d.export, &d.cache, 0, &[]);
+    let port = client.port;
+    let mut readers = Vec::new();
+    for r in 0..64u64 {
+        let data = data.clone();
+        readers.push(tokio::spawn(async move {
+            let mut nfs = Nfs::mount(port).await;
+            let f = nfs.lookup(&nfs.root.clone(), "cold.img").await.unwrap();
+            // Each reader starts somewhere else and wraps around: maximal overlap.
+            let chunk = 1u64 << 20;
+            let start = (r * 7 % 32) * chunk;
+            for i in 0..32u64 {
+                let off = (start + i * chunk) % size as u64;
+                let (got, _) = nfs.read(&f, off, chunk as u32).await.unwrap();
+                assert!(
+                    got[..] == data[off as usize..off as usize + chunk as usize],
+                    "reader {r} at {off}"
+                );
+            }
+        }));
+    }
+    for r in readers {
+        r.await.unwrap();
+    }
+    let st = status(&d.cache);
+    assert_eq!(
+        n(&st, "bytes_fetched"),
+        size as u64,
+        "each block fetched exactly once: {st}"
+    );
+}
+
+#[tokio::test]
+async fn sequential_reader_gets_read_ahead() {
+    let d = dirs();
+    let data = noise(68, 16 << 20);
+    std::fs::write(d.export.join("seq"), &data).unwrap();
+    let client = ClientProc::start(&d.export, &d.cache, 0, &[]);
+    let mut nfs = Nfs::mount(client.port).await;
+    let f = nfs.lookup(&nfs.root.clone(), "seq").await.unwrap();
+    assert!(nfs.read_all(&f, 64 << 10).await.unwrap() == data);
+    let st = status(&d.cache);
+    assert!(
+        n(&st, "read_ahead_blocks") >= 32,
+        "sequential 64 KiB reads triggered read-ahead: {st}"
+    );
+    assert_eq!(n(&st, "bytes_fetched"), 16 << 20, "{st}");
+}
