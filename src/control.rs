@@ -29,6 +29,9 @@ pub struct Status {
     pub checksum_failures: u64,
     pub invalidations: u64,
     pub read_ahead_blocks: u64,
+    /// Of the bytes fetched: zero pages that never crossed, and what the rest packed to.
+    pub zero_bytes: u64,
+    pub packed_bytes: u64,
 }
 
 /// Figures the socket reports, from the live counters.
@@ -56,6 +59,8 @@ impl Sources {
             checksum_failures: l(&c.checksum_failures),
             invalidations: l(&c.invalidations),
             read_ahead_blocks: l(&c.read_ahead_blocks),
+            zero_bytes: l(&c.zero_bytes),
+            packed_bytes: l(&c.packed_bytes),
         }
     }
 }

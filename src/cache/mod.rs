@@ -28,7 +28,7 @@ pub use index::Index;
 use store::Store;
 
 use crate::error::{Error, Result};
-use crate::proto::{Attr, FileRef, Request, Response};
+use crate::proto::{Attr, FEATURE_PACKED_READ, FileRef, Request, Response, pack};
 use crate::remote::RemoteStore;
 
 /// Default block size: 256 KiB. Large enough that a sequential reader needs few round
@@ -50,6 +50,10 @@ pub struct CacheStats {
     pub checksum_failures: AtomicU64,
     pub invalidations: AtomicU64,
     pub read_ahead_blocks: AtomicU64,
+    /// Bytes of zero pages the store left out of packed reads (never crossed the link).
+    pub zero_bytes: AtomicU64,
+    /// Payload bytes of packed reads as they crossed (compressed).
+    pub packed_bytes: AtomicU64,
 }
 
 /// File data, between the NFS front and the store.
@@ -335,20 +339,51 @@ impl DataPath {
         });
     }
 
+    /// Fetch a range from the store: packed (zero pages left out, the rest compressed)
+    /// when the server can, plain otherwise.
     async fn fetch(&self, file: FileRef, offset: u64, len: u64) -> Result<(Bytes, Attr)> {
+        let len = len as u32;
+        if self.remote.welcome().features & FEATURE_PACKED_READ == 0 {
+            return match self
+                .remote
+                .call(Request::Read { file, offset, len }, Bytes::new())
+                .await?
+            {
+                (Response::Read { attr, .. }, data) => Ok((data, attr)),
+                (other, _) => Err(unexpected(&other)),
+            };
+        }
         match self
             .remote
-            .call(
-                Request::Read {
-                    file,
-                    offset,
-                    len: len as u32,
-                },
-                Bytes::new(),
-            )
+            .call(Request::ReadPacked { file, offset, len }, Bytes::new())
             .await?
         {
-            (Response::Read { attr, .. }, data) => Ok((data, attr)),
+            (
+                Response::Packed {
+                    attr,
+                    len,
+                    zero,
+                    compressed,
+                    ..
+                },
+                payload,
+            ) => {
+                let p = pack::Packed {
+                    len,
+                    zero,
+                    compressed,
+                    payload: payload.to_vec(),
+                };
+                let data = pack::unpack(&p)
+                    .map_err(|e| Error::Protocol(format!("bad packed read: {e}")))?;
+                self.stats
+                    .zero_bytes
+                    .fetch_add(pack::zero_bytes(&p), Ordering::Relaxed);
+                self.stats
+                    .packed_bytes
+                    .fetch_add(p.payload.len() as u64, Ordering::Relaxed);
+                Ok((Bytes::from(data), attr))
+            }
             (other, _) => Err(unexpected(&other)),
         }
     }

@@ -172,6 +172,13 @@ pub enum Request {
     Commit {
         file: FileRef,
     },
+    /// Like `Read`, but the reply leaves out zero pages and compresses the rest
+    /// ([`Response::Packed`]). Only sent to servers that announce [`FEATURE_PACKED_READ`].
+    ReadPacked {
+        file: FileRef,
+        offset: u64,
+        len: u32,
+    },
     Create {
         dir: FileRef,
         name: Vec<u8>,
@@ -229,6 +236,7 @@ impl Request {
             Self::Getattr { .. }
                 | Self::Lookup { .. }
                 | Self::Read { .. }
+                | Self::ReadPacked { .. }
                 | Self::Write { .. }
                 | Self::Commit { .. }
                 | Self::Readlink { .. }
@@ -244,12 +252,18 @@ impl Request {
             Self::Getattr { .. }
                 | Self::Lookup { .. }
                 | Self::Read { .. }
+                | Self::ReadPacked { .. }
                 | Self::Readlink { .. }
                 | Self::Readdir { .. }
                 | Self::Fsstat { .. }
         )
     }
 }
+
+/// Feature bit: the server answers [`Request::ReadPacked`].
+pub const FEATURE_PACKED_READ: u64 = 1;
+/// Page size of [`Response::Packed`]'s zero map.
+pub const PACK_PAGE: usize = 4096;
 
 /// Server -> client, successful outcomes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -263,6 +277,16 @@ pub enum Response {
     Write {
         attr: Attr,
         count: u32,
+    },
+    /// READPACKED: `len` bytes at the requested offset. `zero` has one bit per 4 KiB page
+    /// (LSB first), set for pages that are all zeros and were left out; the frame's data is
+    /// the other pages in order, zstd-compressed if `compressed`, raw otherwise.
+    Packed {
+        attr: Attr,
+        eof: bool,
+        len: u32,
+        zero: Vec<u8>,
+        compressed: bool,
     },
     /// COMMIT: nothing to report but success.
     Done,

@@ -6,6 +6,7 @@
 
 pub mod codec;
 pub mod message;
+pub mod pack;
 
 pub use codec::{Frame, FrameKind, Incomplete, MAX_FRAME, decode_frame, encode_frame};
 pub use message::*;

@@ -22,6 +22,22 @@ pub fn dispatch(export: &Export, req: Request, data: &[u8]) -> (Reply, Bytes) {
                 Err(s) => (Err(s), Bytes::new()),
             };
         }
+        Request::ReadPacked { file, offset, len } => {
+            return match export.read(&file, offset, len) {
+                Ok((bytes, eof, attr)) => {
+                    let p = crate::proto::pack::pack(&bytes);
+                    let resp = Response::Packed {
+                        attr,
+                        eof,
+                        len: p.len,
+                        zero: p.zero,
+                        compressed: p.compressed,
+                    };
+                    (Ok(resp), Bytes::from(p.payload))
+                }
+                Err(s) => (Err(s), Bytes::new()),
+            };
+        }
         Request::Write { file, offset, sync } => {
             export
                 .write(&file, offset, data, sync)

@@ -39,7 +39,7 @@ where
     let writer = tokio::spawn(write_frames(output, rx));
     let welcome = Welcome {
         version: PROTOCOL_VERSION,
-        features: 0,
+        features: crate::proto::FEATURE_PACKED_READ,
         export_id: export.id().to_string(),
         read_only: export.read_only(),
     };

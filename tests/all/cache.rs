@@ -196,3 +196,57 @@ async fn sequential_reader_gets_read_ahead() {
     );
     assert_eq!(n(&st, "bytes_fetched"), 16 << 20, "{st}");
 }
+
+/// 4 KiB pages in runs: 70% zero, 20% text-like, 10% random (like a VM's memory state).
+fn memory_state(pages: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(pages * 4096);
+    let mut i = 0;
+    while i < pages {
+        let run = 1 + (i * 7919) % 48;
+        let kind = (i * 2_654_435_761usize >> 7) % 10;
+        for p in i..(i + run).min(pages) {
+            match kind {
+                0..=6 => out.extend(std::iter::repeat_n(0u8, 4096)),
+                7 | 8 => out.extend(
+                    b"kernel page cache inode slab task 0x0000 "[..]
+                        .iter()
+                        .cycle()
+                        .skip(p % 41)
+                        .take(4096),
+                ),
+                _ => out.extend(noise(p as u64, 4096)),
+            }
+        }
+        i += run;
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_state_crosses_the_tunnel_zero_elided_and_compressed() {
+    let d = dirs();
+    let mem = memory_state(16_384); // 64 MiB
+    std::fs::write(d.export.join("vm.mem"), &mem).unwrap();
+    let zstd_size = zstd::bulk::compress(&mem, 1).unwrap().len() as u64;
+    let client = ClientProc::start(&d.export, &d.cache, 0, &[]);
+    let mut nfs = Nfs::mount(client.port).await;
+    let f = nfs.lookup(&nfs.root.clone(), "vm.mem").await.unwrap();
+    assert!(
+        nfs.read_all(&f, 1 << 20).await.unwrap() == mem,
+        "bytes differ"
+    );
+    let st = status(&d.cache);
+    let crossed = n(&st, "tunnel_bytes_received");
+    println!(
+        "64 MiB memory state: {crossed} bytes crossed, zstd -1 of the file is {zstd_size} ({:.3}x)",
+        crossed as f64 / zstd_size as f64
+    );
+    assert!(
+        crossed as f64 <= 1.05 * zstd_size as f64,
+        "{crossed} crossed vs zstd -1 {zstd_size}: {st}"
+    );
+    assert!(
+        n(&st, "zero_bytes") >= 40 << 20,
+        "zero pages left out: {st}"
+    );
+}
