@@ -203,7 +203,7 @@ fn memory_state(pages: usize) -> Vec<u8> {
     let mut i = 0;
     while i < pages {
         let run = 1 + (i * 7919) % 48;
-        let kind = (i * 2_654_435_761usize >> 7) % 10;
+        let kind = ((i * 2_654_435_761usize) >> 7) % 10;
         for p in i..(i + run).min(pages) {
             match kind {
                 0..=6 => out.extend(std::iter::repeat_n(0u8, 4096)),
