@@ -24,6 +24,8 @@ pub struct ClientConfig {
     pub portmapper: Option<SocketAddr>,
     /// Cache block size in bytes (power of two, 4 KiB to 4 MiB).
     pub block_size: u64,
+    /// Cache capacity in bytes; least recently used blocks are evicted past it.
+    pub cache_size: u64,
 }
 
 /// A client proxy that is connected and bound, not yet serving.
@@ -49,6 +51,7 @@ impl Client {
             index.clone(),
             export_dir.join("blocks"),
             cfg.block_size,
+            cfg.cache_size,
         )?);
         let stats = data.stats.clone();
         let front = Front::new(index.clone(), store.clone(), data, cfg.attr_timeout).await?;

@@ -32,6 +32,8 @@ pub struct Status {
     /// Of the bytes fetched: zero pages that never crossed, and what the rest packed to.
     pub zero_bytes: u64,
     pub packed_bytes: u64,
+    pub evicted_blocks: u64,
+    pub uncached_bytes: u64,
 }
 
 /// Figures the socket reports, from the live counters.
@@ -61,6 +63,8 @@ impl Sources {
             read_ahead_blocks: l(&c.read_ahead_blocks),
             zero_bytes: l(&c.zero_bytes),
             packed_bytes: l(&c.packed_bytes),
+            evicted_blocks: l(&c.evicted_blocks),
+            uncached_bytes: l(&c.uncached_bytes),
         }
     }
 }

@@ -76,6 +76,7 @@ pub async fn run() -> anyhow::Result<()> {
         reconnect_timeout: Duration::from_secs(10),
         portmapper: None,
         block_size: gridvfs::cache::DEFAULT_BLOCK_SIZE,
+        cache_size: gridvfs::cache::DEFAULT_CACHE_SIZE,
     };
     let client = Client::start(&cfg)
         .await

@@ -49,6 +49,24 @@ struct ServeArgs {
     /// Cache block size in bytes: a power of two from 4096 to 4194304.
     #[arg(long, default_value_t = gridvfs::cache::DEFAULT_BLOCK_SIZE)]
     block_size: u64,
+    /// Cache capacity: bytes, or with a K, M, G or T suffix (powers of 1024).
+    #[arg(long, default_value = "16G", value_parser = parse_size)]
+    cache_size: u64,
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    let (num, mult) = match s.trim().to_ascii_uppercase().chars().last() {
+        Some('K') => (&s[..s.len() - 1], 1u64 << 10),
+        Some('M') => (&s[..s.len() - 1], 1 << 20),
+        Some('G') => (&s[..s.len() - 1], 1 << 30),
+        Some('T') => (&s[..s.len() - 1], 1 << 40),
+        _ => (s, 1),
+    };
+    num.trim()
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .ok_or_else(|| format!("`{s}` is not a size (e.g. 512M, 16G, 1073741824)"))
 }
 
 #[derive(Subcommand)]
@@ -94,6 +112,7 @@ fn config(a: &ServeArgs) -> anyhow::Result<ClientConfig> {
         reconnect_timeout: Duration::from_secs_f64(a.reconnect_timeout),
         portmapper: a.portmapper,
         block_size: a.block_size,
+        cache_size: a.cache_size,
     })
 }
 

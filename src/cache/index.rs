@@ -10,9 +10,9 @@
 //!
 //! - `files_v1(file, size, mtime, ctime, ident)`: the store's validator of a cached file,
 //!   as it was when its blocks were fetched; a different validator drops the blocks.
-//! - `blocks_v1(file, block, sum)`: blocks present in the data file, each with the
+//! - `blocks_v2(file, block, sum, used)`: blocks present in the data file, each with the
 //!   blake3 of its bytes (checked on every read: a corrupt or half-written block is
-//!   refetched, never served).
+//!   refetched, never served) and when it was last used (ms since the epoch; LRU order).
 //!
 //! One connection behind a std `Mutex` (SQLite has one writer anyway; every statement is
 //! microseconds, so async callers hold it briefly). WAL with `synchronous=NORMAL`: a
@@ -60,11 +60,13 @@ impl Index {
              CREATE TABLE IF NOT EXISTS files_v1 (
                  file INTEGER PRIMARY KEY,
                  validator BLOB NOT NULL);
-             CREATE TABLE IF NOT EXISTS blocks_v1 (
+             CREATE TABLE IF NOT EXISTS blocks_v2 (
                  file INTEGER NOT NULL,
                  block INTEGER NOT NULL,
                  sum BLOB NOT NULL,
-                 PRIMARY KEY (file, block)) WITHOUT ROWID;",
+                 used INTEGER NOT NULL,
+                 PRIMARY KEY (file, block)) WITHOUT ROWID;
+             CREATE INDEX IF NOT EXISTS blocks_v2_used ON blocks_v2 (used);",
         )
         .map_err(db)?;
         conn.execute(
@@ -233,7 +235,7 @@ impl Index {
         let mut conn = self.lock();
         let tx = conn.transaction().map_err(db)?;
         let dropped = tx
-            .prepare_cached("DELETE FROM blocks_v1 WHERE file = ?1")
+            .prepare_cached("DELETE FROM blocks_v2 WHERE file = ?1")
             .map_err(db)?
             .execute(params![to_sql(file)])
             .map_err(db)?;
@@ -261,7 +263,7 @@ impl Index {
         let conn = self.lock();
         let mut st = conn
             .prepare_cached(
-                "SELECT block, sum FROM blocks_v1 WHERE file = ?1 AND block BETWEEN ?2 AND ?3",
+                "SELECT block, sum FROM blocks_v2 WHERE file = ?1 AND block BETWEEN ?2 AND ?3",
             )
             .map_err(db)?;
         let rows = st
@@ -279,18 +281,71 @@ impl Index {
         Ok(out)
     }
 
+    /// Blocks in the cache, for the capacity count at start.
+    pub fn block_count(&self) -> Result<u64> {
+        let n: i64 = self
+            .lock()
+            .query_row("SELECT COUNT(*) FROM blocks_v2", [], |r| r.get(0))
+            .map_err(db)?;
+        Ok(from_sql(n))
+    }
+
+    /// Record that blocks were just used (batched by the caller: one transaction).
+    pub fn touch(&self, blocks: &[(u64, u64)]) -> Result<()> {
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(db)?;
+        {
+            let mut st = tx
+                .prepare_cached("UPDATE blocks_v2 SET used = ?3 WHERE file = ?1 AND block = ?2")
+                .map_err(db)?;
+            let now = now_ms();
+            for (f, b) in blocks {
+                st.execute(params![to_sql(*f), to_sql(*b), now])
+                    .map_err(db)?;
+            }
+        }
+        tx.commit().map_err(db)
+    }
+
+    /// Take the `n` least recently used blocks out of the index (so they are no longer
+    /// trusted) and return them, for their data to be freed.
+    pub fn evict_oldest(&self, n: u64) -> Result<Vec<(u64, u64)>> {
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(db)?;
+        let victims: Vec<(u64, u64)> = {
+            let mut st = tx
+                .prepare_cached("SELECT file, block FROM blocks_v2 ORDER BY used LIMIT ?1")
+                .map_err(db)?;
+            st.query_map(params![to_sql(n)], |r| {
+                Ok((from_sql(r.get(0)?), from_sql(r.get(1)?)))
+            })
+            .map_err(db)?
+            .collect::<Result<_, _>>()
+            .map_err(db)?
+        };
+        {
+            let mut del = tx
+                .prepare_cached("DELETE FROM blocks_v2 WHERE file = ?1 AND block = ?2")
+                .map_err(db)?;
+            for (f, b) in &victims {
+                del.execute(params![to_sql(*f), to_sql(*b)]).map_err(db)?;
+            }
+        }
+        tx.commit().map_err(db)?;
+        Ok(victims)
+    }
+
     /// Mark blocks present (their data is already in the data file), in one transaction.
     pub fn add_blocks(&self, file: u64, blocks: &[(u64, [u8; 32])]) -> Result<()> {
         let mut conn = self.lock();
         let tx = conn.transaction().map_err(db)?;
         {
             let mut st = tx
-                .prepare_cached(
-                    "INSERT OR REPLACE INTO blocks_v1 (file, block, sum) VALUES (?1, ?2, ?3)",
-                )
+                .prepare_cached("INSERT OR REPLACE INTO blocks_v2 (file, block, sum, used) VALUES (?1, ?2, ?3, ?4)")
                 .map_err(db)?;
+            let now = now_ms();
             for (b, sum) in blocks {
-                st.execute(params![to_sql(file), to_sql(*b), &sum[..]])
+                st.execute(params![to_sql(file), to_sql(*b), &sum[..], now])
                     .map_err(db)?;
             }
         }
@@ -300,12 +355,19 @@ impl Index {
     /// Forget blocks (corrupt, or overwritten through this client).
     pub fn drop_blocks(&self, file: u64, first: u64, last: u64) -> Result<()> {
         self.lock()
-            .prepare_cached("DELETE FROM blocks_v1 WHERE file = ?1 AND block BETWEEN ?2 AND ?3")
+            .prepare_cached("DELETE FROM blocks_v2 WHERE file = ?1 AND block BETWEEN ?2 AND ?3")
             .map_err(db)?
             .execute(params![to_sql(file), to_sql(first), to_sql(last)])
             .map_err(db)?;
         Ok(())
     }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 fn id_for_tx(tx: &rusqlite::Transaction<'_>, path: &[u8], ino: u64) -> Result<u64> {

@@ -40,6 +40,12 @@ const MAX_FETCH: u64 = 4 * 1024 * 1024;
 /// Largest read-ahead window, in blocks (4 MiB at the default block size: more than the
 /// bandwidth-delay product of a 100 Mbit/s, 40 ms link).
 const MAX_READ_AHEAD: u64 = 16;
+/// Smallest capacity, in blocks: room for two full read-ahead windows.
+const MIN_CAPACITY_BLOCKS: u64 = 2 * MAX_READ_AHEAD + 4;
+/// Cache hits per LRU update transaction.
+const TOUCH_BATCH: usize = 256;
+/// Default `--cache-size`: 16 GiB.
+pub const DEFAULT_CACHE_SIZE: u64 = 16 << 30;
 
 /// Cache figures (for `status`, the bench and tests).
 #[derive(Debug, Default)]
@@ -54,6 +60,9 @@ pub struct CacheStats {
     pub zero_bytes: AtomicU64,
     /// Payload bytes of packed reads as they crossed (compressed).
     pub packed_bytes: AtomicU64,
+    pub evicted_blocks: AtomicU64,
+    /// Bytes served without caching because the cache disk was full.
+    pub uncached_bytes: AtomicU64,
 }
 
 /// File data, between the NFS front and the store.
@@ -68,6 +77,12 @@ pub struct DataPath {
     inflight: Mutex<HashMap<(u64, u64), watch::Receiver<()>>>,
     /// file -> (block a sequential reader will read next, read-ahead window in blocks).
     sequential: Mutex<HashMap<u64, (u64, u64)>>,
+    /// `--cache-size` in blocks; past it the least recently used blocks are evicted.
+    capacity_blocks: u64,
+    /// Blocks in the index (approximate between evictions, exact after each).
+    cached_blocks: AtomicU64,
+    /// Blocks served from the cache since the last LRU update (written in batches).
+    touched: Mutex<Vec<(u64, u64)>>,
 }
 
 /// Blocks a caller has registered as in flight; unregistered (and their waiters woken)
@@ -107,6 +122,7 @@ impl DataPath {
         index: Arc<Index>,
         dir: PathBuf,
         block_size: u64,
+        capacity: u64,
     ) -> Result<Self> {
         if !block_size.is_power_of_two() || !(4096..=MAX_FETCH).contains(&block_size) {
             return Err(Error::Config(format!(
@@ -115,12 +131,15 @@ impl DataPath {
         }
         Ok(Self {
             remote,
-            index,
             blocks: Store::open(dir)?,
             block_size,
             stats: Arc::default(),
             inflight: Mutex::default(),
             sequential: Mutex::default(),
+            capacity_blocks: (capacity / block_size).max(MIN_CAPACITY_BLOCKS),
+            cached_blocks: AtomicU64::new(index.block_count()?),
+            touched: Mutex::default(),
+            index,
         })
     }
 
@@ -222,6 +241,7 @@ impl DataPath {
             if n == blen && blake3::hash(slot).as_bytes() == sum {
                 self.stats.block_hits.fetch_add(1, Ordering::Relaxed);
                 done[i] = true;
+                self.touch(id, b)?;
             } else {
                 // Torn by a crash, or corrupted on disk: never served, fetched again.
                 self.stats.checksum_failures.fetch_add(1, Ordering::Relaxed);
@@ -242,9 +262,28 @@ impl DataPath {
     fn claim(self: &Arc<Self>, id: u64, missing: &[u64]) -> (Claim, Vec<watch::Receiver<()>>) {
         let (tx, rx) = watch::channel(());
         let mut map = self.inflight.lock().expect("inflight lock");
+        // A fetch that ended since the caller looked has indexed its blocks before
+        // releasing them: look again, under the lock, so no block is fetched twice.
+        let (lo, hi) = (
+            missing.first().copied().unwrap_or(0),
+            missing.last().copied().unwrap_or(0),
+        );
+        let now_present: std::collections::HashSet<u64> = if missing.is_empty() {
+            Default::default()
+        } else {
+            self.index
+                .blocks(id, lo, hi)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(b, _)| b)
+                .collect()
+        };
         let mut mine = Vec::new();
         let mut others = Vec::new();
         for &b in missing {
+            if now_present.contains(&b) {
+                continue;
+            }
             match map.get(&(id, b)) {
                 Some(r) => others.push(r.clone()),
                 None => {
@@ -280,13 +319,26 @@ impl DataPath {
             .bytes_fetched
             .fetch_add(data.len() as u64, Ordering::Relaxed);
         if validator(&fetched) == validator(attr) && data.len() as u64 == len {
-            self.blocks.write(id, off, &data)?;
+            if let Err(e) = self.store_data(id, off, &data) {
+                // A full cache disk: serve uncached rather than fail the read.
+                self.stats
+                    .uncached_bytes
+                    .fetch_add(data.len() as u64, Ordering::Relaxed);
+                tracing::warn!(
+                    "cannot cache {} bytes ({e}); serving them uncached",
+                    data.len()
+                );
+                return Ok((data, fetched));
+            }
             let sums: Vec<(u64, [u8; 32])> = data
                 .chunks(bs as usize)
                 .enumerate()
                 .map(|(i, c)| (off / bs + i as u64, *blake3::hash(c).as_bytes()))
                 .collect();
             self.index.add_blocks(id, &sums)?;
+            self.cached_blocks
+                .fetch_add(sums.len() as u64, Ordering::Relaxed);
+            self.evict_if_full()?;
         }
         Ok((data, fetched))
     }
@@ -337,6 +389,63 @@ impl DataPath {
             }
             drop(mine);
         });
+    }
+
+    /// Write block data, making room once by eviction if the disk is full.
+    fn store_data(&self, id: u64, off: u64, data: &[u8]) -> Result<()> {
+        match self.blocks.write(id, off, data) {
+            Err(Error::Io(e))
+                if e.raw_os_error() == Some(rustix::io::Errno::NOSPC.raw_os_error()) =>
+            {
+                self.evict(self.capacity_blocks / 10 + 1)?;
+                self.blocks.write(id, off, data)
+            }
+            other => other,
+        }
+    }
+
+    /// Note a cache hit for LRU order; written to the index in batches.
+    fn touch(&self, id: u64, block: u64) -> Result<()> {
+        let batch = {
+            let mut t = self.touched.lock().expect("touched lock");
+            t.push((id, block));
+            if t.len() < TOUCH_BATCH {
+                return Ok(());
+            }
+            std::mem::take(&mut *t)
+        };
+        self.index.touch(&batch)
+    }
+
+    /// Past capacity, evict least recently used blocks down to 90% of it.
+    fn evict_if_full(&self) -> Result<()> {
+        let cached = self.cached_blocks.load(Ordering::Relaxed);
+        if cached <= self.capacity_blocks {
+            return Ok(());
+        }
+        self.evict(cached - self.capacity_blocks * 9 / 10)
+    }
+
+    /// Evict `n` least recently used blocks: out of the index first (no longer trusted),
+    /// then their disk space freed. Blocks being fetched are not in the index yet, and a
+    /// block evicted under a reader fails its checksum and is fetched again: eviction
+    /// never makes a read fail or return wrong bytes.
+    fn evict(&self, n: u64) -> Result<()> {
+        {
+            let batch = std::mem::take(&mut *self.touched.lock().expect("touched lock"));
+            self.index.touch(&batch)?;
+        }
+        let victims = self.index.evict_oldest(n)?;
+        let bs = self.block_size;
+        for (file, block) in &victims {
+            self.blocks.punch(*file, block * bs, bs)?;
+        }
+        self.stats
+            .evicted_blocks
+            .fetch_add(victims.len() as u64, Ordering::Relaxed);
+        self.cached_blocks
+            .store(self.index.block_count()?, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Fetch a range from the store: packed (zero pages left out, the rest compressed)

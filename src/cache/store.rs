@@ -50,6 +50,24 @@ impl Store {
         Ok(())
     }
 
+    /// Free the disk space of a range (evicted blocks): punch a hole.
+    pub fn punch(&self, file: u64, offset: u64, len: u64) -> Result<()> {
+        let f = match OpenOptions::new().write(true).open(self.path(file)) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        use rustix::fs::FallocateFlags;
+        rustix::fs::fallocate(
+            &f,
+            FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE,
+            offset,
+            len,
+        )
+        .map_err(std::io::Error::from)?;
+        Ok(())
+    }
+
     /// Drop a file's data (validator changed, or the file is gone).
     pub fn drop_file(&self, file: u64) -> Result<()> {
         match std::fs::remove_file(self.path(file)) {

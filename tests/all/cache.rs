@@ -250,3 +250,45 @@ async fn memory_state_crosses_the_tunnel_zero_elided_and_compressed() {
         "zero pages left out: {st}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_cache_evicts_least_recently_used_and_never_fails_a_read() {
+    use std::os::unix::fs::MetadataExt;
+    let d = dirs();
+    let data = noise(69, 64 << 20);
+    std::fs::write(d.export.join("big.img"), &data).unwrap();
+    let client = ClientProc::start(&d.export, &d.cache, 0, &["--cache-size", "16M"]);
+    let mut nfs = Nfs::mount(client.port).await;
+    let f = nfs.lookup(&nfs.root.clone(), "big.img").await.unwrap();
+    for round in 0..2 {
+        assert!(
+            nfs.read_all(&f, 1 << 20).await.unwrap() == data,
+            "round {round}"
+        );
+    }
+    let st = status(&d.cache);
+    assert!(n(&st, "evicted_blocks") >= 200, "{st}");
+    // The data files hold about the capacity, not the 64 MiB read (twice).
+    let mut used = 0;
+    for export in std::fs::read_dir(&d.cache).unwrap().flatten() {
+        for file in std::fs::read_dir(export.path().join("blocks"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            used += file.metadata().unwrap().blocks() * 512;
+        }
+    }
+    assert!(
+        used <= 20 << 20,
+        "cache data uses {used} bytes with --cache-size 16M"
+    );
+    // The most recently read blocks are the ones kept: the file's tail is a hit.
+    let before = n(&status(&d.cache), "bytes_fetched");
+    assert!(nfs.read(&f, (63 << 20) as u64, 1 << 20).await.unwrap().0 == data[63 << 20..]);
+    assert_eq!(
+        n(&status(&d.cache), "bytes_fetched"),
+        before,
+        "recent blocks were kept"
+    );
+}
