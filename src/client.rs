@@ -26,6 +26,7 @@ pub struct ClientConfig {
     pub block_size: u64,
     /// Cache capacity in bytes; least recently used blocks are evicted past it.
     pub cache_size: u64,
+    pub write_policy: crate::cache::WritePolicy,
 }
 
 /// A client proxy that is connected and bound, not yet serving.
@@ -35,6 +36,8 @@ pub struct Client {
     pub index: Arc<Index>,
     pub export_dir: PathBuf,
     pub stats: Arc<CacheStats>,
+    /// For draining write-back data at shutdown.
+    pub data: Arc<DataPath>,
 }
 
 impl Client {
@@ -49,10 +52,16 @@ impl Client {
         let data = Arc::new(DataPath::new(
             store.clone(),
             index.clone(),
-            export_dir.join("blocks"),
+            export_dir.clone(),
             cfg.block_size,
             cfg.cache_size,
+            cfg.write_policy,
         )?);
+        if let Some(wb) = &data.writeback {
+            // Resumes whatever a previous run acknowledged and did not upload.
+            tokio::spawn(wb.clone().run(store.clone()));
+        }
+        let drain = data.clone();
         let stats = data.stats.clone();
         let front = Front::new(index.clone(), store.clone(), data, cfg.attr_timeout).await?;
         let mut nfs = NfsFront::bind(front, generation, cfg.listen).await?;
@@ -63,6 +72,7 @@ impl Client {
             export_id: store.welcome().export_id.clone(),
             tunnel: store.counters.clone(),
             cache: stats.clone(),
+            writeback: drain.writeback.clone(),
         };
         crate::control::serve(&export_dir, sources)?;
         Ok(Self {
@@ -71,6 +81,7 @@ impl Client {
             index,
             export_dir,
             stats,
+            data: drain,
         })
     }
 

@@ -1,15 +1,16 @@
-//! The client's control socket: `CACHE_DIR/<export>/control.sock`. A connection receives
-//! one JSON line of figures and is closed; `gridvfs-client status` reads it.
+//! The client's control socket: `CACHE_DIR/<export>/control.sock`. A connection sends one
+//! command line: `status` gets one JSON line of figures; `flush` gets a JSON line of
+//! figures every 200 ms until no write-back data is left, then the connection closes.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use serde::{Deserialize, Serialize};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use tokio::net::UnixListener;
 
-use crate::cache::CacheStats;
+use crate::cache::{CacheStats, WriteBack};
 use crate::remote::Counters;
 
 /// What `status` shows.
@@ -34,6 +35,11 @@ pub struct Status {
     pub packed_bytes: u64,
     pub evicted_blocks: u64,
     pub uncached_bytes: u64,
+    /// Write-back: acknowledged data not yet on the store, and what was uploaded.
+    pub dirty_entries: u64,
+    pub dirty_bytes: u64,
+    pub uploaded_bytes: u64,
+    pub upload_errors: u64,
 }
 
 /// Figures the socket reports, from the live counters.
@@ -41,6 +47,7 @@ pub struct Sources {
     pub export_id: String,
     pub tunnel: Arc<Counters>,
     pub cache: Arc<CacheStats>,
+    pub writeback: Option<Arc<WriteBack>>,
 }
 
 impl Sources {
@@ -65,6 +72,18 @@ impl Sources {
             packed_bytes: l(&c.packed_bytes),
             evicted_blocks: l(&c.evicted_blocks),
             uncached_bytes: l(&c.uncached_bytes),
+            dirty_entries: self
+                .writeback
+                .as_ref()
+                .and_then(|w| w.pending().ok())
+                .map_or(0, |p| p.0),
+            dirty_bytes: self
+                .writeback
+                .as_ref()
+                .and_then(|w| w.pending().ok())
+                .map_or(0, |p| p.1),
+            uploaded_bytes: self.writeback.as_ref().map_or(0, |w| l(&w.uploaded_bytes)),
+            upload_errors: self.writeback.as_ref().map_or(0, |w| l(&w.upload_errors)),
         }
     }
 }
@@ -81,10 +100,30 @@ pub fn serve(export_dir: &Path, sources: Sources) -> std::io::Result<tokio::task
     let listener = UnixListener::bind(&path)?;
     let sources = Arc::new(sources);
     Ok(tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            let mut line = serde_json::to_vec(&sources.snapshot()).unwrap_or_default();
-            line.push(b'\n');
-            let _ = s.write_all(&line).await;
+        while let Ok((s, _)) = listener.accept().await {
+            let sources = sources.clone();
+            tokio::spawn(async move {
+                let (r, mut w) = s.into_split();
+                let mut cmd = String::new();
+                let mut r = tokio::io::BufReader::new(r);
+                let _ =
+                    tokio::time::timeout(std::time::Duration::from_secs(5), r.read_line(&mut cmd))
+                        .await;
+                let flush = cmd.trim() == "flush";
+                loop {
+                    let st = sources.snapshot();
+                    let mut line = serde_json::to_vec(&st).unwrap_or_default();
+                    line.push(b'\n');
+                    if w.write_all(&line).await.is_err() || !flush || st.dirty_entries == 0 {
+                        return;
+                    }
+                    if let Some(wb) = &sources.writeback {
+                        let _ =
+                            tokio::time::timeout(std::time::Duration::from_millis(200), wb.drain())
+                                .await;
+                    }
+                }
+            });
         }
     }))
 }
@@ -93,7 +132,26 @@ pub fn serve(export_dir: &Path, sources: Sources) -> std::io::Result<tokio::task
 pub async fn query(export_dir: &Path) -> std::io::Result<Status> {
     use tokio::io::AsyncReadExt;
     let mut s = tokio::net::UnixStream::connect(socket_path(export_dir)).await?;
+    s.write_all(b"status\n").await?;
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).await?;
     serde_json::from_slice(&buf).map_err(std::io::Error::other)
+}
+
+/// Ask the client serving `export_dir` to flush; `progress` sees each report until no
+/// write-back data is left.
+pub async fn flush(export_dir: &Path, mut progress: impl FnMut(&Status)) -> std::io::Result<()> {
+    let mut s = tokio::net::UnixStream::connect(socket_path(export_dir)).await?;
+    s.write_all(b"flush\n").await?;
+    let mut lines = tokio::io::BufReader::new(s).lines();
+    while let Some(line) = lines.next_line().await? {
+        let st: Status = serde_json::from_str(&line).map_err(std::io::Error::other)?;
+        progress(&st);
+        if st.dirty_entries == 0 {
+            return Ok(());
+        }
+    }
+    Err(std::io::Error::other(
+        "the client closed the connection before the flush finished",
+    ))
 }

@@ -77,6 +77,7 @@ pub async fn run() -> anyhow::Result<()> {
         portmapper: None,
         block_size: gridvfs::cache::DEFAULT_BLOCK_SIZE,
         cache_size: gridvfs::cache::DEFAULT_CACHE_SIZE,
+        write_policy: gridvfs::cache::WritePolicy::Through,
     };
     let client = Client::start(&cfg)
         .await

@@ -52,6 +52,16 @@ struct ServeArgs {
     /// Cache capacity: bytes, or with a K, M, G or T suffix (powers of 1024).
     #[arg(long, default_value = "16G", value_parser = parse_size)]
     cache_size: u64,
+    /// `through`: a WRITE is answered once the store has it. `back`: once it is synced to
+    /// the local journal; uploaded in the background, on `flush` and at shutdown.
+    #[arg(long, value_enum, default_value = "through")]
+    write_policy: Policy,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Policy {
+    Through,
+    Back,
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -75,6 +85,12 @@ enum Cmd {
     Serve(ServeArgs),
     /// Make a small sample VM store, serve it through both proxies, read it back over NFS.
     Demo,
+    /// Upload all write-back data now and wait for it (with a progress bar).
+    Flush {
+        /// Cache directory (default: $XDG_CACHE_HOME/gridvfs or ~/.cache/gridvfs).
+        #[arg(long)]
+        cache_dir: Option<PathBuf>,
+    },
     /// Figures of the clients running on a cache directory (cache hits, bytes fetched, ...).
     Status {
         /// Cache directory (default: $XDG_CACHE_HOME/gridvfs or ~/.cache/gridvfs).
@@ -113,6 +129,10 @@ fn config(a: &ServeArgs) -> anyhow::Result<ClientConfig> {
         portmapper: a.portmapper,
         block_size: a.block_size,
         cache_size: a.cache_size,
+        write_policy: match a.write_policy {
+            Policy::Through => gridvfs::cache::WritePolicy::Through,
+            Policy::Back => gridvfs::cache::WritePolicy::Back,
+        },
     })
 }
 
@@ -137,13 +157,30 @@ async fn main() -> anyhow::Result<()> {
                 client.nfs.local_addr()?
             );
             println!("mount it with:\n  {}", client.mount_command("/mnt/images"));
+            let data = client.data.clone();
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
             tokio::select! {
                 r = client.nfs.run() => r.context("NFS front stopped")?,
                 _ = tokio::signal::ctrl_c() => eprintln!("interrupted; shutting down"),
+                _ = term.recv() => eprintln!("terminated; shutting down"),
+            }
+            if let Some(wb) = &data.writeback {
+                let (n, bytes) = wb.pending()?;
+                if n > 0 {
+                    eprintln!("uploading {bytes} bytes of write-back data before exit ...");
+                    match tokio::time::timeout(cfg.reconnect_timeout, data.drain()).await {
+                        Ok(r) => r?,
+                        Err(_) => eprintln!(
+                            "not all uploaded; the rest is kept and resumes at the next start"
+                        ),
+                    }
+                }
             }
             Ok(())
         }
         Cmd::Demo => demo::run().await,
+        Cmd::Flush { cache_dir } => flush(&cache_dir.unwrap_or_else(default_cache_dir)).await,
         Cmd::Status { cache_dir, json } => {
             status(&cache_dir.unwrap_or_else(default_cache_dir), json).await
         }
@@ -184,6 +221,49 @@ async fn status(cache_dir: &std::path::Path, json: bool) -> anyhow::Result<()> {
     anyhow::ensure!(
         found > 0,
         "no running gridvfs-client uses {} (start one with `gridvfs-client serve`)",
+        cache_dir.display()
+    );
+    Ok(())
+}
+
+async fn flush(cache_dir: &std::path::Path) -> anyhow::Result<()> {
+    let entries = std::fs::read_dir(cache_dir)
+        .with_context(|| format!("cannot read cache directory {}", cache_dir.display()))?;
+    let mut found = 0;
+    for e in entries.flatten() {
+        if !gridvfs::control::socket_path(&e.path()).exists() {
+            continue;
+        }
+        let bar = indicatif::ProgressBar::new(0);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{msg} [{bar:40}] {bytes}/{total_bytes} ({bytes_per_sec}, {eta})",
+            )
+            .expect("template")
+            .progress_chars("=> "),
+        );
+        let mut total = None;
+        let res = gridvfs::control::flush(&e.path(), |st| {
+            let t = *total.get_or_insert(st.dirty_bytes);
+            bar.set_length(t.max(st.dirty_bytes));
+            bar.set_position(t.saturating_sub(st.dirty_bytes));
+            bar.set_message(format!("export {}", &st.export_id[..8]));
+        })
+        .await;
+        match res {
+            Ok(()) => {
+                found += 1;
+                bar.finish_with_message("flushed");
+            }
+            Err(err) if err.kind() == std::io::ErrorKind::ConnectionRefused => {
+                bar.finish_and_clear()
+            }
+            Err(err) => return Err(err).context("flush failed"),
+        }
+    }
+    anyhow::ensure!(
+        found > 0,
+        "no running gridvfs-client uses {}",
         cache_dir.display()
     );
     Ok(())

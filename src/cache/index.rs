@@ -14,6 +14,9 @@
 //!   blake3 of its bytes (checked on every read: a corrupt or half-written block is
 //!   refetched, never served) and when it was last used (ms since the epoch; LRU order).
 //!
+//! - `dirty_v1(seq, file, offset, len, log_offset)`: write-back data acknowledged to NFS
+//!   and not yet on the store, in order; the bytes are in the journal at `log_offset`.
+//!
 //! One connection behind a std `Mutex` (SQLite has one writer anyway; every statement is
 //! microseconds, so async callers hold it briefly). WAL with `synchronous=NORMAL`: a
 //! committed id survives a crash of this process, which is what handles need.
@@ -66,7 +69,14 @@ impl Index {
                  sum BLOB NOT NULL,
                  used INTEGER NOT NULL,
                  PRIMARY KEY (file, block)) WITHOUT ROWID;
-             CREATE INDEX IF NOT EXISTS blocks_v2_used ON blocks_v2 (used);",
+             CREATE INDEX IF NOT EXISTS blocks_v2_used ON blocks_v2 (used);
+             CREATE TABLE IF NOT EXISTS dirty_v1 (
+                 seq INTEGER PRIMARY KEY AUTOINCREMENT,
+                 file INTEGER NOT NULL,
+                 offset INTEGER NOT NULL,
+                 len INTEGER NOT NULL,
+                 log_offset INTEGER NOT NULL);
+             CREATE INDEX IF NOT EXISTS dirty_v1_file ON dirty_v1 (file, offset);",
         )
         .map_err(db)?;
         conn.execute(
@@ -360,6 +370,113 @@ impl Index {
             .execute(params![to_sql(file), to_sql(first), to_sql(last)])
             .map_err(db)?;
         Ok(())
+    }
+}
+
+/// One write-back entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dirty {
+    pub seq: u64,
+    pub file: u64,
+    pub offset: u64,
+    pub len: u64,
+    pub log_offset: u64,
+}
+
+fn dirty_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Dirty> {
+    Ok(Dirty {
+        seq: from_sql(r.get(0)?),
+        file: from_sql(r.get(1)?),
+        offset: from_sql(r.get(2)?),
+        len: from_sql(r.get(3)?),
+        log_offset: from_sql(r.get(4)?),
+    })
+}
+
+/// Write-back statements.
+impl Index {
+    /// Record acknowledged data (already written and synced to the journal).
+    pub fn add_dirty(&self, file: u64, offset: u64, len: u64, log_offset: u64) -> Result<()> {
+        self.lock()
+            .prepare_cached(
+                "INSERT INTO dirty_v1 (file, offset, len, log_offset) VALUES (?1, ?2, ?3, ?4)",
+            )
+            .map_err(db)?
+            .execute(params![
+                to_sql(file),
+                to_sql(offset),
+                to_sql(len),
+                to_sql(log_offset)
+            ])
+            .map_err(db)?;
+        Ok(())
+    }
+
+    /// The oldest `n` entries, in order.
+    pub fn dirty_oldest(&self, n: u64) -> Result<Vec<Dirty>> {
+        let conn = self.lock();
+        let mut st = conn
+            .prepare_cached(
+                "SELECT seq, file, offset, len, log_offset FROM dirty_v1 ORDER BY seq LIMIT ?1",
+            )
+            .map_err(db)?;
+        st.query_map(params![to_sql(n)], dirty_row)
+            .map_err(db)?
+            .collect::<Result<_, _>>()
+            .map_err(db)
+    }
+
+    /// Entries of `file` overlapping `[start, end)`, oldest first (later ones win).
+    pub fn dirty_overlapping(&self, file: u64, start: u64, end: u64) -> Result<Vec<Dirty>> {
+        let conn = self.lock();
+        let mut st = conn
+            .prepare_cached(
+                "SELECT seq, file, offset, len, log_offset FROM dirty_v1
+                 WHERE file = ?1 AND offset < ?3 AND offset + len > ?2 ORDER BY seq",
+            )
+            .map_err(db)?;
+        st.query_map(params![to_sql(file), to_sql(start), to_sql(end)], dirty_row)
+            .map_err(db)?
+            .collect::<Result<_, _>>()
+            .map_err(db)
+    }
+
+    /// End of the furthest dirty byte of `file`, if it has any.
+    pub fn dirty_end(&self, file: u64) -> Result<Option<u64>> {
+        let conn = self.lock();
+        let mut st = conn
+            .prepare_cached("SELECT MAX(offset + len) FROM dirty_v1 WHERE file = ?1")
+            .map_err(db)?;
+        let v: Option<i64> = st
+            .query_row(params![to_sql(file)], |r| r.get(0))
+            .map_err(db)?;
+        Ok(v.map(from_sql))
+    }
+
+    /// (entries, bytes) waiting for upload.
+    pub fn dirty_pending(&self) -> Result<(u64, u64)> {
+        let (n, b): (i64, Option<i64>) = self
+            .lock()
+            .query_row("SELECT COUNT(*), SUM(len) FROM dirty_v1", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .map_err(db)?;
+        Ok((from_sql(n), b.map_or(0, from_sql)))
+    }
+
+    /// Entries now on the store.
+    pub fn dirty_done(&self, seqs: &[u64]) -> Result<()> {
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(db)?;
+        {
+            let mut st = tx
+                .prepare_cached("DELETE FROM dirty_v1 WHERE seq = ?1")
+                .map_err(db)?;
+            for s in seqs {
+                st.execute(params![to_sql(*s)]).map_err(db)?;
+            }
+        }
+        tx.commit().map_err(db)
     }
 }
 

@@ -15,6 +15,7 @@
 pub mod index;
 pub mod range;
 pub mod store;
+pub mod writeback;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -26,6 +27,7 @@ use tokio::sync::watch;
 
 pub use index::Index;
 use store::Store;
+pub use writeback::WriteBack;
 
 use crate::error::{Error, Result};
 use crate::proto::{Attr, FEATURE_PACKED_READ, FileRef, Request, Response, pack};
@@ -83,6 +85,17 @@ pub struct DataPath {
     cached_blocks: AtomicU64,
     /// Blocks served from the cache since the last LRU update (written in batches).
     touched: Mutex<Vec<(u64, u64)>>,
+    /// Write-back journal and uploader; `None` under write-through.
+    pub writeback: Option<Arc<WriteBack>>,
+}
+
+/// `--write-policy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WritePolicy {
+    /// WRITE replies after the store has the data.
+    Through,
+    /// WRITE replies once the data is in the local journal; uploaded in the background.
+    Back,
 }
 
 /// Blocks a caller has registered as in flight; unregistered (and their waiters woken)
@@ -123,6 +136,7 @@ impl DataPath {
         dir: PathBuf,
         block_size: u64,
         capacity: u64,
+        policy: WritePolicy,
     ) -> Result<Self> {
         if !block_size.is_power_of_two() || !(4096..=MAX_FETCH).contains(&block_size) {
             return Err(Error::Config(format!(
@@ -131,7 +145,6 @@ impl DataPath {
         }
         Ok(Self {
             remote,
-            blocks: Store::open(dir)?,
             block_size,
             stats: Arc::default(),
             inflight: Mutex::default(),
@@ -139,6 +152,11 @@ impl DataPath {
             capacity_blocks: (capacity / block_size).max(MIN_CAPACITY_BLOCKS),
             cached_blocks: AtomicU64::new(index.block_count()?),
             touched: Mutex::default(),
+            writeback: match policy {
+                WritePolicy::Back => Some(Arc::new(WriteBack::open(&dir, index.clone())?)),
+                WritePolicy::Through => None,
+            },
+            blocks: Store::open(dir.join("blocks"))?,
             index,
         })
     }
@@ -158,6 +176,50 @@ impl DataPath {
     /// Read up to `len` bytes at `offset` of file `id` (at `file` on the store, whose
     /// current attributes are `attr`): (bytes, eof, attributes).
     pub async fn read(
+        self: &Arc<Self>,
+        id: u64,
+        file: FileRef,
+        attr: Attr,
+        offset: u64,
+        len: u32,
+    ) -> Result<(Bytes, bool, Attr)> {
+        let Some(wb) = &self.writeback else {
+            return self.read_store(id, file, attr, offset, len).await;
+        };
+        // Acknowledged writes not yet on the store are laid over the store's bytes.
+        let dirty_end = wb.dirty_end(id)?.unwrap_or(0);
+        let logical = attr.size.max(dirty_end);
+        let n = u64::from(len).min(logical.saturating_sub(offset));
+        let (stored, _, mut now) = self.read_store(id, file, attr, offset, n as u32).await?;
+        let mut out = vec![0u8; n as usize];
+        out[..stored.len()].copy_from_slice(&stored);
+        wb.overlay(id, offset, &mut out)?;
+        now.size = now.size.max(dirty_end);
+        Ok((Bytes::from(out), offset + n >= logical, now))
+    }
+
+    /// Size of a file counting acknowledged writes not yet on the store.
+    pub fn logical_size(&self, id: u64, stored: u64) -> u64 {
+        match &self.writeback {
+            Some(wb) => wb
+                .dirty_end(id)
+                .ok()
+                .flatten()
+                .map_or(stored, |e| e.max(stored)),
+            None => stored,
+        }
+    }
+
+    /// Wait until write-back data is all on the store (no-op under write-through).
+    pub async fn drain(&self) -> Result<()> {
+        match &self.writeback {
+            Some(wb) => wb.drain().await,
+            None => Ok(()),
+        }
+    }
+
+    /// The store's bytes, through the block cache.
+    async fn read_store(
         self: &Arc<Self>,
         id: u64,
         file: FileRef,
@@ -499,14 +561,36 @@ impl DataPath {
 
     /// Write `data` at `offset` through to the store; `sync` asks it to be durable first.
     /// Cached blocks the write covers whole are refreshed, partly covered ones dropped.
+    ///
+    /// Under write-back the data goes to the local journal instead (synced before this
+    /// returns) and `current` (the store's attributes as the front knows them) comes back
+    /// with the size grown to cover it. Returns the attributes and whether the data is
+    /// durable (always, under write-back).
     pub async fn write(
         &self,
         id: u64,
         file: FileRef,
+        current: Option<Attr>,
         offset: u64,
         data: Bytes,
         sync: bool,
-    ) -> Result<Attr> {
+    ) -> Result<(Attr, bool)> {
+        if let (Some(wb), Some(current)) = (&self.writeback, current) {
+            wb.append(id, offset, &data)?;
+            if let Some((first, last)) =
+                range::blocks(offset, data.len() as u64, u64::MAX, self.block_size)
+            {
+                // The journal overlays these bytes until the upload; after it the store's
+                // new validator drops the file's blocks.
+                self.index.drop_blocks(id, first, last)?;
+            }
+            let mut a = current;
+            a.size = a
+                .size
+                .max(offset + data.len() as u64)
+                .max(self.logical_size(id, 0));
+            return Ok((a, true));
+        }
         let before = self.index.validator(id)?;
         let attr = match self
             .remote
@@ -536,11 +620,15 @@ impl DataPath {
         if before.is_some() {
             self.index.set_validator(id, &validator(&attr))?;
         }
-        Ok(attr)
+        Ok((attr, sync))
     }
 
-    /// Make earlier unstable writes durable on the store.
+    /// Make earlier unstable writes durable on the store. (Under write-back every write
+    /// is already durable in the journal.)
     pub async fn commit(&self, file: FileRef) -> Result<()> {
+        if self.writeback.is_some() {
+            return Ok(());
+        }
         self.remote
             .call(Request::Commit { file }, Bytes::new())
             .await

@@ -140,6 +140,17 @@ impl Front {
         self.attrs.lock().expect("attr lock").remove(&id);
     }
 
+    /// Under write-back: hold off the uploader retiring entries while this caller combines
+    /// the store's attributes with the journal, and drop attributes an upload made stale.
+    async fn write_back_view(&self, id: u64) -> Option<tokio::sync::RwLockReadGuard<'_, ()>> {
+        let wb = self.data.writeback.as_ref()?;
+        let guard = wb.retire.read().await;
+        if wb.take_changed(id) {
+            self.forget_attr(id);
+        }
+        Some(guard)
+    }
+
     fn cached(&self, id: u64) -> Option<Attr> {
         let map = self.attrs.lock().expect("attr lock");
         map.get(&id)
@@ -350,7 +361,10 @@ impl NfsReadFileSystem for Front {
 
     async fn getattr(&self, id: &FileHandleU64) -> Result<fattr3, nfsstat3> {
         let _ns = self.ns.read().await;
-        Ok(self.fattr(&self.attr(id.as_u64()).await?))
+        let _retire = self.write_back_view(id.as_u64()).await;
+        let mut a = self.attr(id.as_u64()).await?;
+        a.size = self.data.logical_size(id.as_u64(), a.size);
+        Ok(self.fattr(&a))
     }
 
     async fn read(
@@ -362,6 +376,7 @@ impl NfsReadFileSystem for Front {
         let _ns = self.ns.read().await;
         let id = id.as_u64();
         let file = self.file_ref(id)?;
+        let _retire = self.write_back_view(id).await;
         // Current attributes (cached up to attr_timeout) decide whether cached blocks hold.
         let attr = self.attr(id).await?;
         if attr.kind != crate::proto::FileKind::Regular {
@@ -377,7 +392,9 @@ impl NfsReadFileSystem for Front {
             .await
         {
             Ok((bytes, eof, attr)) => {
-                self.remember(id, attr);
+                if self.data.writeback.is_none() {
+                    self.remember(id, attr);
+                }
                 Ok((bytes.to_vec(), eof))
             }
             Err(Error::Status(Status::NoEnt | Status::Stale)) => Err(nfsstat3::NFS3ERR_STALE),
@@ -580,29 +597,36 @@ impl NfsFileSystem for Front {
         stable: stable_how,
     ) -> Result<(fattr3, stable_how), nfsstat3> {
         let _ns = self.ns.read().await;
-        let file = self.file_ref(id.as_u64())?;
+        let id = id.as_u64();
+        let file = self.file_ref(id)?;
         let sync = stable != stable_how::UNSTABLE;
+        // Write-back answers from the journal, so it needs the store's attributes to grow.
+        let current = match self.data.writeback {
+            Some(_) => Some(self.attr(id).await?),
+            None => None,
+        };
         match self
             .data
             .write(
-                id.as_u64(),
+                id,
                 file,
+                current,
                 offset,
                 Bytes::copy_from_slice(data),
                 sync,
             )
             .await
         {
-            Ok(a) => {
-                self.remember(id.as_u64(), a);
-                Ok((
-                    self.fattr(&a),
-                    if sync {
-                        stable_how::FILE_SYNC
-                    } else {
-                        stable_how::UNSTABLE
-                    },
-                ))
+            Ok((a, durable)) => {
+                if self.data.writeback.is_none() {
+                    self.remember(id, a);
+                }
+                let how = if durable {
+                    stable_how::FILE_SYNC
+                } else {
+                    stable_how::UNSTABLE
+                };
+                Ok((self.fattr(&a), how))
             }
             Err(Error::Status(Status::NoEnt | Status::Stale)) => Err(nfsstat3::NFS3ERR_STALE),
             Err(e) => Err(map_err(e)),
@@ -734,6 +758,10 @@ impl Front {
     ) -> Result<Attr, nfsstat3> {
         let _ns = self.ns.read().await;
         let file = self.file_ref(id)?;
+        if set.size.is_some() {
+            // A truncate must not be overtaken by older writes still in the journal.
+            self.data.drain().await.map_err(map_err)?;
+        }
         match self
             .call_on(id, Request::Setattr { file, set, guard })
             .await

@@ -11,3 +11,4 @@ mod libnfs;
 mod nfs_ops;
 mod protocol;
 mod restart;
+mod writeback;

@@ -1,0 +1,246 @@
+//! Write-back: WRITEs land in a local journal (synced, then indexed) and are acknowledged
+//! at once; a background uploader replays them to the store in order.
+//!
+//! Order of a write: bytes appended to `journal.log` -> `fdatasync` -> `dirty_v1` row
+//! committed -> NFS reply (FILE_SYNC). Nothing acknowledged is ever lost: after a crash or
+//! `kill -9`, the rows and the bytes they point at are there, and the uploader resumes
+//! where it stopped. Uploading an entry twice is harmless (a WRITE of the same bytes at the
+//! same place), so the uploader deletes rows only after the store has them (WRITE, then
+//! COMMIT), and replays from the oldest row on start.
+//!
+//! Reads see acknowledged data before it reaches the store: dirty entries are laid over
+//! what the cache or the store returns, and a file's size is the larger of the store's and
+//! the furthest dirty byte.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::Notify;
+
+use super::index::{Dirty, Index};
+use crate::error::{Error, Result};
+use crate::proto::{FileRef, Request, Status};
+use crate::remote::RemoteStore;
+
+/// Entries uploaded per round (then one COMMIT per file and one index transaction).
+const BATCH: u64 = 64;
+
+pub struct WriteBack {
+    /// The journal and its end. std Mutex: appends are serialised, and the journal is only
+    /// truncated under it when nothing is dirty.
+    journal: Mutex<(File, u64)>,
+    index: Arc<Index>,
+    /// Wakes the uploader when there is work; wakes flush waiters when a batch lands.
+    work: Notify,
+    progress: Notify,
+    pub uploaded_bytes: AtomicU64,
+    pub upload_errors: AtomicU64,
+    /// Readers hold it for reading from "which attributes?" to "overlay done"; the uploader
+    /// takes it for writing to retire entries. So a reader sees either the entries, or the
+    /// store's new version (flagged in `changed`), never neither.
+    pub retire: tokio::sync::RwLock<()>,
+    /// Files whose uploaded data retired entries since their attributes were cached.
+    changed: Mutex<std::collections::HashSet<u64>>,
+}
+
+impl WriteBack {
+    pub fn open(dir: &Path, index: Arc<Index>) -> Result<Self> {
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(dir.join("journal.log"))?;
+        let end = f.metadata()?.len();
+        Ok(Self {
+            journal: Mutex::new((f, end)),
+            index,
+            work: Notify::new(),
+            progress: Notify::new(),
+            uploaded_bytes: AtomicU64::new(0),
+            upload_errors: AtomicU64::new(0),
+            retire: tokio::sync::RwLock::new(()),
+            changed: Mutex::default(),
+        })
+    }
+
+    /// Make a write durable locally; returns once it is safe to acknowledge.
+    pub fn append(&self, file: u64, offset: u64, data: &[u8]) -> Result<()> {
+        let mut j = self.journal.lock().expect("journal lock");
+        let at = j.1;
+        j.0.write_all_at(data, at)?;
+        j.0.sync_data()?;
+        self.index.add_dirty(file, offset, data.len() as u64, at)?;
+        j.1 = at + data.len() as u64;
+        drop(j);
+        self.work.notify_one();
+        Ok(())
+    }
+
+    /// Lay dirty data of `file` over `buf`, which holds the bytes at `offset`.
+    pub fn overlay(&self, file: u64, offset: u64, buf: &mut [u8]) -> Result<()> {
+        let end = offset + buf.len() as u64;
+        let entries = self.index.dirty_overlapping(file, offset, end)?;
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let j = self.journal.lock().expect("journal lock");
+        for e in entries {
+            let (s, t) = (e.offset.max(offset), (e.offset + e.len).min(end));
+            let dst = &mut buf[(s - offset) as usize..(t - offset) as usize];
+            j.0.read_exact_at(dst, e.log_offset + (s - e.offset))?;
+        }
+        Ok(())
+    }
+
+    /// True (once) if uploads changed `file` on the store since the caller last asked:
+    /// its cached attributes are out of date.
+    pub fn take_changed(&self, file: u64) -> bool {
+        self.changed.lock().expect("changed lock").remove(&file)
+    }
+
+    /// Size of `file` counting data not yet on the store.
+    pub fn dirty_end(&self, file: u64) -> Result<Option<u64>> {
+        self.index.dirty_end(file)
+    }
+
+    /// (entries, bytes) not yet on the store.
+    pub fn pending(&self) -> Result<(u64, u64)> {
+        self.index.dirty_pending()
+    }
+
+    /// Wait until everything acknowledged so far is on the store.
+    pub async fn drain(&self) -> Result<()> {
+        loop {
+            let notified = self.progress.notified();
+            if self.pending()?.0 == 0 {
+                return Ok(());
+            }
+            self.work.notify_one();
+            let _ = tokio::time::timeout(Duration::from_millis(200), notified).await;
+        }
+    }
+
+    /// Upload forever (spawned at start; resumes whatever a previous run left).
+    pub async fn run(self: Arc<Self>, remote: Arc<RemoteStore>) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match self.upload_batch(&remote).await {
+                Ok(0) => {
+                    self.compact();
+                    self.progress.notify_waiters();
+                    let _ =
+                        tokio::time::timeout(Duration::from_secs(1), self.work.notified()).await;
+                }
+                Ok(_) => {
+                    backoff = Duration::from_millis(100);
+                    self.progress.notify_waiters();
+                }
+                Err(e) => {
+                    self.upload_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!("write-back upload failed ({e}); retrying in {backoff:?}");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                }
+            }
+        }
+    }
+
+    /// Upload the oldest entries in order; returns how many landed.
+    async fn upload_batch(&self, remote: &RemoteStore) -> Result<usize> {
+        let entries = self.index.dirty_oldest(BATCH)?;
+        if entries.is_empty() {
+            return Ok(0);
+        }
+        let mut done = Vec::new();
+        let mut touched: Vec<(u64, FileRef)> = Vec::new();
+        for e in &entries {
+            match self.upload(remote, e).await? {
+                Some(f) => {
+                    if !touched.iter().any(|(id, _)| *id == e.file) {
+                        touched.push((e.file, f));
+                    }
+                }
+                None => tracing::warn!(
+                    file = e.file,
+                    "dropping write-back data of a file removed from the store"
+                ),
+            }
+            done.push(e.seq);
+        }
+        let ids: Vec<u64> = touched.iter().map(|(id, _)| *id).collect();
+        for (_, f) in touched {
+            remote
+                .call(Request::Commit { file: f }, Bytes::new())
+                .await?;
+        }
+        let _retiring = self.retire.write().await;
+        self.changed.lock().expect("changed lock").extend(ids);
+        self.index.dirty_done(&done)?;
+        self.uploaded_bytes
+            .fetch_add(entries.iter().map(|e| e.len).sum(), Ordering::Relaxed);
+        Ok(done.len())
+    }
+
+    /// Send one entry. `None` if its file no longer exists (removed through the mount, so
+    /// its name is gone from the map): nothing to write to.
+    async fn upload(&self, remote: &RemoteStore, e: &Dirty) -> Result<Option<FileRef>> {
+        let mut data = vec![0u8; e.len as usize];
+        self.journal
+            .lock()
+            .expect("journal lock")
+            .0
+            .read_exact_at(&mut data, e.log_offset)?;
+        let data = Bytes::from(data);
+        for _ in 0..5 {
+            let Some((path, ident)) = self.index.get(e.file)? else {
+                return Ok(None);
+            };
+            let file = FileRef {
+                path,
+                ident: Some(ident),
+            };
+            match remote
+                .call(
+                    Request::Write {
+                        file: file.clone(),
+                        offset: e.offset,
+                        sync: false,
+                    },
+                    data.clone(),
+                )
+                .await
+            {
+                Ok(_) => return Ok(Some(file)),
+                // A rename may have moved it between reading the map and the write: look
+                // the path up again (the entry is kept until the store has it).
+                Err(Error::Status(Status::NoEnt | Status::Stale)) => {
+                    tokio::time::sleep(Duration::from_millis(50)).await
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        // Still gone at the same path: the file was removed or replaced on the store behind
+        // the mount. Its data has nowhere to go; say so loudly rather than block the queue.
+        tracing::error!(
+            file = e.file,
+            offset = e.offset,
+            len = e.len,
+            "write-back target vanished on the store; data dropped"
+        );
+        Ok(None)
+    }
+
+    /// With nothing dirty, the journal starts over.
+    fn compact(&self) {
+        let mut j = self.journal.lock().expect("journal lock");
+        if j.1 > 0 && matches!(self.index.dirty_pending(), Ok((0, _))) && j.0.set_len(0).is_ok() {
+            j.1 = 0;
+        }
+    }
+}

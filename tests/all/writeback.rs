@@ -1,0 +1,168 @@
+//! Write-back: acknowledged writes survive `kill -9` of the client at any moment, are
+//! uploaded after restart, and reads see them before they reach the store.
+
+use std::process::Command;
+use std::time::Duration;
+
+use nfs3_client::nfs3_types::nfs3::*;
+use nfs3_client::nfs3_types::xdr_codec::Opaque;
+
+use crate::harness::*;
+
+const SIZE: usize = 8 << 20;
+
+fn flush(cache: &std::path::Path) {
+    let out = Command::new(bin("gridvfs-client"))
+        .args(["flush", "--cache-dir"])
+        .arg(cache)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "flush: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+struct Lcg(u64);
+impl Lcg {
+    fn next(&mut self, n: u64) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (self.0 >> 33) % n
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_writes_survive_kill_9_and_all_land() {
+    let d = dirs();
+    let mut model = noise(70, SIZE);
+    std::fs::write(d.export.join("redo.log"), &model).unwrap();
+    let mut client = ClientProc::start(&d.export, &d.cache, 0, &["--write-policy", "back"]);
+    let mut rng = Lcg(71);
+    let mut pending: Option<(u64, Vec<u8>)> = None;
+    let (mut acked, mut kills_mid_write) = (0, 0);
+    for round in 0..20u64 {
+        let mut nfs = Nfs::mount(client.port).await;
+        let f = nfs.lookup(&nfs.root.clone(), "redo.log").await.unwrap();
+        // What the NFS client does after a lost reply: send the write again.
+        if let Some((off, data)) = pending.take() {
+            nfs.write(&f, off, &data, stable_how::UNSTABLE)
+                .await
+                .expect("retransmitted write");
+            model[off as usize..off as usize + data.len()].copy_from_slice(&data);
+        }
+        // Reads see acknowledged data that may not be on the store yet.
+        let probe = rng.next((SIZE - 4096) as u64);
+        assert_eq!(
+            nfs.read(&f, probe, 4096).await.unwrap().0,
+            model[probe as usize..probe as usize + 4096],
+            "round {round}"
+        );
+
+        let pid = client.child.id() as i32;
+        let delay = Duration::from_millis(20 + rng.next(150));
+        let killer = std::thread::spawn(move || {
+            std::thread::sleep(delay);
+            let _ = rustix::process::kill_process(
+                rustix::process::Pid::from_raw(pid).unwrap(),
+                rustix::process::Signal::KILL,
+            );
+        });
+        for i in 0..400u64 {
+            let len = 1 + rng.next(256 << 10) as usize;
+            let off = rng.next((SIZE - len) as u64);
+            let data = noise(round * 1000 + i, len);
+            let args = WRITE3args {
+                file: f.clone(),
+                offset: off,
+                count: len as u32,
+                stable: stable_how::UNSTABLE,
+                data: Opaque::borrowed(&data),
+            };
+            // (nfs3_client does not notice a closed connection: it waits on EOF forever.
+            // A reply takes milliseconds here; silence for 3 s means the client is dead.)
+            let reply = tokio::time::timeout(Duration::from_secs(3), nfs.c.write(&args)).await;
+            match reply.map_err(|_| ()).and_then(|r| r.map_err(|_| ())) {
+                Ok(Nfs3Result::Ok(ok)) => {
+                    assert_eq!(
+                        ok.committed,
+                        stable_how::FILE_SYNC,
+                        "write-back answers once durable"
+                    );
+                    model[off as usize..off as usize + len].copy_from_slice(&data);
+                    acked += 1;
+                }
+                Ok(Nfs3Result::Err((s, _))) => panic!("write failed: {s:?}"),
+                Err(_) => {
+                    // Killed with this write in flight: it may or may not have landed.
+                    pending = Some((off, data));
+                    kills_mid_write += 1;
+                    break;
+                }
+            }
+        }
+        killer.join().unwrap();
+        client.restart();
+    }
+    let mut nfs = Nfs::mount(client.port).await;
+    let f = nfs.lookup(&nfs.root.clone(), "redo.log").await.unwrap();
+    if let Some((off, data)) = pending.take() {
+        nfs.write(&f, off, &data, stable_how::UNSTABLE)
+            .await
+            .unwrap();
+        model[off as usize..off as usize + data.len()].copy_from_slice(&data);
+    }
+    assert!(
+        nfs.read_all(&f, 1 << 20).await.unwrap() == model,
+        "reads before the flush"
+    );
+    flush(&d.cache);
+    let on_store = std::fs::read(d.export.join("redo.log")).unwrap();
+    println!("{acked} acknowledged writes, {kills_mid_write} kills with a write in flight");
+    assert!(
+        acked > 100 && kills_mid_write >= 10,
+        "the loop exercised little: {acked} acked, {kills_mid_write} mid-write kills"
+    );
+    assert!(
+        on_store == model,
+        "the store differs from every acknowledged write"
+    );
+}
+
+#[tokio::test]
+async fn write_back_grows_files_and_truncate_waits_for_older_writes() {
+    let d = dirs();
+    std::fs::write(d.export.join("f"), b"").unwrap();
+    let client = ClientProc::start(&d.export, &d.cache, 0, &["--write-policy", "back"]);
+    let mut nfs = Nfs::mount(client.port).await;
+    let f = nfs.lookup(&nfs.root.clone(), "f").await.unwrap();
+    let data = noise(72, 3 << 20);
+    for (i, chunk) in data.chunks(1 << 20).enumerate() {
+        nfs.write(&f, (i << 20) as u64, chunk, stable_how::UNSTABLE)
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        nfs.getattr(&f).await.unwrap().size,
+        3 << 20,
+        "size counts data not yet uploaded"
+    );
+    assert!(nfs.read_all(&f, 1 << 20).await.unwrap() == data);
+    // Truncate: older journal entries must land first, or they would re-grow the file.
+    nfs.setattr(
+        &f,
+        sattr3 {
+            size: Nfs3Option::Some(1000),
+            ..Default::default()
+        },
+        None,
+    )
+    .await
+    .unwrap();
+    flush(&d.cache);
+    assert_eq!(std::fs::read(d.export.join("f")).unwrap(), &data[..1000]);
+    assert_eq!(nfs.getattr(&f).await.unwrap().size, 1000);
+}
