@@ -80,11 +80,26 @@ fn parse_size(s: &str) -> Result<u64, String> {
 }
 
 #[derive(Subcommand)]
+enum CacheCmd {
+    /// Remove cached data of files that no longer exist (their names are gone).
+    Gc {
+        /// Cache directory (default: $XDG_CACHE_HOME/gridvfs or ~/.cache/gridvfs).
+        #[arg(long)]
+        cache_dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
 enum Cmd {
     /// Serve in the foreground; prints the kernel mount command.
     Serve(ServeArgs),
     /// Make a small sample VM store, serve it through both proxies, read it back over NFS.
     Demo,
+    /// Cache maintenance.
+    Cache {
+        #[command(subcommand)]
+        cmd: CacheCmd,
+    },
     /// Upload all write-back data now and wait for it (with a progress bar).
     Flush {
         /// Cache directory (default: $XDG_CACHE_HOME/gridvfs or ~/.cache/gridvfs).
@@ -180,6 +195,28 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Demo => demo::run().await,
+        Cmd::Cache {
+            cmd: CacheCmd::Gc { cache_dir },
+        } => {
+            let dir = cache_dir.unwrap_or_else(default_cache_dir);
+            let entries = std::fs::read_dir(&dir)
+                .with_context(|| format!("cannot read cache directory {}", dir.display()))?;
+            let (mut files, mut bytes) = (0, 0);
+            for e in entries
+                .flatten()
+                .filter(|e| e.path().join("index.sqlite").exists())
+            {
+                let r = gridvfs::cache::gc(&e.path())
+                    .with_context(|| format!("gc of {}", e.path().display()))?;
+                files += r.files;
+                bytes += r.bytes;
+            }
+            println!(
+                "removed {files} cached files, {:.1} MiB",
+                bytes as f64 / (1u64 << 20) as f64
+            );
+            Ok(())
+        }
         Cmd::Flush { cache_dir } => flush(&cache_dir.unwrap_or_else(default_cache_dir)).await,
         Cmd::Status { cache_dir, json } => {
             status(&cache_dir.unwrap_or_else(default_cache_dir), json).await

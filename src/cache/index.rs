@@ -480,6 +480,46 @@ impl Index {
     }
 }
 
+/// Garbage collection.
+impl Index {
+    /// Cached files whose name is gone from the map (removed, or replaced by another
+    /// file): their blocks can never be read again. Their rows are deleted; the ids are
+    /// returned so their data files can be removed. Files with write-back data pending are
+    /// kept (the uploader decides about those).
+    pub fn collect_orphans(&self) -> Result<Vec<u64>> {
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(db)?;
+        let ids: Vec<u64> = {
+            let mut st = tx
+                .prepare_cached(
+                    "SELECT file FROM files_v1 WHERE file NOT IN (SELECT id FROM names_v1)
+                     AND file NOT IN (SELECT file FROM dirty_v1)",
+                )
+                .map_err(db)?;
+            st.query_map([], |r| Ok(from_sql(r.get(0)?)))
+                .map_err(db)?
+                .collect::<Result<_, _>>()
+                .map_err(db)?
+        };
+        for id in &ids {
+            tx.execute(
+                "DELETE FROM blocks_v2 WHERE file = ?1",
+                params![to_sql(*id)],
+            )
+            .map_err(db)?;
+            tx.execute("DELETE FROM files_v1 WHERE file = ?1", params![to_sql(*id)])
+                .map_err(db)?;
+        }
+        tx.commit().map_err(db)?;
+        Ok(ids)
+    }
+
+    /// Whether `file` still has a name (its data file is live).
+    pub fn is_named(&self, file: u64) -> Result<bool> {
+        Ok(self.get(file)?.is_some())
+    }
+}
+
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -636,6 +636,38 @@ impl DataPath {
     }
 }
 
+/// What [`gc`] removed.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct GcReport {
+    pub files: u64,
+    pub bytes: u64,
+}
+
+/// Remove cached data nothing can read any more: files whose names are gone, and data
+/// files without a name in the map. Safe while a client runs (ids are never reused).
+pub fn gc(export_dir: &std::path::Path) -> Result<GcReport> {
+    use std::os::unix::fs::MetadataExt;
+    let index = Index::open(&export_dir.join("index.sqlite"))?;
+    let mut report = GcReport::default();
+    let blocks = export_dir.join("blocks");
+    let orphans: std::collections::HashSet<u64> = index.collect_orphans()?.into_iter().collect();
+    for entry in std::fs::read_dir(&blocks).into_iter().flatten().flatten() {
+        let Some(id) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| u64::from_str_radix(n, 16).ok())
+        else {
+            continue;
+        };
+        if orphans.contains(&id) || !index.is_named(id)? {
+            report.bytes += entry.metadata().map(|m| m.blocks() * 512).unwrap_or(0);
+            std::fs::remove_file(entry.path())?;
+            report.files += 1;
+        }
+    }
+    Ok(report)
+}
+
 /// A reply of the wrong shape for its request: the server is broken or not ours.
 pub fn unexpected(resp: &Response) -> crate::Error {
     crate::Error::Protocol(format!("unexpected reply {resp:?}"))

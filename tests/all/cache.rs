@@ -292,3 +292,54 @@ async fn small_cache_evicts_least_recently_used_and_never_fails_a_read() {
         "recent blocks were kept"
     );
 }
+
+#[tokio::test]
+async fn cache_gc_removes_data_of_removed_files_only() {
+    let d = dirs();
+    std::fs::write(d.export.join("keep"), noise(73, 1 << 20)).unwrap();
+    std::fs::write(d.export.join("gone"), noise(74, 1 << 20)).unwrap();
+    let client = ClientProc::start(&d.export, &d.cache, 0, &[]);
+    let mut nfs = Nfs::mount(client.port).await;
+    let root = nfs.root.clone();
+    for name in ["keep", "gone"] {
+        let f = nfs.lookup(&root, name).await.unwrap();
+        nfs.read_all(&f, 1 << 20).await.unwrap();
+    }
+    let keep = nfs.lookup(&root, "keep").await.unwrap();
+    nfs.remove(&root, "gone").await.unwrap();
+    let count = || {
+        std::fs::read_dir(&d.cache)
+            .unwrap()
+            .flatten()
+            .map(|e| {
+                std::fs::read_dir(e.path().join("blocks"))
+                    .map(|r| r.count())
+                    .unwrap_or(0)
+            })
+            .sum::<usize>()
+    };
+    assert_eq!(count(), 2);
+    let out = Command::new(bin("gridvfs-client"))
+        .args(["cache", "gc", "--cache-dir"])
+        .arg(&d.cache)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("removed 1 cached files"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(count(), 1);
+    // The live file is still served from the cache, while the client runs.
+    let before = n(&status(&d.cache), "bytes_fetched");
+    assert_eq!(
+        nfs.read_all(&keep, 1 << 20).await.unwrap(),
+        noise(73, 1 << 20)
+    );
+    assert_eq!(n(&status(&d.cache), "bytes_fetched"), before);
+}

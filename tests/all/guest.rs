@@ -236,3 +236,44 @@ echo ok
         b"after\n"
     );
 }
+
+#[test]
+fn kernel_client_reads_the_warm_cache_after_a_restart() {
+    let d = dirs();
+    let share = d.tmp.path().join("share");
+    std::fs::create_dir(&share).unwrap();
+    let data = noise(81, 64 << 20);
+    std::fs::write(d.export.join("disk.img"), &data).unwrap();
+    let mut client = ClientProc::start(&d.export, &d.cache, 0, &[]);
+    let cold = guest_cmd(client.port, &share, "md5sum disk.img")
+        .output()
+        .unwrap();
+    assert!(cold.status.success(), "{}", show(&cold));
+    client.restart();
+    let warm = guest_cmd(client.port, &share, "md5sum disk.img")
+        .output()
+        .unwrap();
+    assert!(warm.status.success(), "{}", show(&warm));
+    let want = md5_hex(&data);
+    assert!(
+        String::from_utf8_lossy(&cold.stdout).contains(&want),
+        "{}",
+        show(&cold)
+    );
+    assert!(
+        String::from_utf8_lossy(&warm.stdout).contains(&want),
+        "{}",
+        show(&warm)
+    );
+    let st = Command::new(bin("gridvfs-client"))
+        .args(["status", "--json", "--cache-dir"])
+        .arg(&d.cache)
+        .output()
+        .unwrap();
+    let st: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
+    assert_eq!(
+        st["bytes_fetched"], 0,
+        "the kernel's reads after the restart came from the cache: {st}"
+    );
+    assert!(st["block_hits"].as_u64().unwrap() >= 256, "{st}");
+}
