@@ -214,7 +214,8 @@ async fn connect(addr: &str) -> anyhow::Result<()> {
     let up = tokio::spawn(async move {
         let _ = tokio::io::copy(&mut tokio::io::stdin(), &mut w).await;
     });
-    tokio::io::copy(&mut r, &mut tokio::io::stdout()).await?;
+    // The far end going away (client proxy restarted or done) is the normal end here.
+    let _ = tokio::io::copy(&mut r, &mut tokio::io::stdout()).await;
     up.abort();
     Ok(())
 }
@@ -474,7 +475,7 @@ async fn run(
                 ctx.relay = gctx_relay;
                 let cache = work.path().join("gridvfs-cache");
                 for round in ["cold", "warm"] {
-                    let client = GridvfsClient::start(&client_bin, &remote, &cache)?;
+                    let client = GridvfsClient::start(&client_bin, &remote, &cache, &[])?;
                     let (w1, w2) = if round == "cold" {
                         ("W1", "W2")
                     } else {
@@ -549,6 +550,67 @@ async fn run(
                         let _ = std::fs::remove_file(ds.dir.join("redo.log"));
                     }
                 }
+                // W4 again under write-back: the VM sees local-disk latency; the upload
+                // follows (`flush`). Two rows: acknowledged, and on the store.
+                let wb_cache = work.path().join("gridvfs-wb-cache");
+                let client = GridvfsClient::start(
+                    &client_bin,
+                    &remote,
+                    &wb_cache,
+                    &["--write-policy", "back"],
+                )?;
+                let done = Arc::new(AtomicU64::new(0));
+                let before = ctx.snapshot();
+                let t = std::time::Instant::now();
+                let r = bounded(bound, done.clone(), async {
+                    nfsread::write_then_commit(
+                        client.port,
+                        "redo.log",
+                        &ds.mem,
+                        w4_bytes,
+                        8,
+                        done.clone(),
+                    )
+                    .await
+                    .map(|()| None)
+                })
+                .await?;
+                let acked = r.seconds;
+                ctx.push(
+                    &format!("{name}-wb"),
+                    "W4",
+                    "",
+                    r,
+                    before,
+                    client.peak_rss_mib(),
+                    "write-back: acknowledged (in the local journal)",
+                );
+                let flushed = Command::new(&client_bin)
+                    .args(["flush", "--cache-dir"])
+                    .arg(&wb_cache)
+                    .stderr(std::process::Stdio::null())
+                    .status()?;
+                anyhow::ensure!(flushed.success(), "gridvfs-client flush failed");
+                let on_store = std::fs::metadata(ds.dir.join("redo.log"))
+                    .map(|m| m.len())
+                    .unwrap_or(0);
+                let r = Run {
+                    seconds: t.elapsed().as_secs_f64(),
+                    bytes: on_store.min(w4_bytes),
+                    first_byte_s: None,
+                    complete: true,
+                };
+                ctx.push(
+                    &format!("{name}-wb"),
+                    "W4",
+                    "",
+                    r,
+                    before,
+                    client.peak_rss_mib(),
+                    &format!("write-back: flushed to the store ({acked:.1} s to acknowledge)"),
+                );
+                drop(client);
+                let _ = std::fs::remove_file(ds.dir.join("redo.log"));
                 ctx.relay = saved;
             }
             Peer::Sshfs | Peer::SshfsTuned => {

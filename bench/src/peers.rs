@@ -54,7 +54,12 @@ pub struct GridvfsClient {
 }
 
 impl GridvfsClient {
-    pub fn start(client_bin: &Path, remote: &str, cache: &Path) -> anyhow::Result<Self> {
+    pub fn start(
+        client_bin: &Path,
+        remote: &str,
+        cache: &Path,
+        extra: &[&str],
+    ) -> anyhow::Result<Self> {
         let mut child = Command::new(client_bin)
             .args([
                 "serve",
@@ -65,6 +70,7 @@ impl GridvfsClient {
                 "--cache-dir",
             ])
             .arg(cache)
+            .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
