@@ -29,6 +29,9 @@ use crate::remote::RemoteStore;
 
 /// Entries uploaded per round (then one COMMIT per file and one index transaction).
 const BATCH: u64 = 64;
+/// Non-overlapping entries sent at once: enough to fill a WAN link's bandwidth-delay
+/// product with 1 MiB writes.
+const PARALLEL_UPLOADS: usize = 16;
 
 pub struct WriteBack {
     /// The journal and its end. std Mutex: appends are serialised, and the journal is only
@@ -152,20 +155,50 @@ impl WriteBack {
     }
 
     /// Upload the oldest entries in order; returns how many landed.
-    async fn upload_batch(&self, remote: &RemoteStore) -> Result<usize> {
+    async fn upload_batch(self: &Arc<Self>, remote: &Arc<RemoteStore>) -> Result<usize> {
         let entries = self.index.dirty_oldest(BATCH)?;
         if entries.is_empty() {
             return Ok(0);
         }
+        // Entries that overlap none of the batch's others may travel at once (a redo log
+        // is appends); if any overlap, order matters and they go one by one.
+        let overlapping = entries.iter().enumerate().any(|(i, a)| {
+            entries[i + 1..].iter().any(|b| {
+                a.file == b.file && a.offset < b.offset + b.len && b.offset < a.offset + a.len
+            })
+        });
+        let mut targets: Vec<Option<FileRef>> = Vec::with_capacity(entries.len());
+        if overlapping {
+            for e in &entries {
+                targets.push(self.upload(remote, e).await?);
+            }
+        } else {
+            for chunk in entries.chunks(PARALLEL_UPLOADS) {
+                let mut set = tokio::task::JoinSet::new();
+                for (i, e) in chunk.iter().copied().enumerate() {
+                    let (this, remote) = (self.clone(), remote.clone());
+                    set.spawn(async move { (i, this.upload(&remote, &e).await) });
+                }
+                let mut got: Vec<Option<Result<Option<FileRef>>>> =
+                    (0..chunk.len()).map(|_| None).collect();
+                while let Some(joined) = set.join_next().await {
+                    let (i, r) =
+                        joined.map_err(|e| Error::Protocol(format!("upload task: {e}")))?;
+                    got[i] = Some(r);
+                }
+                for r in got {
+                    targets.push(r.expect("every upload task reported")?);
+                }
+            }
+        }
         let mut done = Vec::new();
         let mut touched: Vec<(u64, FileRef)> = Vec::new();
-        for e in &entries {
-            match self.upload(remote, e).await? {
-                Some(f) => {
-                    if !touched.iter().any(|(id, _)| *id == e.file) {
-                        touched.push((e.file, f));
-                    }
+        for (e, target) in entries.iter().zip(targets) {
+            match target {
+                Some(f) if !touched.iter().any(|(id, _)| *id == e.file) => {
+                    touched.push((e.file, f))
                 }
+                Some(_) => {}
                 None => tracing::warn!(
                     file = e.file,
                     "dropping write-back data of a file removed from the store"
