@@ -111,6 +111,8 @@ enum Cmd {
     Smoke,
     /// Copy stdin/stdout to and from a TCP address (the `exec:` end of the pipe transport).
     Connect { addr: String },
+    /// Redraw the SVG chart of a results JSON (written beside it).
+    Svg { json: PathBuf },
 }
 
 fn sibling(name: &str) -> anyhow::Result<PathBuf> {
@@ -157,6 +159,16 @@ fn ensure_tools(tools: &[(&str, &str)]) -> anyhow::Result<()> {
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().cmd {
         Cmd::Connect { addr } => connect(&addr).await,
+        Cmd::Svg { json } => {
+            let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json)?)?;
+            let rows: Vec<Row> = serde_json::from_value(v["rows"].clone())?;
+            let name = v["profile"].as_str().unwrap_or("run");
+            std::fs::write(
+                json.with_extension("svg"),
+                report::svg(&format!("gridvfs bench: {name}"), &rows),
+            )?;
+            Ok(())
+        }
         Cmd::Smoke => {
             let out = tempfile::tempdir()?;
             let data = tempfile::tempdir()?;

@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 
 /// One measured (peer, workload) pair.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Row {
     pub peer: String,
     pub workload: String,
@@ -64,13 +64,14 @@ pub fn svg(title: &str, rows: &[Row]) -> String {
     let mut body = String::new();
     let mut workloads: Vec<&str> = rows.iter().map(|r| r.workload.as_str()).collect();
     workloads.dedup();
+    // One scale for every group, so a warm run is seen next to the cold one it repeats.
+    let max = rows
+        .iter()
+        .map(|r| r.seconds)
+        .fold(0.0f64, f64::max)
+        .max(1e-9);
     for w in workloads {
         let group: Vec<&Row> = rows.iter().filter(|r| r.workload == w).collect();
-        let max = group
-            .iter()
-            .map(|r| r.seconds)
-            .fold(0.0f64, f64::max)
-            .max(1e-9);
         let _ = writeln!(
             body,
             r#"<text x="10" y="{:.0}" font-weight="bold">{w}</text>"#,
