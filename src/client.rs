@@ -74,7 +74,13 @@ impl Client {
             cache: stats.clone(),
             writeback: drain.writeback.clone(),
         };
-        crate::control::serve(&export_dir, sources)?;
+        if let Err(e) = crate::control::serve(&export_dir, sources) {
+            // Serving files matters more than figures (e.g. a socket path over 108 bytes).
+            tracing::warn!(
+                "no control socket in {} ({e}): `status` and `flush` will not reach this client",
+                export_dir.display()
+            );
+        }
         Ok(Self {
             nfs,
             store,
