@@ -19,7 +19,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use data::DataSpec;
 use link::{LinkSpec, Relay};
-use peers::{GridvfsClient, Run, Sshfs, bounded, command_copy};
+use peers::{GridvfsClient, Rclone, Run, Sshfs, bounded, command_copy};
 use report::Row;
 
 #[derive(Parser)]
@@ -83,6 +83,7 @@ enum Peer {
     SshfsTuned,
     Scp,
     SshZstd,
+    Rclone,
 }
 
 #[derive(Subcommand)]
@@ -198,6 +199,7 @@ async fn main() -> anyhow::Result<()> {
                 Peer::SshfsTuned,
                 Peer::Scp,
                 Peer::SshZstd,
+                Peer::Rclone,
             ];
             let peers = if peers.is_empty() {
                 all.to_vec()
@@ -355,6 +357,7 @@ async fn run(
     let needs_ssh = transport == Transport::Ssh || peers.iter().any(|p| *p != Peer::Gridvfs);
     if needs_ssh {
         ensure_tools(&[
+            ("rclone", "rclone"),
             ("sshd", "openssh-server"),
             ("ssh", "openssh-client"),
             ("zstd", "zstd"),
@@ -663,6 +666,49 @@ async fn run(
                     let _ = std::fs::remove_file(ds.dir.join("redo.log"));
                 }
                 drop(m);
+            }
+            Peer::Rclone => {
+                // Cold, then warm after a remount that keeps rclone's cache directory.
+                let s = sshd.as_ref().expect("sshd");
+                let (mnt, cache) = (work.path().join("rclone"), work.path().join("rclone-cache"));
+                for round in ["cold", "warm"] {
+                    let m = Rclone::mount(&mnt, &ds.dir, port, &s.key, &cache)?;
+                    let (w1, w2) = if round == "cold" {
+                        ("W1", "W2")
+                    } else {
+                        ("W3 (W1 again)", "W3 (W2 again)")
+                    };
+                    for (w, limit) in [(w1, "W1"), (w2, "W2")] {
+                        let done = Arc::new(AtomicU64::new(0));
+                        let before = ctx.snapshot();
+                        let (mnt, ds_mem, ds_disk, trace) = (
+                            m.mnt.clone(),
+                            ds.mem.clone(),
+                            ds.disk.clone(),
+                            ds.trace.clone(),
+                        );
+                        let d2 = done.clone();
+                        let whole = limit == "W1";
+                        let job = tokio::task::spawn_blocking(move || {
+                            if whole {
+                                peers::fs_read_whole(&mnt.join("vm1.mem"), &ds_mem, &d2)
+                            } else {
+                                peers::fs_replay(&mnt.join("vm1.img"), &ds_disk, &trace, &d2)
+                            }
+                        });
+                        let r = bounded(bound, done.clone(), async { job.await? }).await?;
+                        ctx.push(
+                            "rclone",
+                            w,
+                            limit,
+                            r,
+                            before,
+                            None,
+                            "sftp, --vfs-cache-mode full",
+                        );
+                    }
+                    drop(m);
+                }
             }
             Peer::Scp => {
                 let s = sshd.as_ref().expect("sshd");

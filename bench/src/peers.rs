@@ -269,3 +269,71 @@ pub async fn command_copy(mut cmd: Command, out: &Path, bound: Duration) -> anyh
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// A FUSE mount of the store made by `rclone mount` of an SFTP remote, with rclone's
+/// full VFS cache (its answer to a persistent local cache).
+pub struct Rclone {
+    pub mnt: PathBuf,
+    child: Child,
+}
+
+impl Rclone {
+    pub fn mount(
+        mnt: &Path,
+        store: &Path,
+        port: u16,
+        key: &Path,
+        cache: &Path,
+    ) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(mnt)?;
+        let child = Command::new("rclone")
+            .arg("mount")
+            .arg(format!("store:{}", store.display()))
+            .arg(mnt)
+            .args(["--vfs-cache-mode", "full", "--cache-dir"])
+            .arg(cache)
+            .args([
+                "--vfs-cache-max-age",
+                "24h",
+                "--read-only",
+                "--log-level",
+                "ERROR",
+            ])
+            .env("RCLONE_CONFIG_STORE_TYPE", "sftp")
+            .env("RCLONE_CONFIG_STORE_HOST", "127.0.0.1")
+            .env("RCLONE_CONFIG_STORE_PORT", port.to_string())
+            .env("RCLONE_CONFIG_STORE_USER", "root")
+            .env("RCLONE_CONFIG_STORE_KEY_FILE", key)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .context("start rclone mount")?;
+        let t = Instant::now();
+        while !Command::new("mountpoint")
+            .arg("-q")
+            .arg(mnt)
+            .status()
+            .is_ok_and(|s| s.success())
+        {
+            if t.elapsed() > Duration::from_secs(20) {
+                bail!("rclone mount did not appear at {}", mnt.display());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(Self {
+            mnt: mnt.to_path_buf(),
+            child,
+        })
+    }
+}
+
+impl Drop for Rclone {
+    fn drop(&mut self) {
+        let _ = Command::new("fusermount3")
+            .arg("-u")
+            .arg(&self.mnt)
+            .status();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
