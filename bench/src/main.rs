@@ -6,6 +6,7 @@ mod link;
 mod nfsread;
 mod peers;
 mod report;
+mod setup;
 mod sshd;
 
 use std::path::{Path, PathBuf};
@@ -14,13 +15,14 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use data::DataSpec;
 use link::{LinkSpec, Relay};
 use peers::{GridvfsClient, Rclone, Run, Sshfs, bounded, command_copy};
 use report::Row;
+use setup::{connect, ensure_tools, server_bridge, sibling};
 
 #[derive(Parser)]
 #[command(name = "bench", about = "gridvfs WAN benchmark")]
@@ -116,46 +118,6 @@ enum Cmd {
     Svg { json: PathBuf },
 }
 
-fn sibling(name: &str) -> anyhow::Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    let p = exe.with_file_name(name);
-    if p.is_file() {
-        Ok(p)
-    } else {
-        bail!(
-            "{name} not found beside {}: run `cargo build --release --workspace` first",
-            exe.display()
-        )
-    }
-}
-
-/// Install Debian packages for commands that are missing (the bench needs root anyway).
-fn ensure_tools(tools: &[(&str, &str)]) -> anyhow::Result<()> {
-    let missing: Vec<&str> = tools
-        .iter()
-        .filter(|(cmd, _)| {
-            !Command::new("sh")
-                .arg("-c")
-                .arg(format!("command -v {cmd}"))
-                .output()
-                .is_ok_and(|o| o.status.success())
-        })
-        .map(|(_, pkg)| *pkg)
-        .collect();
-    if missing.is_empty() {
-        return Ok(());
-    }
-    eprintln!("bench: installing {}", missing.join(" "));
-    let ok = Command::new("apt-get")
-        .args(["install", "-y", "-qq", "--no-install-recommends"])
-        .args(&missing)
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .status()?
-        .success();
-    anyhow::ensure!(ok, "apt-get install {} failed", missing.join(" "));
-    Ok(())
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().cmd {
@@ -217,60 +179,6 @@ async fn main() -> anyhow::Result<()> {
             run(profile, size, &peers, transport, bound, &out, &data).await
         }
     }
-}
-
-async fn connect(addr: &str) -> anyhow::Result<()> {
-    let s = tokio::net::TcpStream::connect(addr)
-        .await
-        .with_context(|| format!("connect {addr}"))?;
-    s.set_nodelay(true)?;
-    let (mut r, mut w) = s.into_split();
-    let up = tokio::spawn(async move {
-        let _ = tokio::io::copy(&mut tokio::io::stdin(), &mut w).await;
-    });
-    // The far end going away (client proxy restarted or done) is the normal end here.
-    let _ = tokio::io::copy(&mut r, &mut tokio::io::stdout()).await;
-    up.abort();
-    Ok(())
-}
-
-/// A TCP listener that runs one `gridvfs-server serve --stdio` per connection.
-async fn server_bridge(server: PathBuf, store: PathBuf) -> anyhow::Result<std::net::SocketAddr> {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = l.local_addr()?;
-    tokio::spawn(async move {
-        while let Ok((s, _)) = l.accept().await {
-            let mut child = match tokio::process::Command::new(&server)
-                .args(["serve", "--stdio", "--export"])
-                .arg(&store)
-                .stdin(std::process::Stdio::piped())
-                .stdout(std::process::Stdio::piped())
-                .kill_on_drop(true)
-                .spawn()
-            {
-                Ok(c) => c,
-                Err(_) => continue,
-            };
-            let (mut stdin, mut stdout) = (
-                child.stdin.take().expect("stdin"),
-                child.stdout.take().expect("stdout"),
-            );
-            tokio::spawn(async move {
-                let (mut r, mut w) = s.into_split();
-                tokio::join!(
-                    async {
-                        let _ = tokio::io::copy(&mut r, &mut stdin).await;
-                        drop(stdin);
-                    },
-                    async {
-                        let _ = tokio::io::copy(&mut stdout, &mut w).await;
-                    }
-                );
-                let _ = child.kill().await;
-            });
-        }
-    });
-    Ok(addr)
 }
 
 /// Link bytes, both directions, since `before`.
