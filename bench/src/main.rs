@@ -181,6 +181,17 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
+/// W4 through a gridvfs client: write `bytes` of `src` as `redo.log`, then COMMIT.
+async fn w4_write(port: u16, src: &Path, bytes: u64, bound: Duration) -> anyhow::Result<Run> {
+    let done = Arc::new(AtomicU64::new(0));
+    bounded(bound, done.clone(), async {
+        nfsread::write_then_commit(port, "redo.log", src, bytes, 8, done.clone())
+            .await
+            .map(|()| None)
+    })
+    .await
+}
+
 /// Link bytes, both directions, since `before`.
 fn link_delta(relay: Option<&Relay>, before: (u64, u64)) -> Option<u64> {
     relay.map(|r| {
@@ -446,21 +457,8 @@ async fn run(
                         "single-threaded preads",
                     );
                     if round == "warm" {
-                        let done = Arc::new(AtomicU64::new(0));
                         let before = ctx.snapshot();
-                        let r = bounded(bound, done.clone(), async {
-                            nfsread::write_then_commit(
-                                client.port,
-                                "redo.log",
-                                &ds.mem,
-                                w4_bytes,
-                                8,
-                                done.clone(),
-                            )
-                            .await
-                            .map(|()| None)
-                        })
-                        .await?;
+                        let r = w4_write(client.port, &ds.mem, w4_bytes, bound).await?;
                         ctx.push(
                             name,
                             "W4",
@@ -482,22 +480,9 @@ async fn run(
                     &wb_cache,
                     &["--write-policy", "back"],
                 )?;
-                let done = Arc::new(AtomicU64::new(0));
                 let before = ctx.snapshot();
                 let t = std::time::Instant::now();
-                let r = bounded(bound, done.clone(), async {
-                    nfsread::write_then_commit(
-                        client.port,
-                        "redo.log",
-                        &ds.mem,
-                        w4_bytes,
-                        8,
-                        done.clone(),
-                    )
-                    .await
-                    .map(|()| None)
-                })
-                .await?;
+                let r = w4_write(client.port, &ds.mem, w4_bytes, bound).await?;
                 let acked = r.seconds;
                 ctx.push(
                     &format!("{name}-wb"),
