@@ -25,8 +25,19 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    #[error("bad remote `{0}`: expected local:/path/to/export or exec:COMMAND")]
+    #[error(
+        "bad remote `{0}`: expected ssh://[user@]host[:port]/path, [user@]host:path, local:/path or exec:COMMAND"
+    )]
     BadRemote(String),
+    /// The store's host key is unknown or changed: the SSH connection was refused.
+    #[error("{0}")]
+    HostKey(String),
+    /// The store refused every key we offered.
+    #[error("{0}")]
+    Auth(String),
+    /// The SSH layer failed (connection, key exchange, channel).
+    #[error("ssh: {0}")]
+    Ssh(#[from] russh::Error),
     #[error("cache index: {0}")]
     Index(String),
     #[error("configuration: {0}")]

@@ -7,8 +7,9 @@
 //! kernel NFS client -> nfs/    NFSv3 front on loopback (RPC gate + VFS impl, file handles)
 //!                   -> cache/  the data seam + SQLite index (namespace map, generation)
 //!                   -> remote/ typed, pipelined requests over one tunnel
-//!                   -> tunnel/ byte transports (child process stdio, exec: command)
+//!                   -> tunnel/ byte transports (russh client, system ssh, child process)
 //!                   -> server/ dispatch + confined disk access beneath the export
+//!                              (under sshd, or its own SSH listener with per-key exports)
 //! ```
 //!
 //! `proto/` defines the messages and framing both ends speak.

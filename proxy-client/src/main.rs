@@ -24,9 +24,28 @@ struct Cli {
 
 #[derive(clap::Args, Clone)]
 struct ServeArgs {
-    /// The store: `local:/path/to/export` or `exec:COMMAND` (stdin/stdout speak the protocol).
+    /// The store: `ssh://[user@]host[:port]/path`, `[user@]host:path` (as sshfs),
+    /// `local:/path/to/export`, or `exec:COMMAND` (its stdin/stdout speak the protocol).
     #[arg(long)]
     remote: String,
+    /// SSH: a private key to log in with (repeatable); ssh-agent's keys and ~/.ssh/id_*
+    /// are tried after these.
+    #[arg(short = 'i', long = "identity")]
+    identity: Vec<PathBuf>,
+    /// SSH: the known_hosts file the store's host key is checked against.
+    #[arg(long, default_value = "~/.ssh/known_hosts")]
+    known_hosts: String,
+    /// SSH: record the store's host key if it is not known yet (a changed key is still
+    /// refused), like OpenSSH's StrictHostKeyChecking=accept-new.
+    #[arg(long)]
+    accept_new_host_key: bool,
+    /// SSH: the server program to run on the store.
+    #[arg(long, default_value = "gridvfs-server")]
+    server_command: String,
+    /// SSH: use this system ssh command line as the transport instead of the built-in
+    /// client (honours ~/.ssh/config, ProxyJump, ...), e.g. `ssh -o BatchMode=yes`.
+    #[arg(long)]
+    ssh_command: Option<String>,
     /// Loopback address for the kernel's NFS client.
     #[arg(long, default_value = "127.0.0.1:20490")]
     listen: SocketAddr,
@@ -39,7 +58,7 @@ struct ServeArgs {
     /// Seconds to keep retrying a lost store before NFS requests fail with EIO.
     #[arg(long, default_value_t = 60.0)]
     reconnect_timeout: f64,
-    /// With `local:`, start the server read-only.
+    /// Start the server read-only (`local:` and SSH remotes).
     #[arg(long)]
     read_only: bool,
     /// Also answer portmapper lookups here (e.g. 127.0.0.1:111), for NFS clients that
@@ -92,7 +111,7 @@ enum CacheCmd {
 #[derive(Subcommand)]
 enum Cmd {
     /// Serve in the foreground; prints the kernel mount command.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Make a small sample VM store, serve it through both proxies, read it back over NFS.
     Demo,
     /// Cache maintenance.
@@ -127,8 +146,24 @@ fn default_cache_dir() -> PathBuf {
 
 fn config(a: &ServeArgs) -> anyhow::Result<ClientConfig> {
     let mut remote = Remote::parse(&a.remote)?;
-    if let Remote::Local { read_only, .. } = &mut remote {
-        *read_only = a.read_only;
+    remote.set_read_only(a.read_only);
+    if let Remote::Ssh { opts, .. } = &mut remote {
+        opts.identities = a.identity.clone();
+        opts.known_hosts = Some(match a.known_hosts.strip_prefix("~/") {
+            Some(rest) => std::env::var_os("HOME")
+                .map(PathBuf::from)
+                .unwrap_or_default()
+                .join(rest),
+            None => PathBuf::from(&a.known_hosts),
+        });
+        opts.accept_new_host_key = a.accept_new_host_key;
+        opts.server_command = a.server_command.clone();
+        opts.ssh_command = a.ssh_command.clone();
+    } else {
+        anyhow::ensure!(
+            a.identity.is_empty() && a.ssh_command.is_none() && !a.accept_new_host_key,
+            "-i, --ssh-command and --accept-new-host-key only apply to SSH remotes"
+        );
     }
     anyhow::ensure!(a.attr_timeout >= 0.0, "--attr-timeout must be >= 0");
     anyhow::ensure!(

@@ -1,6 +1,9 @@
 //! `gridvfs-server`: the store-side proxy. Runs as an ordinary user (under sshd, or spawned
 //! by the client for `local:`), confined to one export directory.
 
+use std::io::Write;
+use std::net::SocketAddr;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -32,6 +35,39 @@ enum Cmd {
         /// Refuse every modifying request.
         #[arg(long)]
         read_only: bool,
+    },
+    /// Run an SSH server of our own (public keys only, each confined to an export by its
+    /// authorized_keys line), for stores without an sshd account to use.
+    Listen {
+        /// Address to listen on.
+        #[arg(long, default_value = "0.0.0.0:2222")]
+        addr: SocketAddr,
+        /// The server's host key (OpenSSH format); an Ed25519 key is created if missing.
+        #[arg(long)]
+        host_key: PathBuf,
+        /// Keys that may log in, one per line: `export="DIR"[,read-only] ssh-ed25519 AAAA…`
+        /// (see `session-key`). Read again for every connection.
+        #[arg(long)]
+        authorized_keys: PathBuf,
+    },
+    /// Make a session key: a new key pair confined to one export (and to reading, with
+    /// --read-only). Writes the private key to --out and adds its line to
+    /// --authorized-keys (or prints the line).
+    SessionKey {
+        /// The export directory the key may reach.
+        #[arg(long)]
+        export: PathBuf,
+        #[arg(long)]
+        read_only: bool,
+        /// Where to write the private key (created with mode 0600; never overwritten).
+        #[arg(long)]
+        out: PathBuf,
+        /// authorized_keys file to append the key's line to.
+        #[arg(long)]
+        authorized_keys: Option<PathBuf>,
+        /// Comment stored in the key (e.g. the VM host it is for).
+        #[arg(long, default_value = "gridvfs session key")]
+        comment: String,
     },
 }
 
@@ -71,6 +107,62 @@ fn main() -> anyhow::Result<()> {
                 tokio::io::stdout(),
             ))
             .context("tunnel session failed")?;
+            Ok(())
+        }
+        Cmd::Listen {
+            addr,
+            host_key,
+            authorized_keys,
+        } => {
+            gridvfs::server::clear_umask();
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .max_blocking_threads(512)
+                .enable_all()
+                .build()?;
+            rt.block_on(gridvfs::server::listen::listen(
+                gridvfs::server::listen::ListenConfig {
+                    addr,
+                    host_key,
+                    authorized_keys,
+                },
+            ))
+            .context("SSH listener failed")
+        }
+        Cmd::SessionKey {
+            export,
+            read_only,
+            out,
+            authorized_keys,
+            comment,
+        } => {
+            let (private, line) =
+                gridvfs::server::keys::mint_session_key(&export, read_only, &comment)?;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&out)
+                .with_context(|| format!("cannot create {}", out.display()))?
+                .write_all(private.as_bytes())?;
+            match authorized_keys {
+                Some(ak) => {
+                    let mut f = std::fs::OpenOptions::new()
+                        .append(true)
+                        .create(true)
+                        .mode(0o600)
+                        .open(&ak)
+                        .with_context(|| format!("cannot open {}", ak.display()))?;
+                    writeln!(f, "{line}")?;
+                    eprintln!("added the key's line to {}", ak.display());
+                }
+                None => println!("{line}"),
+            }
+            eprintln!(
+                "private key in {}: give it to the VM host, which connects with\n  gridvfs-client serve --remote ssh://HOST:PORT{} -i {}",
+                out.display(),
+                export.canonicalize()?.display(),
+                out.display()
+            );
             Ok(())
         }
     }

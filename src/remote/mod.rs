@@ -5,18 +5,20 @@
 //! requests are retried on the new session (with back-off, for up to `reconnect_timeout`),
 //! so a restarted server proxy is a delay to the NFS client, not an error.
 
+mod settle;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 
 use crate::error::{Error, Result};
 use crate::proto::{FrameKind, Hello, PROTOCOL_VERSION, Reply, Request, Response, Welcome};
 use crate::server::{Outgoing, read_frame, write_frames};
-use crate::tunnel::{self, Remote};
+use crate::tunnel::{self, Connection, Exit, Remote};
 
 /// Requests in flight on one session; past this, callers wait (back-pressure).
 const MAX_IN_FLIGHT: usize = 256;
@@ -40,9 +42,9 @@ struct Session {
     slots: Arc<Semaphore>,
     next_id: AtomicU64,
     counters: Arc<Counters>,
-    /// The transport's process (server or ssh): killed when the session is replaced, and
-    /// with the session.
-    child: Mutex<tokio::process::Child>,
+    /// Stops the transport (kills the server or ssh process, closes the SSH link) when the
+    /// session is replaced, and with the session.
+    stop: Mutex<Option<oneshot::Sender<()>>>,
 }
 
 /// The store, reached through a (re)connectable tunnel.
@@ -88,6 +90,12 @@ impl RemoteStore {
         let open = Session::open(&self.remote, self.counters.clone());
         let (session, welcome) = match tokio::time::timeout_at(deadline.into(), open).await {
             Ok(Ok(sw)) => sw,
+            // The store will not take us back: waiting longer cannot help.
+            Ok(Err(
+                e @ (Error::HostKey(_) | Error::Auth(_) | Error::Config(_) | Error::Protocol(_)),
+            )) => {
+                return Err(e);
+            }
             Ok(Err(e)) => return Err(Error::Unsent(format!("cannot reconnect: {e}"))),
             Err(_) => return Err(Error::Unsent("reconnect timed out".into())),
         };
@@ -104,10 +112,15 @@ impl RemoteStore {
         Ok(s)
     }
 
-    /// Send one request and wait for its reply; retry idempotent ones across reconnects.
+    /// Send one request and wait for its reply, across reconnects: a request that never
+    /// left is sent again; one lost in flight is sent again too, idempotent ones plainly,
+    /// the others with their outcome checked ([`settle`]), so a dropped link is a delay to
+    /// the NFS client, not an error, until `reconnect_timeout`.
     pub async fn call(&self, req: Request, data: Bytes) -> Result<(Response, Bytes)> {
         let deadline = Instant::now() + self.reconnect_timeout;
         let mut backoff = Duration::from_millis(50);
+        // Set once an attempt may have been carried out without us hearing back.
+        let mut in_doubt = false;
         loop {
             let attempt = match self.current(deadline).await {
                 Ok(s) => s.call(&req, data.clone()).await,
@@ -115,14 +128,23 @@ impl RemoteStore {
             };
             match attempt {
                 Ok((Ok(resp), bytes)) => return Ok((resp, bytes)),
+                Ok((Err(status), _)) if in_doubt && !req.is_idempotent() => {
+                    return self.settle(&req, status).await.map(|r| (r, Bytes::new()));
+                }
                 Ok((Err(status), _)) => return Err(Error::Status(status)),
                 Err(e @ (Error::Disconnected(_) | Error::Io(_) | Error::Unsent(_)))
-                    if (req.is_idempotent() || matches!(e, Error::Unsent(_)))
-                        && Instant::now() < deadline =>
+                    if Instant::now() < deadline =>
                 {
+                    in_doubt |= !matches!(e, Error::Unsent(_));
                     tracing::warn!("store unreachable ({e}); retrying in {backoff:?}");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+                Err(Error::Unsent(why)) => {
+                    return Err(Error::Disconnected(format!(
+                        "store unreachable for {:?}: {why}",
+                        self.reconnect_timeout
+                    )));
                 }
                 Err(e) => return Err(e),
             }
@@ -132,10 +154,32 @@ impl RemoteStore {
 
 impl Session {
     async fn open(remote: &Remote, counters: Arc<Counters>) -> Result<(Self, Welcome)> {
-        let conn = tunnel::connect(remote)?;
-        let mut output = conn.output;
+        let conn = tunnel::connect(remote).await?;
+        let mut exit = conn.exit;
+        match Self::handshake(conn.input, conn.output, conn.stop, exit.clone(), counters).await {
+            Ok(sw) => Ok(sw),
+            // The store's side ended before answering: its exit status and stderr say why
+            // (no gridvfs-server there, a refused export, ...).
+            Err(Error::Disconnected(_) | Error::Io(_)) => {
+                let why = match Connection::exit_report(&mut exit, Duration::from_secs(3)).await {
+                    Some(e) => e.describe(),
+                    None => "the store closed the connection during the handshake".into(),
+                };
+                Err(Error::Disconnected(why))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn handshake(
+        input: Box<dyn tokio::io::AsyncWrite + Send + Unpin>,
+        mut output: Box<dyn tokio::io::AsyncRead + Send + Unpin>,
+        stop: oneshot::Sender<()>,
+        exit: watch::Receiver<Option<Exit>>,
+        counters: Arc<Counters>,
+    ) -> Result<(Self, Welcome)> {
         let (tx, rx) = mpsc::channel(MAX_IN_FLIGHT);
-        tokio::spawn(write_frames(conn.input, rx));
+        tokio::spawn(write_frames(input, rx));
         let hello = Hello {
             version: PROTOCOL_VERSION,
             features: 0,
@@ -156,7 +200,7 @@ impl Session {
             }
             None => {
                 return Err(Error::Disconnected(
-                    "the server closed the connection during the handshake (is gridvfs-server installed, and the export readable?)".into(),
+                    "the store closed the connection during the handshake".into(),
                 ));
             }
         };
@@ -178,6 +222,7 @@ impl Session {
         let pending: Pending = Arc::new(Mutex::new(Some(HashMap::new())));
         let reader_pending = pending.clone();
         let counters_for_calls = counters.clone();
+        let mut exit_for_log = exit;
         tokio::spawn(async move {
             let why = loop {
                 match read_frame(&mut output, &mut buf).await {
@@ -204,7 +249,11 @@ impl Session {
                     Err(e) => break e.to_string(),
                 }
             };
-            tracing::warn!("tunnel closed: {why}");
+            let how = Connection::exit_report(&mut exit_for_log, Duration::from_millis(500))
+                .await
+                .map(|e| format!(" ({})", e.describe()))
+                .unwrap_or_default();
+            tracing::warn!("tunnel closed: {why}{how}");
             // Dropping the senders wakes every waiter with an error.
             reader_pending.lock().expect("pending lock").take();
         });
@@ -214,13 +263,15 @@ impl Session {
             pending,
             slots: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
             next_id: AtomicU64::new(1),
-            child: Mutex::new(conn.child),
+            stop: Mutex::new(Some(stop)),
         };
         Ok((session, welcome))
     }
 
     fn kill(&self) {
-        let _ = self.child.lock().expect("child lock").start_kill();
+        if let Some(stop) = self.stop.lock().expect("stop lock").take() {
+            let _ = stop.send(());
+        }
     }
 
     fn alive(&self) -> bool {

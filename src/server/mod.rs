@@ -6,6 +6,8 @@
 
 pub mod disk;
 pub mod dispatch;
+pub mod keys;
+pub mod listen;
 
 use std::sync::Arc;
 

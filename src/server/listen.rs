@@ -1,0 +1,307 @@
+//! `gridvfs-server listen`: an SSH server of our own, for stores that want a dedicated
+//! daemon rather than accounts in the system's sshd.
+//!
+//! Public keys only, checked against an authorized_keys file whose lines confine each key
+//! to one export and optionally to reading ([`keys`](super::keys)); the file is read
+//! again for every connection, so a new session key works without a restart. A client
+//! runs `gridvfs-server serve --stdio --export DIR` on an exec channel, exactly as under
+//! sshd; here the command is not run but parsed, and the protocol is served in-process
+//! if the key was granted that export. Anything else is refused with a message on the
+//! channel's stderr and exit status 1, which the client shows.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use russh::keys::{HashAlg, PublicKey};
+use russh::server::{Auth, ChannelOpenHandle, Msg, Server as _, Session};
+use russh::{Channel, ChannelId, MethodKind, MethodSet, cipher};
+use tokio::io::BufWriter;
+
+use super::keys::{Grant, grants_for, parse_authorized_keys};
+use super::{Export, serve};
+use crate::error::{Error, Result};
+
+/// Where to listen, with which host key, for which keys.
+#[derive(Debug, Clone)]
+pub struct ListenConfig {
+    pub addr: std::net::SocketAddr,
+    /// Created (Ed25519) if it does not exist.
+    pub host_key: PathBuf,
+    pub authorized_keys: PathBuf,
+}
+
+/// Load the host key, or make one the first time (as sshd-keygen does).
+fn host_key(path: &Path) -> Result<russh::keys::PrivateKey> {
+    if !path.exists() {
+        let private =
+            super::keys::openssh_private(&super::keys::new_key("gridvfs-server host key")?)?;
+        let mut f = std::fs::OpenOptions::new();
+        std::os::unix::fs::OpenOptionsExt::mode(f.write(true).create_new(true), 0o600);
+        std::io::Write::write_all(&mut f.open(path)?, private.as_bytes())?;
+        tracing::warn!("created host key {}", path.display());
+    }
+    russh::keys::load_secret_key(path, None)
+        .map_err(|e| Error::Config(format!("host key {}: {e}", path.display())))
+}
+
+fn load_grants(path: &Path) -> Result<Vec<Grant>> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::Config(format!("authorized keys {}: {e}", path.display())))?;
+    parse_authorized_keys(&text)
+}
+
+/// Serve until the process is stopped.
+pub async fn listen(cfg: ListenConfig) -> Result<()> {
+    let key = host_key(&cfg.host_key)?;
+    // Fail at start, not at the first login, if the file is wrong.
+    let grants = load_grants(&cfg.authorized_keys)?;
+    tracing::warn!(
+        "gridvfs-server listening on {} (host key {}), {} authorized key line(s)",
+        cfg.addr,
+        key.public_key().fingerprint(HashAlg::Sha256),
+        grants.len()
+    );
+    let config = russh::server::Config {
+        keys: vec![key],
+        methods: MethodSet::from(&[MethodKind::PublicKey][..]),
+        window_size: crate::tunnel::ssh::WINDOW,
+        preferred: russh::Preferred {
+            cipher: std::borrow::Cow::Borrowed(&[
+                cipher::AES_256_GCM,
+                cipher::AES_128_GCM,
+                cipher::CHACHA20_POLY1305,
+                cipher::AES_256_CTR,
+            ]),
+            ..russh::Preferred::DEFAULT
+        },
+        auth_rejection_time: Duration::from_millis(300),
+        auth_rejection_time_initial: Some(Duration::ZERO),
+        keepalive_interval: Some(Duration::from_secs(15)),
+        nodelay: true,
+        ..Default::default()
+    };
+    let socket = tokio::net::TcpListener::bind(cfg.addr).await?;
+    let mut server = Listener {
+        authorized_keys: cfg.authorized_keys,
+    };
+    server
+        .run_on_socket(Arc::new(config), &socket)
+        .await
+        .map_err(Error::Io)
+}
+
+struct Listener {
+    authorized_keys: PathBuf,
+}
+
+impl russh::server::Server for Listener {
+    type Handler = Connection;
+
+    fn new_client(&mut self, peer: Option<std::net::SocketAddr>) -> Connection {
+        let grants = load_grants(&self.authorized_keys).unwrap_or_else(|e| {
+            tracing::error!("{e}; refusing every key until it is fixed");
+            Vec::new()
+        });
+        Connection {
+            peer,
+            grants,
+            granted: Vec::new(),
+            channels: HashMap::new(),
+        }
+    }
+}
+
+/// One client connection.
+struct Connection {
+    peer: Option<std::net::SocketAddr>,
+    grants: Vec<Grant>,
+    /// What the authenticated key may reach.
+    granted: Vec<Grant>,
+    channels: HashMap<ChannelId, Channel<Msg>>,
+}
+
+/// What an exec request asks for: `… serve --stdio --export DIR [--read-only]`.
+fn requested_export(command: &[u8]) -> std::result::Result<(PathBuf, bool), String> {
+    let text = std::str::from_utf8(command).map_err(|_| "command is not UTF-8".to_string())?;
+    let words = shell_words::split(text).map_err(|e| format!("cannot parse `{text}`: {e}"))?;
+    let usage = || {
+        format!(
+            "this server only runs `gridvfs-server serve --stdio --export DIR [--read-only]`, not `{text}`"
+        )
+    };
+    let mut args = words.iter().skip(1).map(String::as_str);
+    if args.next() != Some("serve") {
+        return Err(usage());
+    }
+    let (mut export, mut read_only) = (None, false);
+    while let Some(a) = args.next() {
+        match a {
+            "--stdio" => {}
+            "--read-only" => read_only = true,
+            "--export" => export = args.next().map(PathBuf::from),
+            _ => return Err(usage()),
+        }
+    }
+    Ok((export.ok_or_else(usage)?, read_only))
+}
+
+impl Connection {
+    fn auth(&mut self, user: &str, key: &PublicKey) -> Auth {
+        let granted: Vec<Grant> = grants_for(&self.grants, key).into_iter().cloned().collect();
+        if granted.is_empty() {
+            tracing::info!(
+                "{:?}: refused key {} for {user}",
+                self.peer,
+                key.fingerprint(HashAlg::Sha256)
+            );
+            return Auth::reject();
+        }
+        self.granted = granted;
+        Auth::Accept
+    }
+
+    /// The grant for the export `command` asks for, or why there is none.
+    fn authorize(&self, command: &[u8]) -> std::result::Result<(PathBuf, bool), String> {
+        let (path, ro) = requested_export(command)?;
+        let canonical =
+            std::fs::canonicalize(&path).map_err(|e| format!("export {}: {e}", path.display()))?;
+        match self.granted.iter().find(|g| g.export == canonical) {
+            Some(g) => Ok((canonical, ro || g.read_only)),
+            None => Err(format!(
+                "this key may not reach {} (it is granted: {})",
+                path.display(),
+                self.granted
+                    .iter()
+                    .map(|g| g.export.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+        }
+    }
+}
+
+impl russh::server::Handler for Connection {
+    type Error = russh::Error;
+
+    async fn auth_publickey_offered(
+        &mut self,
+        user: &str,
+        offer: russh::server::PublicKeyOffer<'_>,
+    ) -> std::result::Result<Auth, Self::Error> {
+        Ok(if grants_for(&self.grants, offer.public_key).is_empty() {
+            Auth::reject()
+        } else {
+            let _ = user;
+            Auth::Accept
+        })
+    }
+
+    async fn auth_publickey(
+        &mut self,
+        user: &str,
+        key: russh::server::VerifiedPublicKey<'_>,
+    ) -> std::result::Result<Auth, Self::Error> {
+        Ok(self.auth(user, key.public_key))
+    }
+
+    async fn channel_open_session(
+        &mut self,
+        channel: Channel<Msg>,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> std::result::Result<(), Self::Error> {
+        self.channels.insert(channel.id(), channel);
+        reply.accept().await;
+        Ok(())
+    }
+
+    async fn exec_request(
+        &mut self,
+        id: ChannelId,
+        command: &[u8],
+        session: &mut Session,
+    ) -> std::result::Result<(), Self::Error> {
+        let Some(channel) = self.channels.remove(&id) else {
+            session.channel_failure(id)?;
+            return Ok(());
+        };
+        session.channel_success(id)?;
+        let handle = session.handle();
+        let grant = self.authorize(command);
+        let peer = self.peer;
+        tokio::spawn(async move {
+            let status = match grant {
+                Err(why) => {
+                    tracing::info!("{peer:?}: {why}");
+                    let _ = handle
+                        .extended_data(id, 1, format!("gridvfs-server: {why}\n").into_bytes())
+                        .await;
+                    1
+                }
+                Ok((export, read_only)) => match Export::open(&export, read_only) {
+                    Err(e) => {
+                        let _ = handle
+                            .extended_data(
+                                id,
+                                1,
+                                format!(
+                                    "gridvfs-server: cannot open export {}: {e}\n",
+                                    export.display()
+                                )
+                                .into_bytes(),
+                            )
+                            .await;
+                        1
+                    }
+                    Ok(exp) => {
+                        tracing::info!(
+                            "{peer:?}: serving {}{}",
+                            export.display(),
+                            if read_only { " read-only" } else { "" }
+                        );
+                        let (rd, wr) = tokio::io::split(channel.into_stream());
+                        match serve(Arc::new(exp), rd, BufWriter::with_capacity(64 << 10, wr)).await
+                        {
+                            Ok(()) => 0,
+                            Err(e) => {
+                                tracing::info!("{peer:?}: session ended: {e}");
+                                1
+                            }
+                        }
+                    }
+                },
+            };
+            let _ = handle.exit_status_request(id, status).await;
+            let _ = handle.eof(id).await;
+            let _ = handle.close(id).await;
+        });
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_serve_command_only() {
+        assert_eq!(
+            requested_export(b"gridvfs-server serve --stdio --export '/srv/vm images' --read-only"),
+            Ok((PathBuf::from("/srv/vm images"), true))
+        );
+        assert_eq!(
+            requested_export(b"/opt/bin/gridvfs-server serve --export /x --stdio"),
+            Ok((PathBuf::from("/x"), false))
+        );
+        for bad in [
+            &b"sh -c id"[..],
+            b"gridvfs-server serve --stdio",
+            b"x serve --export /x --evil",
+            b"\xff",
+        ] {
+            assert!(requested_export(bad).is_err(), "{bad:?}");
+        }
+    }
+}
