@@ -156,7 +156,10 @@ impl Session {
     async fn open(remote: &Remote, counters: Arc<Counters>) -> Result<(Self, Welcome)> {
         let conn = tunnel::connect(remote).await?;
         let mut exit = conn.exit;
-        match Self::handshake(conn.input, conn.output, conn.stop, exit.clone(), counters).await {
+        // Held here until the handshake is done, so a failed start is not reported as
+        // "closed by the client" before the store's exit status arrives.
+        let mut stop = Some(conn.stop);
+        match Self::handshake(conn.input, conn.output, &mut stop, exit.clone(), counters).await {
             Ok(sw) => Ok(sw),
             // The store's side ended before answering: its exit status and stderr say why
             // (no gridvfs-server there, a refused export, ...).
@@ -174,7 +177,7 @@ impl Session {
     async fn handshake(
         input: Box<dyn tokio::io::AsyncWrite + Send + Unpin>,
         mut output: Box<dyn tokio::io::AsyncRead + Send + Unpin>,
-        stop: oneshot::Sender<()>,
+        stop: &mut Option<oneshot::Sender<()>>,
         exit: watch::Receiver<Option<Exit>>,
         counters: Arc<Counters>,
     ) -> Result<(Self, Welcome)> {
@@ -263,7 +266,7 @@ impl Session {
             pending,
             slots: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
             next_id: AtomicU64::new(1),
-            stop: Mutex::new(Some(stop)),
+            stop: Mutex::new(stop.take()),
         };
         Ok((session, welcome))
     }

@@ -11,4 +11,6 @@ mod libnfs;
 mod nfs_ops;
 mod protocol;
 mod restart;
+mod ssh;
+mod sshd;
 mod writeback;
