@@ -277,3 +277,44 @@ fn kernel_client_reads_the_warm_cache_after_a_restart() {
     );
     assert!(st["block_hits"].as_u64().unwrap() >= 256, "{st}");
 }
+
+#[test]
+fn kernel_client_through_openssh() {
+    let d = dirs();
+    let share = d.tmp.path().join("share");
+    std::fs::create_dir(&share).unwrap();
+    let sshd = crate::sshd::Sshd::start(&d.tmp.path().join("ssh"));
+    let data = noise(61, (32 << 20) + 11);
+    std::fs::write(d.export.join("in.img"), &data).unwrap();
+    let up = noise(62, (16 << 20) + 5);
+    std::fs::write(share.join("out.src"), &up).unwrap();
+    let remote = format!("ssh://127.0.0.1:{}{}", sshd.port, d.export.display());
+    let (key, kh, server) = (
+        sshd.key.display().to_string(),
+        d.tmp.path().join("kh").display().to_string(),
+        bin("gridvfs-server").display().to_string(),
+    );
+    let flags = [
+        "-i",
+        &key,
+        "--known-hosts",
+        &kh,
+        "--accept-new-host-key",
+        "--server-command",
+        &server,
+    ];
+    let client = ClientProc::start_remote(&remote, &d.export, &d.cache, 0, &flags);
+    let script = r#"set -e
+md5sum in.img
+cp /host/out.src out.img
+sync
+echo 3 > /proc/sys/vm/drop_caches
+md5sum out.img
+"#;
+    let out = guest_cmd(client.port, &share, script).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{}", show(&out));
+    assert!(text.contains(&md5_hex(&data)), "read md5: {text}");
+    assert!(text.contains(&md5_hex(&up)), "write md5: {text}");
+    assert!(std::fs::read(d.export.join("out.img")).unwrap() == up);
+}
