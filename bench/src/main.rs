@@ -72,7 +72,9 @@ enum Size {
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
 enum Transport {
-    /// gridvfs-server through the system ssh client and the store's sshd (like the peers).
+    /// The client's built-in SSH client (russh) logging in to the store's sshd.
+    Russh,
+    /// The system ssh binary (`--ssh-command`) logging in to the store's sshd.
     Ssh,
     /// gridvfs-server behind a plain TCP bridge (no sshd needed; CI's smoke).
     Pipe,
@@ -99,8 +101,9 @@ enum Cmd {
         /// Comma-separated peers (default: all).
         #[arg(long, value_enum, value_delimiter = ',')]
         peers: Vec<Peer>,
-        #[arg(long, value_enum, default_value = "ssh")]
-        transport: Transport,
+        /// Comma-separated gridvfs transports, each a row of its own.
+        #[arg(long, value_enum, value_delimiter = ',', default_value = "russh,ssh")]
+        transport: Vec<Transport>,
         /// Stop a run after this many seconds and report its partial rate.
         #[arg(long, default_value_t = 300)]
         bound: u64,
@@ -139,7 +142,7 @@ async fn main() -> anyhow::Result<()> {
                 Profile::Smoke,
                 Size::Tiny,
                 &[Peer::Gridvfs],
-                Transport::Pipe,
+                &[Transport::Pipe],
                 60,
                 out.path(),
                 data.path(),
@@ -176,7 +179,7 @@ async fn main() -> anyhow::Result<()> {
                     })
                     .join("gridvfs-bench")
             });
-            run(profile, size, &peers, transport, bound, &out, &data).await
+            run(profile, size, &peers, &transport, bound, &out, &data).await
         }
     }
 }
@@ -259,11 +262,12 @@ async fn run(
     profile: Profile,
     size: Size,
     peers: &[Peer],
-    transport: Transport,
+    transports: &[Transport],
     bound: u64,
     out: &Path,
     data_root: &Path,
 ) -> anyhow::Result<()> {
+    let pipe = transports.contains(&Transport::Pipe);
     let bound = Duration::from_secs(bound);
     let spec = if size == Size::Full {
         DataSpec::full()
@@ -273,7 +277,8 @@ async fn run(
     let client_bin = sibling("gridvfs-client")?;
     let server_bin = sibling("gridvfs-server")?;
     let bench_bin = std::env::current_exe()?;
-    let needs_ssh = transport == Transport::Ssh || peers.iter().any(|p| *p != Peer::Gridvfs);
+    let needs_ssh = transports.iter().any(|t| *t != Transport::Pipe)
+        || peers.iter().any(|p| *p != Peer::Gridvfs);
     if needs_ssh {
         ensure_tools(&[
             ("rclone", "rclone"),
@@ -311,14 +316,11 @@ async fn run(
     } else {
         None
     };
-    let target = match (&sshd, transport) {
-        (_, Transport::Pipe) if !peers.iter().any(|p| *p != Peer::Gridvfs) => {
-            server_bridge(server_bin.clone(), ds.dir.clone()).await?
-        }
-        (Some(s), _) => s.addr,
-        (None, _) => server_bridge(server_bin.clone(), ds.dir.clone()).await?,
+    let target = match &sshd {
+        Some(s) => s.addr,
+        None => server_bridge(server_bin.clone(), ds.dir.clone()).await?,
     };
-    let gridvfs_target = if transport == Transport::Pipe {
+    let gridvfs_target = if pipe {
         server_bridge(server_bin.clone(), ds.dir.clone()).await?
     } else {
         target
@@ -343,8 +345,8 @@ async fn run(
         Some(l) => Some(Relay::start(l, target).await?),
         None => None,
     };
-    let gridvfs_relay = match (link, transport) {
-        (Some(l), Transport::Pipe) => Some(Relay::start(l, gridvfs_target).await?),
+    let gridvfs_relay = match link {
+        Some(l) if pipe => Some(Relay::start(l, gridvfs_target).await?),
         _ => None,
     };
     let port = relay.as_ref().map_or(target.port(), |r| r.addr.port());
@@ -379,147 +381,185 @@ async fn run(
     for peer in peers {
         match peer {
             Peer::Gridvfs => {
-                let name = match transport {
-                    Transport::Ssh => "gridvfs-ssh",
-                    Transport::Pipe => "gridvfs-tcp",
-                };
-                let remote = match transport {
-                    Transport::Ssh => {
-                        let s = sshd.as_ref().expect("sshd");
-                        format!(
-                            "exec:ssh {} root@127.0.0.1 {} serve --stdio --export {}",
-                            s.ssh_opts(port).join(" "),
-                            server_bin.display(),
-                            ds.dir.display()
-                        )
-                    }
-                    Transport::Pipe => {
-                        let p = gridvfs_relay
-                            .as_ref()
-                            .map_or(gridvfs_target.port(), |r| r.addr.port());
-                        format!("exec:{} connect 127.0.0.1:{p}", bench_bin.display())
-                    }
-                };
-                let gctx_relay = if transport == Transport::Pipe {
-                    gridvfs_relay.as_ref()
-                } else {
-                    relay.as_ref()
-                };
-                let saved = ctx.relay;
-                ctx.relay = gctx_relay;
-                let cache = work.path().join("gridvfs-cache");
-                for round in ["cold", "warm"] {
-                    let client = GridvfsClient::start(&client_bin, &remote, &cache, &[])?;
-                    let (w1, w2) = if round == "cold" {
-                        ("W1", "W2")
-                    } else {
-                        ("W3 (W1 again)", "W3 (W2 again)")
+                for &transport in transports {
+                    let name = match transport {
+                        Transport::Russh => "gridvfs-russh",
+                        Transport::Ssh => "gridvfs-ssh",
+                        Transport::Pipe => "gridvfs-tcp",
                     };
-                    let done = Arc::new(AtomicU64::new(0));
-                    let before = ctx.snapshot();
-                    let r = bounded(bound, done.clone(), async {
-                        nfsread::read_whole(
-                            client.port,
-                            "vm1.mem",
-                            mem_size,
-                            &ds.mem,
-                            8,
-                            done.clone(),
-                        )
-                        .await
-                        .map(Some)
-                    })
-                    .await?;
-                    ctx.push(
-                        name,
-                        w1,
-                        "W1",
-                        r,
-                        before,
-                        client.peak_rss_mib(),
-                        "8 NFS connections, 1 MiB READs",
-                    );
-                    let done = Arc::new(AtomicU64::new(0));
-                    let before = ctx.snapshot();
-                    let r = bounded(bound, done.clone(), async {
-                        nfsread::replay(client.port, "vm1.img", &ds.trace, &ds.disk, done.clone())
+                    let ssh_url = format!("ssh://root@127.0.0.1:{port}{}", ds.dir.display());
+                    let (remote, flags) = match transport {
+                        Transport::Russh => {
+                            let s = sshd.as_ref().expect("sshd");
+                            let flags = vec![
+                                "-i".to_string(),
+                                s.key.display().to_string(),
+                                "--known-hosts".into(),
+                                work.path().join("known_hosts").display().to_string(),
+                                "--accept-new-host-key".into(),
+                                "--server-command".into(),
+                                server_bin.display().to_string(),
+                            ];
+                            (ssh_url, flags)
+                        }
+                        Transport::Ssh => {
+                            let s = sshd.as_ref().expect("sshd");
+                            let opts = s.ssh_opts(port);
+                            // The client adds `-p PORT` itself.
+                            let opts: Vec<&str> = opts
+                                .iter()
+                                .map(String::as_str)
+                                .collect::<Vec<_>>()
+                                .chunks(2)
+                                .filter(|kv| kv[0] != "-p")
+                                .flatten()
+                                .copied()
+                                .collect();
+                            let flags = vec![
+                                "--ssh-command".to_string(),
+                                format!("ssh {}", opts.join(" ")),
+                                "--server-command".into(),
+                                server_bin.display().to_string(),
+                            ];
+                            (ssh_url, flags)
+                        }
+                        Transport::Pipe => {
+                            let p = gridvfs_relay
+                                .as_ref()
+                                .map_or(gridvfs_target.port(), |r| r.addr.port());
+                            let remote =
+                                format!("exec:{} connect 127.0.0.1:{p}", bench_bin.display());
+                            (remote, Vec::new())
+                        }
+                    };
+                    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+                    let gctx_relay = if transport == Transport::Pipe {
+                        gridvfs_relay.as_ref()
+                    } else {
+                        relay.as_ref()
+                    };
+                    let saved = ctx.relay;
+                    ctx.relay = gctx_relay;
+                    let cache = work.path().join(format!("{name}-cache"));
+                    for round in ["cold", "warm"] {
+                        let client = GridvfsClient::start(&client_bin, &remote, &cache, &flags)?;
+                        let (w1, w2) = if round == "cold" {
+                            ("W1", "W2")
+                        } else {
+                            ("W3 (W1 again)", "W3 (W2 again)")
+                        };
+                        let done = Arc::new(AtomicU64::new(0));
+                        let before = ctx.snapshot();
+                        let r = bounded(bound, done.clone(), async {
+                            nfsread::read_whole(
+                                client.port,
+                                "vm1.mem",
+                                mem_size,
+                                &ds.mem,
+                                8,
+                                done.clone(),
+                            )
                             .await
                             .map(Some)
-                    })
-                    .await?;
-                    ctx.push(
-                        name,
-                        w2,
-                        "W2",
-                        r,
-                        before,
-                        client.peak_rss_mib(),
-                        "single-threaded preads",
-                    );
-                    if round == "warm" {
-                        let before = ctx.snapshot();
-                        let r = w4_write(client.port, &ds.mem, w4_bytes, bound).await?;
+                        })
+                        .await?;
                         ctx.push(
                             name,
-                            "W4",
-                            "",
+                            w1,
+                            "W1",
                             r,
                             before,
                             client.peak_rss_mib(),
-                            "write + COMMIT",
+                            "8 NFS connections, 1 MiB READs",
                         );
-                        let _ = std::fs::remove_file(ds.dir.join("redo.log"));
+                        let done = Arc::new(AtomicU64::new(0));
+                        let before = ctx.snapshot();
+                        let r = bounded(bound, done.clone(), async {
+                            nfsread::replay(
+                                client.port,
+                                "vm1.img",
+                                &ds.trace,
+                                &ds.disk,
+                                done.clone(),
+                            )
+                            .await
+                            .map(Some)
+                        })
+                        .await?;
+                        ctx.push(
+                            name,
+                            w2,
+                            "W2",
+                            r,
+                            before,
+                            client.peak_rss_mib(),
+                            "single-threaded preads",
+                        );
+                        if round == "warm" {
+                            let before = ctx.snapshot();
+                            let r = w4_write(client.port, &ds.mem, w4_bytes, bound).await?;
+                            ctx.push(
+                                name,
+                                "W4",
+                                "",
+                                r,
+                                before,
+                                client.peak_rss_mib(),
+                                "write + COMMIT",
+                            );
+                            let _ = std::fs::remove_file(ds.dir.join("redo.log"));
+                        }
                     }
+                    // W4 again under write-back: the VM sees local-disk latency; the upload
+                    // follows (`flush`). Two rows: acknowledged, and on the store.
+                    let wb_cache = work.path().join(format!("{name}-wb-cache"));
+                    let wb_flags: Vec<&str> = flags
+                        .iter()
+                        .copied()
+                        .chain(["--write-policy", "back"])
+                        .collect();
+                    let client = GridvfsClient::start(&client_bin, &remote, &wb_cache, &wb_flags)?;
+                    let before = ctx.snapshot();
+                    let t = std::time::Instant::now();
+                    let r = w4_write(client.port, &ds.mem, w4_bytes, bound).await?;
+                    let acked = r.seconds;
+                    ctx.push(
+                        &format!("{name}-wb"),
+                        "W4",
+                        "",
+                        r,
+                        before,
+                        client.peak_rss_mib(),
+                        "write-back: acknowledged (in the local journal)",
+                    );
+                    let flushed = Command::new(&client_bin)
+                        .args(["flush", "--cache-dir"])
+                        .arg(&wb_cache)
+                        .stderr(std::process::Stdio::null())
+                        .status()?;
+                    anyhow::ensure!(flushed.success(), "gridvfs-client flush failed");
+                    let on_store = std::fs::metadata(ds.dir.join("redo.log"))
+                        .map(|m| m.len())
+                        .unwrap_or(0);
+                    let r = Run {
+                        seconds: t.elapsed().as_secs_f64(),
+                        bytes: on_store.min(w4_bytes),
+                        first_byte_s: None,
+                        complete: true,
+                    };
+                    ctx.push(
+                        &format!("{name}-wb"),
+                        "W4",
+                        "",
+                        r,
+                        before,
+                        client.peak_rss_mib(),
+                        &format!("write-back: flushed to the store ({acked:.1} s to acknowledge)"),
+                    );
+                    drop(client);
+                    let _ = std::fs::remove_file(ds.dir.join("redo.log"));
+                    ctx.relay = saved;
                 }
-                // W4 again under write-back: the VM sees local-disk latency; the upload
-                // follows (`flush`). Two rows: acknowledged, and on the store.
-                let wb_cache = work.path().join("gridvfs-wb-cache");
-                let client = GridvfsClient::start(
-                    &client_bin,
-                    &remote,
-                    &wb_cache,
-                    &["--write-policy", "back"],
-                )?;
-                let before = ctx.snapshot();
-                let t = std::time::Instant::now();
-                let r = w4_write(client.port, &ds.mem, w4_bytes, bound).await?;
-                let acked = r.seconds;
-                ctx.push(
-                    &format!("{name}-wb"),
-                    "W4",
-                    "",
-                    r,
-                    before,
-                    client.peak_rss_mib(),
-                    "write-back: acknowledged (in the local journal)",
-                );
-                let flushed = Command::new(&client_bin)
-                    .args(["flush", "--cache-dir"])
-                    .arg(&wb_cache)
-                    .stderr(std::process::Stdio::null())
-                    .status()?;
-                anyhow::ensure!(flushed.success(), "gridvfs-client flush failed");
-                let on_store = std::fs::metadata(ds.dir.join("redo.log"))
-                    .map(|m| m.len())
-                    .unwrap_or(0);
-                let r = Run {
-                    seconds: t.elapsed().as_secs_f64(),
-                    bytes: on_store.min(w4_bytes),
-                    first_byte_s: None,
-                    complete: true,
-                };
-                ctx.push(
-                    &format!("{name}-wb"),
-                    "W4",
-                    "",
-                    r,
-                    before,
-                    client.peak_rss_mib(),
-                    &format!("write-back: flushed to the store ({acked:.1} s to acknowledge)"),
-                );
-                drop(client);
-                let _ = std::fs::remove_file(ds.dir.join("redo.log"));
-                ctx.relay = saved;
             }
             Peer::Sshfs | Peer::SshfsTuned => {
                 let tuned = *peer == Peer::SshfsTuned;
