@@ -32,6 +32,8 @@ pub struct Status {
     pub read_ahead_blocks: u64,
     /// Of the bytes fetched: zero pages that never crossed, and what the rest packed to.
     pub zero_bytes: u64,
+    /// Bytes answered as zeros from files' hints (nothing asked of the store).
+    pub hint_zero_bytes: u64,
     pub packed_bytes: u64,
     pub evicted_blocks: u64,
     pub uncached_bytes: u64,
@@ -69,6 +71,7 @@ impl Sources {
             invalidations: l(&c.invalidations),
             read_ahead_blocks: l(&c.read_ahead_blocks),
             zero_bytes: l(&c.zero_bytes),
+            hint_zero_bytes: l(&c.hint_zero_bytes),
             packed_bytes: l(&c.packed_bytes),
             evicted_blocks: l(&c.evicted_blocks),
             uncached_bytes: l(&c.uncached_bytes),

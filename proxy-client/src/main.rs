@@ -288,6 +288,18 @@ async fn status(cache_dir: &std::path::Path, json: bool) -> anyhow::Result<()> {
                 st.checksum_failures,
                 st.invalidations
             );
+            println!(
+                "  zeros    {:.1} MiB answered from hints, {:.1} MiB left out of packed reads",
+                mib(st.hint_zero_bytes),
+                mib(st.zero_bytes)
+            );
+            if st.dirty_bytes > 0 {
+                println!(
+                    "  write-back {:.1} MiB pending in {} entries",
+                    mib(st.dirty_bytes),
+                    st.dirty_entries
+                );
+            }
         }
     }
     anyhow::ensure!(

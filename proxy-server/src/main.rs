@@ -21,6 +21,12 @@ struct Cli {
     cmd: Cmd,
 }
 
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Policy {
+    Whole,
+    Blocks,
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Speak the protocol on stdin/stdout (what the client runs over SSH or a pipe).
@@ -49,6 +55,22 @@ enum Cmd {
         /// (see `session-key`). Read again for every connection.
         #[arg(long)]
         authorized_keys: PathBuf,
+    },
+    /// Scan files and write a hint beside each (`.NAME.gvhint`): zero extents, fetch policy,
+    /// block hashes. Clients use it while the file is unchanged.
+    Hint {
+        /// `whole`: fetch the whole file compressed on first touch (VM memory state);
+        /// `blocks`: on demand with read-ahead (disk images).
+        #[arg(long, value_enum, default_value = "blocks")]
+        policy: Policy,
+        /// The file will not change: clients never revalidate it.
+        #[arg(long)]
+        immutable: bool,
+        /// Block size of the per-block hashes.
+        #[arg(long, default_value_t = 256 * 1024)]
+        block_size: u32,
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
     },
     /// Make a session key: a new key pair confined to one export (and to reading, with
     /// --read-only). Writes the private key to --out and adds its line to
@@ -127,6 +149,41 @@ fn main() -> anyhow::Result<()> {
                 },
             ))
             .context("SSH listener failed")
+        }
+        Cmd::Hint {
+            policy,
+            immutable,
+            block_size,
+            paths,
+        } => {
+            let policy = match policy {
+                Policy::Whole => gridvfs::proto::FetchPolicy::Whole,
+                Policy::Blocks => gridvfs::proto::FetchPolicy::Blocks,
+            };
+            let mut failed = 0;
+            for p in &paths {
+                let t = std::time::Instant::now();
+                match gridvfs::server::hint::write_hint(p, policy, immutable, block_size) {
+                    Ok(h) => {
+                        let zero: u64 = h.zero_extents.iter().map(|e| e.1).sum();
+                        println!(
+                            "{}: {:.1} MiB, {:.0}% zero in {} extents, {} block hashes ({:.1} s)",
+                            p.display(),
+                            h.size as f64 / 1048576.0,
+                            100.0 * zero as f64 / h.size.max(1) as f64,
+                            h.zero_extents.len(),
+                            h.block_sums.len(),
+                            t.elapsed().as_secs_f64()
+                        );
+                    }
+                    Err(e) => {
+                        eprintln!("{}: {e}", p.display());
+                        failed += 1;
+                    }
+                }
+            }
+            anyhow::ensure!(failed == 0, "{failed} of {} files not hinted", paths.len());
+            Ok(())
         }
         Cmd::SessionKey {
             export,

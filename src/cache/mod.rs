@@ -12,6 +12,7 @@
 //!
 //! Not yet (issue 4): capacity/LRU eviction, write-back.
 
+mod hints;
 pub mod index;
 pub mod range;
 pub mod store;
@@ -30,7 +31,7 @@ use store::Store;
 pub use writeback::WriteBack;
 
 use crate::error::{Error, Result};
-use crate::proto::{Attr, FEATURE_PACKED_READ, FileRef, Request, Response, pack};
+use crate::proto::{Attr, FEATURE_PACKED_READ, FileRef, Hint, Request, Response, pack};
 use crate::remote::RemoteStore;
 
 /// Default block size: 256 KiB. Large enough that a sequential reader needs few round
@@ -65,6 +66,8 @@ pub struct CacheStats {
     pub evicted_blocks: AtomicU64,
     /// Bytes served without caching because the cache disk was full.
     pub uncached_bytes: AtomicU64,
+    /// Bytes answered as zeros from the file's hint, without asking the store.
+    pub hint_zero_bytes: AtomicU64,
 }
 
 /// File data, between the NFS front and the store.
@@ -87,6 +90,7 @@ pub struct DataPath {
     touched: Mutex<Vec<(u64, u64)>>,
     /// Write-back journal and uploader; `None` under write-through.
     pub writeback: Option<Arc<WriteBack>>,
+    hints: hints::Hints,
 }
 
 /// `--write-policy`.
@@ -158,6 +162,7 @@ impl DataPath {
             },
             blocks: Store::open(dir.join("blocks"))?,
             index,
+            hints: hints::Hints::default(),
         })
     }
 
@@ -235,10 +240,24 @@ impl DataPath {
         let mut buf = vec![0u8; ((last - first + 1) * bs) as usize];
         let mut done = vec![false; (last - first + 1) as usize];
         let mut now = attr;
+        let mut hint = None;
         // Round 1 serves hits and fetches what nobody else is fetching; blocks another
         // reader is fetching are awaited, then picked up from the cache in the next round.
         for _round in 0..4 {
             self.cached_into(id, size, first, last, &mut buf, &mut done)?;
+            if done.iter().all(|d| *d) {
+                break;
+            }
+            // Only now, when the store is needed anyway, is the file's hint asked for.
+            if hint.is_none() {
+                hint = self
+                    .hints
+                    .get(&self.remote, id, &file, &validator(&attr))
+                    .await;
+                if let Some(h) = &hint {
+                    self.zero_fill(h, size, first, last, &mut done);
+                }
+            }
             let missing: Vec<u64> = (first..=last)
                 .filter(|b| !done[(b - first) as usize])
                 .collect();
@@ -268,11 +287,26 @@ impl DataPath {
         if done.iter().any(|d| !d) {
             return Err(Error::Protocol("cache: blocks never arrived".into()));
         }
-        self.read_ahead(id, file, attr, first, last);
+        let hint = hint.or_else(|| self.hints.known(id, &validator(&attr)));
+        self.read_ahead(id, file, attr, first, last, hint);
         let from = (offset - first * bs) as usize;
         let n = u64::from(len).min(size - offset) as usize;
         let eof = offset + n as u64 >= size;
         Ok((Bytes::from(buf).slice(from..from + n), eof, now))
+    }
+
+    /// Mark the blocks of `first..=last` that the hint says are all zeros as done (`buf`
+    /// is zeroed already): nothing is fetched or cached for them.
+    fn zero_fill(&self, hint: &Hint, size: u64, first: u64, last: u64, done: &mut [bool]) {
+        let bs = self.block_size;
+        for b in first..=last {
+            let i = (b - first) as usize;
+            let len = range::block_len(b, size, bs);
+            if !done[i] && hint.is_zero(b * bs, len) {
+                done[i] = true;
+                self.stats.hint_zero_bytes.fetch_add(len, Ordering::Relaxed);
+            }
+        }
     }
 
     /// Copy verified cached blocks of `first..=last` into `buf`, marking them done.
@@ -408,7 +442,15 @@ impl DataPath {
     /// Sequential readers get the next blocks fetched ahead of them, in a window that
     /// doubles while the reader stays sequential (up to [`MAX_READ_AHEAD`] blocks); a
     /// random reader triggers nothing.
-    fn read_ahead(self: &Arc<Self>, id: u64, file: FileRef, attr: Attr, first: u64, last: u64) {
+    fn read_ahead(
+        self: &Arc<Self>,
+        id: u64,
+        file: FileRef,
+        attr: Attr,
+        first: u64,
+        last: u64,
+        hint: Option<Arc<Hint>>,
+    ) {
         let bs = self.block_size;
         let window = {
             let mut seq = self.sequential.lock().expect("sequential lock");
@@ -430,7 +472,13 @@ impl DataPath {
             return;
         };
         let present: std::collections::HashSet<u64> = present.into_iter().map(|(b, _)| b).collect();
-        let missing: Vec<u64> = (from..=to).filter(|b| !present.contains(b)).collect();
+        let zero = |b: u64| {
+            hint.as_ref()
+                .is_some_and(|h| h.is_zero(b * bs, range::block_len(b, attr.size, bs)))
+        };
+        let missing: Vec<u64> = (from..=to)
+            .filter(|b| !present.contains(b) && !zero(*b))
+            .collect();
         let (mine, _) = self.claim(id, &missing);
         if mine.blocks.is_empty() {
             return;

@@ -226,6 +226,11 @@ pub enum Request {
     Fsstat {
         file: FileRef,
     },
+    /// How the file is best fetched ([`Response::Hint`]). Only sent to servers that
+    /// announce [`FEATURE_HINTS`].
+    Hint {
+        file: FileRef,
+    },
 }
 
 impl Request {
@@ -242,6 +247,7 @@ impl Request {
                 | Self::Readlink { .. }
                 | Self::Readdir { .. }
                 | Self::Fsstat { .. }
+                | Self::Hint { .. }
         )
     }
 
@@ -256,12 +262,15 @@ impl Request {
                 | Self::Readlink { .. }
                 | Self::Readdir { .. }
                 | Self::Fsstat { .. }
+                | Self::Hint { .. }
         )
     }
 }
 
 /// Feature bit: the server answers [`Request::ReadPacked`].
 pub const FEATURE_PACKED_READ: u64 = 1;
+/// Feature bit: the server answers [`Request::Hint`].
+pub const FEATURE_HINTS: u64 = 2;
 /// Page size of [`Response::Packed`]'s zero map.
 pub const PACK_PAGE: usize = 4096;
 
@@ -303,6 +312,51 @@ pub enum Response {
         eof: bool,
     },
     FsStat(FsStat),
+    Hint(Hint),
+}
+
+/// How a file is best fetched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FetchPolicy {
+    /// Blocks on demand, with read-ahead for sequential readers (disk images).
+    Blocks,
+    /// The whole file, compressed, from the first touch (VM memory state).
+    Whole,
+}
+
+/// Where a [`Hint`] came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HintSource {
+    /// A current `.NAME.gvhint` beside the file.
+    File,
+    /// Made up by the server: the file's holes, block policy.
+    Auto,
+}
+
+/// A file's metadata hint, valid for the attributes it was answered with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hint {
+    pub source: HintSource,
+    pub policy: FetchPolicy,
+    pub immutable: bool,
+    /// Sorted, disjoint (offset, length) runs that read as zeros: the client answers reads
+    /// inside them without asking.
+    pub zero_extents: Vec<(u64, u64)>,
+    /// Recorded access order (block numbers of `block_size`), possibly empty.
+    pub profile: Vec<u32>,
+    /// Block size of `profile` (0 when there is none).
+    pub block_size: u32,
+}
+
+impl Hint {
+    /// True if `len` bytes at `offset` are all inside one zero extent.
+    pub fn is_zero(&self, offset: u64, len: u64) -> bool {
+        let i = self.zero_extents.partition_point(|&(s, _)| s <= offset);
+        i > 0 && {
+            let (s, l) = self.zero_extents[i - 1];
+            offset + len <= s + l
+        }
+    }
 }
 
 /// Why a request failed. Mirrors the NFSv3 status codes the client can report.

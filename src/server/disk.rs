@@ -18,8 +18,9 @@ use rustix::fs::{
 };
 use rustix::io::Errno;
 
+use super::hint;
 use crate::proto::{
-    Attr, CreateHow, DirEntry, FileKind, FileRef, FsStat, SetAttr, SetTime, Status, Time,
+    Attr, CreateHow, DirEntry, FileKind, FileRef, FsStat, Hint, SetAttr, SetTime, Status, Time,
 };
 
 /// Largest READ the server answers in one reply (the client splits larger ones).
@@ -74,7 +75,10 @@ impl Export {
 
     /// Open `path` beneath the root with `flags`; never follows a symlink anywhere.
     fn resolve(&self, path: &[u8], flags: OFlags) -> Result<OwnedFd, Status> {
-        let rel = check_path(path)?;
+        self.open_beneath(check_path(path)?, flags)
+    }
+
+    fn open_beneath(&self, rel: &std::ffi::OsStr, flags: OFlags) -> Result<OwnedFd, Status> {
         rfs::openat2(
             &self.root,
             rel,
@@ -482,7 +486,7 @@ impl Export {
         for ent in rfs::Dir::read_from(&fd).map_err(status_of)? {
             let ent = ent.map_err(status_of)?;
             let name = ent.file_name().to_bytes();
-            if name == b"." || name == b".." {
+            if name == b"." || name == b".." || hint::is_hint_name(name) {
                 continue;
             }
             let cookie = name_cookie(name);
@@ -504,6 +508,33 @@ impl Export {
             })
             .collect();
         Ok((entries, eof))
+    }
+
+    /// How `file` is best fetched: its `.NAME.gvhint` while that still matches the file,
+    /// else the automatic hint (its holes). A stale or unreadable hint file is ignored.
+    pub fn hint(&self, file: &FileRef) -> Result<Hint, Status> {
+        let (f, st) = self.regular(file, OFlags::RDONLY)?;
+        let attr = attr_of(&st);
+        let (parent, name) = split_parent(&file.path)?;
+        let hint_path = join(parent, &hint::hint_name(name.as_encoded_bytes()));
+        let rel = std::ffi::OsStr::from_encoded_bytes_checked(&hint_path)?;
+        if let Ok(fd) = self.open_beneath(rel, OFlags::RDONLY | OFlags::NONBLOCK) {
+            let hf = File::from(fd);
+            match hint::HintFile::read(&hf) {
+                Ok(h) if h.size == attr.size && h.mtime == attr.mtime && h.ident == attr.ident => {
+                    return Ok(h.to_hint());
+                }
+                Ok(_) => tracing::info!(
+                    "hint for {} is stale (the file changed since); ignored",
+                    String::from_utf8_lossy(&file.path)
+                ),
+                Err(e) => tracing::warn!(
+                    "hint for {} ignored: {e}",
+                    String::from_utf8_lossy(&file.path)
+                ),
+            }
+        }
+        Ok(hint::auto_hint(&f, attr.size))
     }
 
     pub fn fsstat(&self) -> Result<FsStat, Status> {
@@ -580,6 +611,9 @@ fn check_path(path: &[u8]) -> Result<&std::ffi::OsStr, Status> {
         if comp.len() > NAME_MAX {
             return Err(Status::NameTooLong);
         }
+        if hint::is_hint_name(comp) {
+            return Err(Status::Access);
+        }
     }
     Ok(std::ffi::OsStr::from_bytes(path))
 }
@@ -597,6 +631,10 @@ pub fn check_name(name: &[u8]) -> Result<&std::ffi::OsStr, Status> {
     }
     if name.len() > NAME_MAX {
         return Err(Status::NameTooLong);
+    }
+    // Hint files belong to the store's administrator: invisible and untouchable here.
+    if hint::is_hint_name(name) {
+        return Err(Status::Access);
     }
     Ok(std::ffi::OsStr::from_bytes(name))
 }
@@ -655,7 +693,7 @@ pub struct Meta {
 
 const STATX_WANT: StatxFlags = StatxFlags::BASIC_STATS.union(StatxFlags::BTIME);
 
-fn stat_fd(fd: impl AsFd) -> Result<Meta, Status> {
+pub(crate) fn stat_fd(fd: impl AsFd) -> Result<Meta, Status> {
     rfs::statx(
         fd,
         "",
@@ -712,7 +750,7 @@ fn meta_of(x: rfs::Statx) -> Meta {
     }
 }
 
-fn attr_of(m: &Meta) -> Attr {
+pub(crate) fn attr_of(m: &Meta) -> Attr {
     m.attr
 }
 

@@ -6,6 +6,7 @@
 
 pub mod disk;
 pub mod dispatch;
+pub mod hint;
 pub mod keys;
 pub mod listen;
 
@@ -41,7 +42,7 @@ where
     let writer = tokio::spawn(write_frames(output, rx));
     let welcome = Welcome {
         version: PROTOCOL_VERSION,
-        features: crate::proto::FEATURE_PACKED_READ,
+        features: crate::proto::FEATURE_PACKED_READ | crate::proto::FEATURE_HINTS,
         export_id: export.id().to_string(),
         read_only: export.read_only(),
     };

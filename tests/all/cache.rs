@@ -7,26 +7,6 @@ use nfs3_client::nfs3_types::nfs3::*;
 
 use crate::harness::*;
 
-/// `gridvfs-client status --json` for the one client on `cache`.
-fn status(cache: &std::path::Path) -> serde_json::Value {
-    let out = Command::new(bin("gridvfs-client"))
-        .args(["status", "--json", "--cache-dir"])
-        .arg(cache)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "status: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("one JSON line")
-}
-
-fn n(v: &serde_json::Value, k: &str) -> u64 {
-    v[k].as_u64()
-        .unwrap_or_else(|| panic!("{k} missing in {v}"))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn warm_restart_fetches_nothing_and_bytes_match() {
     let d = dirs();
@@ -36,7 +16,7 @@ async fn warm_restart_fetches_nothing_and_bytes_match() {
     let mut nfs = Nfs::mount(client.port).await;
     let f = nfs.lookup(&nfs.root.clone(), "vm.img").await.unwrap();
     assert!(nfs.read_all(&f, 1 << 20).await.unwrap() == data);
-    let cold = status(&d.cache);
+    let cold = status_json(&d.cache);
     assert_eq!(
         n(&cold, "bytes_fetched"),
         256 << 20,
@@ -49,7 +29,7 @@ async fn warm_restart_fetches_nothing_and_bytes_match() {
         nfs.read_all(&f, 1 << 20).await.unwrap() == data,
         "warm bytes differ"
     );
-    let warm = status(&d.cache);
+    let warm = status_json(&d.cache);
     assert_eq!(
         n(&warm, "bytes_fetched"),
         0,
@@ -93,7 +73,7 @@ async fn corrupted_cache_blocks_are_refetched_not_served() {
         nfs.read_all(&f, 1 << 20).await.unwrap() == data,
         "corrupt cache served wrong bytes"
     );
-    let st = status(&d.cache);
+    let st = status_json(&d.cache);
     assert_eq!(n(&st, "checksum_failures"), flipped, "{st}");
     assert_eq!(
         n(&st, "bytes_fetched"),
@@ -115,7 +95,7 @@ async fn store_changes_and_writes_through_the_mount_are_never_hidden() {
     std::fs::write(d.export.join("f"), noise(64, 1 << 20)).unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     assert_eq!(nfs.read_all(&f, 1 << 20).await.unwrap(), noise(64, 1 << 20));
-    assert!(n(&status(&d.cache), "invalidations") >= 1);
+    assert!(n(&status_json(&d.cache), "invalidations") >= 1);
 
     // Written through the mount, partly inside blocks and across a block boundary.
     let patch = noise(65, 300_000);
@@ -132,10 +112,10 @@ async fn store_changes_and_writes_through_the_mount_are_never_hidden() {
         .await
         .unwrap();
     want[512 << 10..768 << 10].copy_from_slice(&block);
-    let before = n(&status(&d.cache), "bytes_fetched");
+    let before = n(&status_json(&d.cache), "bytes_fetched");
     assert_eq!(nfs.read(&f, 512 << 10, 256 << 10).await.unwrap().0, block);
     assert_eq!(
-        n(&status(&d.cache), "bytes_fetched"),
+        n(&status_json(&d.cache), "bytes_fetched"),
         before,
         "written block came from the cache"
     );
@@ -172,7 +152,7 @@ async fn sixty_four_concurrent_readers_fetch_each_block_once() {
     for r in readers {
         r.await.unwrap();
     }
-    let st = status(&d.cache);
+    let st = status_json(&d.cache);
     assert_eq!(
         n(&st, "bytes_fetched"),
         size as u64,
@@ -189,7 +169,7 @@ async fn sequential_reader_gets_read_ahead() {
     let mut nfs = Nfs::mount(client.port).await;
     let f = nfs.lookup(&nfs.root.clone(), "seq").await.unwrap();
     assert!(nfs.read_all(&f, 64 << 10).await.unwrap() == data);
-    let st = status(&d.cache);
+    let st = status_json(&d.cache);
     assert!(
         n(&st, "read_ahead_blocks") >= 32,
         "sequential 64 KiB reads triggered read-ahead: {st}"
@@ -235,7 +215,7 @@ async fn memory_state_crosses_the_tunnel_zero_elided_and_compressed() {
         nfs.read_all(&f, 1 << 20).await.unwrap() == mem,
         "bytes differ"
     );
-    let st = status(&d.cache);
+    let st = status_json(&d.cache);
     let crossed = n(&st, "tunnel_bytes_received");
     println!(
         "64 MiB memory state: {crossed} bytes crossed, zstd -1 of the file is {zstd_size} ({:.3}x)",
@@ -266,7 +246,7 @@ async fn small_cache_evicts_least_recently_used_and_never_fails_a_read() {
             "round {round}"
         );
     }
-    let st = status(&d.cache);
+    let st = status_json(&d.cache);
     assert!(n(&st, "evicted_blocks") >= 200, "{st}");
     // The data files hold about the capacity, not the 64 MiB read (twice).
     let mut used = 0;
@@ -284,10 +264,10 @@ async fn small_cache_evicts_least_recently_used_and_never_fails_a_read() {
         "cache data uses {used} bytes with --cache-size 16M"
     );
     // The most recently read blocks are the ones kept: the file's tail is a hit.
-    let before = n(&status(&d.cache), "bytes_fetched");
+    let before = n(&status_json(&d.cache), "bytes_fetched");
     assert!(nfs.read(&f, (63 << 20) as u64, 1 << 20).await.unwrap().0 == data[63 << 20..]);
     assert_eq!(
-        n(&status(&d.cache), "bytes_fetched"),
+        n(&status_json(&d.cache), "bytes_fetched"),
         before,
         "recent blocks were kept"
     );
@@ -336,10 +316,10 @@ async fn cache_gc_removes_data_of_removed_files_only() {
     );
     assert_eq!(count(), 1);
     // The live file is still served from the cache, while the client runs.
-    let before = n(&status(&d.cache), "bytes_fetched");
+    let before = n(&status_json(&d.cache), "bytes_fetched");
     assert_eq!(
         nfs.read_all(&keep, 1 << 20).await.unwrap(),
         noise(73, 1 << 20)
     );
-    assert_eq!(n(&status(&d.cache), "bytes_fetched"), before);
+    assert_eq!(n(&status_json(&d.cache), "bytes_fetched"), before);
 }

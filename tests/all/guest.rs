@@ -265,12 +265,7 @@ fn kernel_client_reads_the_warm_cache_after_a_restart() {
         "{}",
         show(&warm)
     );
-    let st = Command::new(bin("gridvfs-client"))
-        .args(["status", "--json", "--cache-dir"])
-        .arg(&d.cache)
-        .output()
-        .unwrap();
-    let st: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
+    let st = status_json(&d.cache);
     assert_eq!(
         st["bytes_fetched"], 0,
         "the kernel's reads after the restart came from the cache: {st}"

@@ -522,3 +522,24 @@ pub fn dirs() -> Dirs {
     std::fs::create_dir_all(&cache).unwrap();
     Dirs { tmp, export, cache }
 }
+
+/// `gridvfs-client status --json` for the one client on `cache`.
+pub fn status_json(cache: &Path) -> serde_json::Value {
+    let out = Command::new(bin("gridvfs-client"))
+        .args(["status", "--json", "--cache-dir"])
+        .arg(cache)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "status: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("one JSON line")
+}
+
+/// A number from a status object.
+pub fn n(v: &serde_json::Value, k: &str) -> u64 {
+    v[k].as_u64()
+        .unwrap_or_else(|| panic!("{k} missing in {v}"))
+}

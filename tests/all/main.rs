@@ -7,6 +7,7 @@ mod cache;
 mod confinement;
 mod guest;
 mod harness;
+mod hints;
 mod libnfs;
 mod nfs_ops;
 mod protocol;

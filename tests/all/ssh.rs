@@ -301,19 +301,6 @@ fn embedded_listener_confines_session_keys() {
     let _ = listener.wait();
 }
 
-fn reconnects(cache: &Path) -> u64 {
-    let out = Command::new(bin("gridvfs-client"))
-        .args(["status", "--json", "--cache-dir"])
-        .arg(cache)
-        .output()
-        .unwrap();
-    let line = String::from_utf8_lossy(&out.stdout).into_owned();
-    let v: serde_json::Value = serde_json::from_str(line.lines().next().unwrap_or("{}")).unwrap();
-    v["reconnects"]
-        .as_u64()
-        .unwrap_or_else(|| panic!("no reconnects in {line}"))
-}
-
 #[test]
 fn link_cuts_are_a_delay_not_an_error() {
     let d = dirs();
@@ -369,7 +356,7 @@ fn link_cuts_are_a_delay_not_an_error() {
         assert!(std::fs::read(d.export.join("snap/redo.0")).unwrap() == log);
         assert!(!d.export.join("disk.img").exists());
     });
-    let n = reconnects(&d.cache);
+    let n = n(&status_json(&d.cache), "reconnects");
     println!("{} cuts, {n} reconnects", relay.cuts);
     assert!(
         n >= 4,

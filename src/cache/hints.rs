@@ -1,0 +1,69 @@
+//! The client's copy of each file's metadata hint ([`Hint`]): fetched from the store once
+//! per version of the file, when a read first needs the store, and used to answer reads of
+//! zero extents without asking.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+
+use crate::proto::{FEATURE_HINTS, FileRef, Hint, Request, Response};
+use crate::remote::RemoteStore;
+
+/// A file's hint (`None`: the store has none to give) and the version it describes.
+type Known = (Vec<u8>, Option<Arc<Hint>>);
+
+/// file id -> the hint known for it.
+#[derive(Default)]
+pub struct Hints {
+    map: Mutex<HashMap<u64, Known>>,
+}
+
+impl Hints {
+    /// The hint already known for file `id` at version `validator`, without asking.
+    pub fn known(&self, id: u64, validator: &[u8]) -> Option<Arc<Hint>> {
+        match self.map.lock().expect("hints lock").get(&id) {
+            Some((v, h)) if v == validator => h.clone(),
+            _ => None,
+        }
+    }
+
+    /// The hint for file `id` at version `validator`, asking the store if there is none.
+    /// `None` if the store has no hints (an older server) or could not answer: reads then
+    /// simply fetch everything.
+    pub async fn get(
+        &self,
+        remote: &RemoteStore,
+        id: u64,
+        file: &FileRef,
+        validator: &[u8],
+    ) -> Option<Arc<Hint>> {
+        if let Some((v, h)) = self.map.lock().expect("hints lock").get(&id)
+            && v == validator
+        {
+            return h.clone();
+        }
+        if remote.welcome().features & FEATURE_HINTS == 0 {
+            return None;
+        }
+        let hint = match remote
+            .call(Request::Hint { file: file.clone() }, Bytes::new())
+            .await
+        {
+            Ok((Response::Hint(h), _)) => Some(Arc::new(h)),
+            Ok((other, _)) => {
+                tracing::warn!("unexpected answer to a hint request: {other:?}");
+                None
+            }
+            Err(e) => {
+                tracing::debug!("no hint for file {id}: {e}");
+                None
+            }
+        };
+        self.map
+            .lock()
+            .expect("hints lock")
+            .insert(id, (validator.to_vec(), hint.clone()));
+        hint
+    }
+}
