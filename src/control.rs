@@ -34,6 +34,8 @@ pub struct Status {
     pub zero_bytes: u64,
     /// Bytes answered as zeros from files' hints (nothing asked of the store).
     pub hint_zero_bytes: u64,
+    /// Cached blocks kept across changes on the store (their hash was unchanged).
+    pub delta_kept_blocks: u64,
     pub packed_bytes: u64,
     pub evicted_blocks: u64,
     pub uncached_bytes: u64,
@@ -72,6 +74,7 @@ impl Sources {
             read_ahead_blocks: l(&c.read_ahead_blocks),
             zero_bytes: l(&c.zero_bytes),
             hint_zero_bytes: l(&c.hint_zero_bytes),
+            delta_kept_blocks: l(&c.delta_kept_blocks),
             packed_bytes: l(&c.packed_bytes),
             evicted_blocks: l(&c.evicted_blocks),
             uncached_bytes: l(&c.uncached_bytes),

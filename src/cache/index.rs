@@ -257,6 +257,43 @@ impl Index {
         Ok(dropped > 0)
     }
 
+    /// Record a new validator, keeping only the blocks in `keep` (known unchanged in the
+    /// new version). Returns the blocks dropped.
+    pub fn reset_file_keeping(
+        &self,
+        file: u64,
+        validator: &[u8],
+        keep: &[u64],
+    ) -> Result<Vec<u64>> {
+        let keep: std::collections::HashSet<u64> = keep.iter().copied().collect();
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(db)?;
+        let all: Vec<u64> = {
+            let mut st = tx
+                .prepare_cached("SELECT block FROM blocks_v2 WHERE file = ?1")
+                .map_err(db)?;
+            let rows = st
+                .query_map(params![to_sql(file)], |r| Ok(from_sql(r.get(0)?)))
+                .map_err(db)?;
+            rows.collect::<rusqlite::Result<_>>().map_err(db)?
+        };
+        let dropped: Vec<u64> = all.into_iter().filter(|b| !keep.contains(b)).collect();
+        {
+            let mut del = tx
+                .prepare_cached("DELETE FROM blocks_v2 WHERE file = ?1 AND block = ?2")
+                .map_err(db)?;
+            for b in &dropped {
+                del.execute(params![to_sql(file), to_sql(*b)]).map_err(db)?;
+            }
+        }
+        tx.prepare_cached("INSERT OR REPLACE INTO files_v1 (file, validator) VALUES (?1, ?2)")
+            .map_err(db)?
+            .execute(params![to_sql(file), validator])
+            .map_err(db)?;
+        tx.commit().map_err(db)?;
+        Ok(dropped)
+    }
+
     /// Replace the validator without touching blocks (after our own write, whose bytes
     /// the cache already reflects).
     pub fn set_validator(&self, file: u64, validator: &[u8]) -> Result<()> {

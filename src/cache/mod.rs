@@ -68,6 +68,8 @@ pub struct CacheStats {
     pub uncached_bytes: AtomicU64,
     /// Bytes answered as zeros from the file's hint, without asking the store.
     pub hint_zero_bytes: AtomicU64,
+    /// Cached blocks kept across a change on the store because their hash was unchanged.
+    pub delta_kept_blocks: AtomicU64,
 }
 
 /// File data, between the NFS front and the store.
@@ -166,16 +168,74 @@ impl DataPath {
         })
     }
 
-    /// Make the cached blocks of `id` match `attr`'s version of the file.
-    fn revalidate(&self, id: u64, attr: &Attr) -> Result<()> {
+    /// Make the cached blocks of `id` match `attr`'s version of the file: when the file
+    /// changed, keep the blocks whose hash the store still reports (delta revalidation)
+    /// and drop the rest; drop everything if the store cannot say.
+    async fn revalidate(&self, id: u64, file: &FileRef, attr: &Attr) -> Result<()> {
         let v = validator(attr);
-        if self.index.validator(id)?.as_deref() != Some(&v[..]) {
-            if self.index.reset_file(id, &v)? {
+        let old = self.index.validator(id)?;
+        if old.as_deref() == Some(&v[..]) {
+            return Ok(());
+        }
+        let keep = match old {
+            Some(_) => self.unchanged_blocks(id, file, &v).await?,
+            None => None,
+        };
+        match keep {
+            Some(keep) => {
+                let dropped = self.index.reset_file_keeping(id, &v, &keep)?;
+                for b in &dropped {
+                    self.blocks
+                        .punch(id, b * self.block_size, self.block_size)?;
+                }
                 self.stats.invalidations.fetch_add(1, Ordering::Relaxed);
+                self.stats
+                    .delta_kept_blocks
+                    .fetch_add(keep.len() as u64, Ordering::Relaxed);
+                tracing::info!(
+                    file = id,
+                    "file changed on the store: kept {} cached blocks, dropped {}",
+                    keep.len(),
+                    dropped.len()
+                );
             }
-            self.blocks.drop_file(id)?;
+            None => {
+                if self.index.reset_file(id, &v)? {
+                    self.stats.invalidations.fetch_add(1, Ordering::Relaxed);
+                }
+                self.blocks.drop_file(id)?;
+            }
         }
         Ok(())
+    }
+
+    /// Cached blocks of `id` whose content is unchanged in the store's version `v`, by
+    /// comparing hashes; `None` when there is nothing to keep or the store cannot say.
+    async fn unchanged_blocks(
+        &self,
+        id: u64,
+        file: &FileRef,
+        v: &[u8],
+    ) -> Result<Option<Vec<u64>>> {
+        let cached = self.index.blocks(id, 0, i64::MAX as u64)?;
+        if cached.is_empty() || self.remote.welcome().features & crate::proto::FEATURE_HINTS == 0 {
+            return Ok(None);
+        }
+        let req = Request::BlockSums {
+            file: file.clone(),
+            block_size: self.block_size as u32,
+        };
+        let sums = match self.remote.call(req, Bytes::new()).await {
+            Ok((Response::BlockSums { attr, sums }, _)) if validator(&attr) == v => sums,
+            // Changed again meanwhile, too large, or an error: start afresh.
+            _ => return Ok(None),
+        };
+        let keep = cached
+            .into_iter()
+            .filter(|(b, sum)| sums.get(*b as usize).is_some_and(|s| s[..] == sum[..16]))
+            .map(|(b, _)| b)
+            .collect();
+        Ok(Some(keep))
     }
 
     /// Read up to `len` bytes at `offset` of file `id` (at `file` on the store, whose
@@ -232,7 +292,7 @@ impl DataPath {
         offset: u64,
         len: u32,
     ) -> Result<(Bytes, bool, Attr)> {
-        self.revalidate(id, &attr)?;
+        self.revalidate(id, &file, &attr).await?;
         let (bs, size) = (self.block_size, attr.size);
         let Some((first, last)) = range::blocks(offset, u64::from(len), size, bs) else {
             return Ok((Bytes::new(), true, attr));

@@ -231,6 +231,13 @@ pub enum Request {
     Hint {
         file: FileRef,
     },
+    /// The first 16 bytes of blake3 of every `block_size` block of the file
+    /// ([`Response::BlockSums`]), so a client can keep the cached blocks that did not
+    /// change. Only sent to servers that announce [`FEATURE_HINTS`].
+    BlockSums {
+        file: FileRef,
+        block_size: u32,
+    },
 }
 
 impl Request {
@@ -248,6 +255,7 @@ impl Request {
                 | Self::Readdir { .. }
                 | Self::Fsstat { .. }
                 | Self::Hint { .. }
+                | Self::BlockSums { .. }
         )
     }
 
@@ -263,6 +271,7 @@ impl Request {
                 | Self::Readdir { .. }
                 | Self::Fsstat { .. }
                 | Self::Hint { .. }
+                | Self::BlockSums { .. }
         )
     }
 }
@@ -313,6 +322,11 @@ pub enum Response {
     },
     FsStat(FsStat),
     Hint(Hint),
+    /// The sums, for the file as `attr` describes it.
+    BlockSums {
+        attr: Attr,
+        sums: Vec<[u8; 16]>,
+    },
 }
 
 /// How a file is best fetched.

@@ -537,6 +537,43 @@ impl Export {
         Ok(hint::auto_hint(&f, attr.size))
     }
 
+    /// Per-block sums of `file`: from its hint file while that is current and of the same
+    /// block size, else computed by reading the file (local disk, far cheaper than
+    /// sending it).
+    pub fn block_sums(
+        &self,
+        file: &FileRef,
+        block_size: u32,
+    ) -> Result<(Attr, Vec<[u8; 16]>), Status> {
+        if !block_size.is_power_of_two() || !(4096..=(4 << 20)).contains(&block_size) {
+            return Err(Status::Inval);
+        }
+        let (f, st) = self.regular(file, OFlags::RDONLY)?;
+        let attr = attr_of(&st);
+        if attr.size / u64::from(block_size) > hint::MAX_SUMS as u64 {
+            return Err(Status::FBig);
+        }
+        let (parent, name) = split_parent(&file.path)?;
+        let hint_path = join(parent, &hint::hint_name(name.as_encoded_bytes()));
+        let rel = std::ffi::OsStr::from_encoded_bytes_checked(&hint_path)?;
+        if let Ok(fd) = self.open_beneath(rel, OFlags::RDONLY | OFlags::NONBLOCK)
+            && let Ok(h) = hint::HintFile::read(&File::from(fd))
+            && h.size == attr.size
+            && h.mtime == attr.mtime
+            && h.ident == attr.ident
+            && h.block_size == block_size
+        {
+            return Ok((attr, h.block_sums));
+        }
+        let (_, sums) = hint::scan(&f, attr.size, block_size).map_err(|e| status_of_io(&e))?;
+        // Changed while read: the sums would describe no version of the file.
+        let now = attr_of(&stat_fd(&f)?);
+        if (now.size, now.mtime) != (attr.size, attr.mtime) {
+            return Err(Status::Io);
+        }
+        Ok((attr, sums))
+    }
+
     pub fn fsstat(&self) -> Result<FsStat, Status> {
         let s = rfs::fstatvfs(&self.root).map_err(status_of)?;
         let frsize = s.f_frsize;

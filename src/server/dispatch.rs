@@ -81,6 +81,9 @@ pub fn dispatch(export: &Export, req: Request, data: &[u8]) -> (Reply, Bytes) {
             .map(|(entries, eof)| Response::Entries { entries, eof }),
         Request::Fsstat { .. } => export.fsstat().map(Response::FsStat),
         Request::Hint { file } => export.hint(&file).map(Response::Hint),
+        Request::BlockSums { file, block_size } => export
+            .block_sums(&file, block_size)
+            .map(|(attr, sums)| Response::BlockSums { attr, sums }),
     };
     (reply, Bytes::new())
 }

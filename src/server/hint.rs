@@ -25,6 +25,8 @@ pub const MAGIC: &[u8; 8] = b"GVHINT\x00\x01";
 const MAX_HINT_FILE: u64 = 128 << 20;
 /// Zero extents sent to a client at most (the rest of the file is simply fetched).
 pub const MAX_EXTENTS: usize = 256 * 1024;
+/// Block sums sent at most (8 MiB of them: 128 GiB at 256 KiB blocks).
+pub const MAX_SUMS: usize = 512 * 1024;
 /// Granularity of zero detection: a page, as in memory images.
 pub const PAGE: u64 = 4096;
 

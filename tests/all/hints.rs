@@ -190,3 +190,36 @@ async fn hint_files_are_invisible_through_the_mount() {
     );
     assert!(!d.export.join(".x.gvhint").exists());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_file_refetches_only_its_changed_blocks() {
+    let d = dirs();
+    let mut data = noise(7, 64 << 20); // 256 blocks of 256 KiB
+    let path = d.export.join("disk.img");
+    std::fs::write(&path, &data).unwrap();
+    let client = ClientProc::start(&d.export, &d.cache, 0, &["--attr-timeout", "0"]);
+    let mut nfs = Nfs::mount(client.port).await;
+    let fh = nfs.lookup(&nfs.root.clone(), "disk.img").await.unwrap();
+    assert!(nfs.read_all(&fh, 1 << 20).await.unwrap() == data);
+    let before = n(&status_json(&d.cache), "bytes_fetched");
+
+    // The store changes 3 of the 256 blocks (~1%), in place.
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    for (i, block) in [3usize, 100, 255].into_iter().enumerate() {
+        let fresh = noise(100 + i as u64, 4096);
+        let at = block * (256 << 10) + 8192;
+        data[at..at + 4096].copy_from_slice(&fresh);
+        std::os::unix::fs::FileExt::write_all_at(&f, &fresh, at as u64).unwrap();
+    }
+    drop(f);
+    assert!(
+        nfs.read_all(&fh, 1 << 20).await.unwrap() == data,
+        "changed bytes not seen"
+    );
+    let st = status_json(&d.cache);
+    let refetched = n(&st, "bytes_fetched") - before;
+    println!("refetched {refetched} bytes after a 3-block change; {st}");
+    assert_eq!(refetched, 3 * (256 << 10), "{st}");
+    assert_eq!(n(&st, "delta_kept_blocks"), 253, "{st}");
+}
