@@ -70,6 +70,8 @@ impl Client {
         }
         let sources = crate::control::Sources {
             export_id: store.welcome().export_id.clone(),
+            index: index.clone(),
+            block_size: cfg.block_size,
             tunnel: store.counters.clone(),
             cache: stats.clone(),
             writeback: drain.writeback.clone(),

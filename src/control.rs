@@ -44,11 +44,29 @@ pub struct Status {
     pub dirty_bytes: u64,
     pub uploaded_bytes: u64,
     pub upload_errors: u64,
+    /// Files read since the client started, most recent first (at most 64).
+    #[serde(default)]
+    pub files: Vec<FileProgress>,
+}
+
+/// How much of one file is on this side.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FileProgress {
+    /// Path in the export.
+    pub path: String,
+    pub size: u64,
+    /// Bytes in the local cache now (whole blocks; the last may be short).
+    pub cached_bytes: u64,
+    /// Bytes fetched from the store since start, and answered as zeros from the hint.
+    pub fetched_bytes: u64,
+    pub hint_zero_bytes: u64,
 }
 
 /// Figures the socket reports, from the live counters.
 pub struct Sources {
     pub export_id: String,
+    pub index: Arc<crate::cache::Index>,
+    pub block_size: u64,
     pub tunnel: Arc<Counters>,
     pub cache: Arc<CacheStats>,
     pub writeback: Option<Arc<WriteBack>>,
@@ -90,7 +108,32 @@ impl Sources {
                 .map_or(0, |p| p.1),
             uploaded_bytes: self.writeback.as_ref().map_or(0, |w| l(&w.uploaded_bytes)),
             upload_errors: self.writeback.as_ref().map_or(0, |w| l(&w.upload_errors)),
+            files: self.files(),
         }
+    }
+
+    fn files(&self) -> Vec<FileProgress> {
+        let mut files: Vec<(u64, crate::cache::FileActivity)> = self
+            .cache
+            .files
+            .lock()
+            .expect("files lock")
+            .iter()
+            .map(|(k, v)| (*k, v.clone()))
+            .collect();
+        files.sort_by_key(|(_, f)| std::cmp::Reverse(f.last_read_ms));
+        let ids: Vec<u64> = files.iter().map(|(k, _)| *k).collect();
+        let counts = self.index.block_counts(&ids).unwrap_or_default();
+        files
+            .into_iter()
+            .map(|(id, f)| FileProgress {
+                cached_bytes: (counts.get(&id).copied().unwrap_or(0) * self.block_size).min(f.size),
+                path: f.path,
+                size: f.size,
+                fetched_bytes: f.fetched,
+                hint_zero_bytes: f.hint_zero,
+            })
+            .collect()
     }
 }
 

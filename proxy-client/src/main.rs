@@ -300,6 +300,18 @@ async fn status(cache_dir: &std::path::Path, json: bool) -> anyhow::Result<()> {
                     st.dirty_entries
                 );
             }
+            for f in &st.files {
+                let here = f.cached_bytes + f.hint_zero_bytes;
+                println!(
+                    "  {:>5.1}%  {:>9.1} MiB  {} ({:.1} MiB here, {:.1} MiB fetched, {:.1} MiB zeros from the hint)",
+                    100.0 * here.min(f.size) as f64 / f.size.max(1) as f64,
+                    mib(f.size),
+                    f.path,
+                    mib(f.cached_bytes),
+                    mib(f.fetched_bytes),
+                    mib(f.hint_zero_bytes)
+                );
+            }
         }
     }
     anyhow::ensure!(

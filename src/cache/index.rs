@@ -24,6 +24,8 @@
 use std::path::Path;
 use std::sync::Mutex;
 
+use std::collections::HashMap;
+
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::error::{Error, Result};
@@ -324,6 +326,22 @@ impl Index {
             if let Ok(sum) = <[u8; 32]>::try_from(sum.as_slice()) {
                 out.push((b, sum));
             }
+        }
+        Ok(out)
+    }
+
+    /// Cached blocks of each of `files` (for per-file progress).
+    pub fn block_counts(&self, files: &[u64]) -> Result<HashMap<u64, u64>> {
+        let conn = self.lock();
+        let mut st = conn
+            .prepare_cached("SELECT COUNT(*) FROM blocks_v2 WHERE file = ?1")
+            .map_err(db)?;
+        let mut out = HashMap::new();
+        for f in files {
+            let n: i64 = st
+                .query_row(params![to_sql(*f)], |r| r.get(0))
+                .map_err(db)?;
+            out.insert(*f, n as u64);
         }
         Ok(out)
     }

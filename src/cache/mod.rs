@@ -70,6 +70,50 @@ pub struct CacheStats {
     pub hint_zero_bytes: AtomicU64,
     /// Cached blocks kept across a change on the store because their hash was unchanged.
     pub delta_kept_blocks: AtomicU64,
+    /// Files read since start, for per-file progress in `status`.
+    pub files: Mutex<HashMap<u64, FileActivity>>,
+}
+
+/// What one file has cost since the client started.
+#[derive(Debug, Clone, Default)]
+pub struct FileActivity {
+    pub path: String,
+    pub size: u64,
+    /// Bytes fetched from the store.
+    pub fetched: u64,
+    /// Bytes answered as zeros from the hint.
+    pub hint_zero: u64,
+    /// When it was last read (ms since the epoch), to list recent files first.
+    pub last_read_ms: u64,
+}
+
+/// Files kept in [`CacheStats::files`]; the least recently read is forgotten past it.
+const TRACKED_FILES: usize = 64;
+
+impl CacheStats {
+    fn note_file(&self, id: u64, path: &[u8], size: u64, fetched: u64, hint_zero: u64) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let mut files = self.files.lock().expect("files lock");
+        if !files.contains_key(&id) && files.len() >= TRACKED_FILES {
+            let oldest = files
+                .iter()
+                .min_by_key(|(_, f)| f.last_read_ms)
+                .map(|(k, _)| *k);
+            if let Some(k) = oldest {
+                files.remove(&k);
+            }
+        }
+        let f = files.entry(id).or_default();
+        if f.path.is_empty() {
+            f.path = String::from_utf8_lossy(path).into_owned();
+        }
+        f.size = size;
+        f.fetched += fetched;
+        f.hint_zero += hint_zero;
+        f.last_read_ms = now;
+    }
 }
 
 /// File data, between the NFS front and the store.
@@ -315,7 +359,8 @@ impl DataPath {
                     .get(&self.remote, id, &file, &validator(&attr))
                     .await;
                 if let Some(h) = &hint {
-                    self.zero_fill(h, size, first, last, &mut done);
+                    self.stats.note_file(id, &file.path, size, 0, 0);
+                    self.zero_fill(id, h, size, first, last, &mut done);
                 }
             }
             let missing: Vec<u64> = (first..=last)
@@ -348,6 +393,7 @@ impl DataPath {
             return Err(Error::Protocol("cache: blocks never arrived".into()));
         }
         let hint = hint.or_else(|| self.hints.known(id, &validator(&attr)));
+        self.stats.note_file(id, &file.path, size, 0, 0);
         self.read_ahead(id, file, attr, first, last, hint);
         let from = (offset - first * bs) as usize;
         let n = u64::from(len).min(size - offset) as usize;
@@ -357,15 +403,24 @@ impl DataPath {
 
     /// Mark the blocks of `first..=last` that the hint says are all zeros as done (`buf`
     /// is zeroed already): nothing is fetched or cached for them.
-    fn zero_fill(&self, hint: &Hint, size: u64, first: u64, last: u64, done: &mut [bool]) {
+    fn zero_fill(&self, id: u64, hint: &Hint, size: u64, first: u64, last: u64, done: &mut [bool]) {
         let bs = self.block_size;
+        let mut zero = 0;
         for b in first..=last {
             let i = (b - first) as usize;
             let len = range::block_len(b, size, bs);
             if !done[i] && hint.is_zero(b * bs, len) {
                 done[i] = true;
-                self.stats.hint_zero_bytes.fetch_add(len, Ordering::Relaxed);
+                zero += len;
             }
+        }
+        self.stats
+            .hint_zero_bytes
+            .fetch_add(zero, Ordering::Relaxed);
+        if zero > 0
+            && let Some(f) = self.stats.files.lock().expect("files lock").get_mut(&id)
+        {
+            f.hint_zero += zero;
         }
     }
 
@@ -470,10 +525,13 @@ impl DataPath {
         len: u64,
     ) -> Result<(Bytes, Attr)> {
         let bs = self.block_size;
+        let path = file.path.clone();
         let (data, fetched) = self.fetch(file, off, len).await?;
         self.stats
             .bytes_fetched
             .fetch_add(data.len() as u64, Ordering::Relaxed);
+        self.stats
+            .note_file(id, &path, fetched.size, data.len() as u64, 0);
         if validator(&fetched) == validator(attr) && data.len() as u64 == len {
             if let Err(e) = self.store_data(id, off, &data) {
                 // A full cache disk: serve uncached rather than fail the read.

@@ -201,7 +201,14 @@ async fn a_changed_file_refetches_only_its_changed_blocks() {
     let mut nfs = Nfs::mount(client.port).await;
     let fh = nfs.lookup(&nfs.root.clone(), "disk.img").await.unwrap();
     assert!(nfs.read_all(&fh, 1 << 20).await.unwrap() == data);
-    let before = n(&status_json(&d.cache), "bytes_fetched");
+    let st = status_json(&d.cache);
+    let before = n(&st, "bytes_fetched");
+    // Per-file progress: the whole file is here, and it was fetched once.
+    let f = &st["files"][0];
+    assert_eq!(f["path"], "disk.img", "{st}");
+    assert_eq!(n(f, "size"), 64 << 20);
+    assert_eq!(n(f, "cached_bytes"), 64 << 20, "{st}");
+    assert_eq!(n(f, "fetched_bytes"), 64 << 20, "{st}");
 
     // The store changes 3 of the 256 blocks (~1%), in place.
     std::thread::sleep(std::time::Duration::from_millis(20));
