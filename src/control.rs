@@ -44,6 +44,11 @@ pub struct Status {
     pub dirty_bytes: u64,
     pub uploaded_bytes: u64,
     pub upload_errors: u64,
+    /// Write-back: writes acknowledged and the journal syncs they took (group commit).
+    #[serde(default)]
+    pub journal_writes: u64,
+    #[serde(default)]
+    pub journal_syncs: u64,
     /// Files read since the client started, most recent first (at most 64).
     #[serde(default)]
     pub files: Vec<FileProgress>,
@@ -108,6 +113,8 @@ impl Sources {
                 .map_or(0, |p| p.1),
             uploaded_bytes: self.writeback.as_ref().map_or(0, |w| l(&w.uploaded_bytes)),
             upload_errors: self.writeback.as_ref().map_or(0, |w| l(&w.upload_errors)),
+            journal_writes: self.writeback.as_ref().map_or(0, |w| l(&w.journal_writes)),
+            journal_syncs: self.writeback.as_ref().map_or(0, |w| l(&w.journal_syncs)),
             files: self.files(),
         }
     }

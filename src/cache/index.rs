@@ -450,21 +450,28 @@ fn dirty_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Dirty> {
 
 /// Write-back statements.
 impl Index {
-    /// Record acknowledged data (already written and synced to the journal).
-    pub fn add_dirty(&self, file: u64, offset: u64, len: u64, log_offset: u64) -> Result<()> {
-        self.lock()
-            .prepare_cached(
-                "INSERT INTO dirty_v1 (file, offset, len, log_offset) VALUES (?1, ?2, ?3, ?4)",
-            )
-            .map_err(db)?
-            .execute(params![
-                to_sql(file),
-                to_sql(offset),
-                to_sql(len),
-                to_sql(log_offset)
-            ])
-            .map_err(db)?;
-        Ok(())
+    /// Record acknowledged writes (already in the journal and synced), in order, in one
+    /// transaction.
+    pub fn add_dirty_batch(&self, rows: &[(u64, u64, u64, u64)]) -> Result<()> {
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(db)?;
+        {
+            let mut st = tx
+                .prepare_cached(
+                    "INSERT INTO dirty_v1 (file, offset, len, log_offset) VALUES (?1, ?2, ?3, ?4)",
+                )
+                .map_err(db)?;
+            for &(file, offset, len, at) in rows {
+                st.execute(params![
+                    to_sql(file),
+                    to_sql(offset),
+                    to_sql(len),
+                    to_sql(at)
+                ])
+                .map_err(db)?;
+            }
+        }
+        tx.commit().map_err(db)
     }
 
     /// The oldest `n` entries, in order.

@@ -742,7 +742,7 @@ impl DataPath {
         sync: bool,
     ) -> Result<(Attr, bool)> {
         if let (Some(wb), Some(current)) = (&self.writeback, current) {
-            wb.append(id, offset, &data)?;
+            wb.append(id, offset, &data).await?;
             if let Some((first, last)) =
                 range::blocks(offset, data.len() as u64, u64::MAX, self.block_size)
             {

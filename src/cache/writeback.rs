@@ -2,7 +2,10 @@
 //! at once; a background uploader replays them to the store in order.
 //!
 //! Order of a write: bytes appended to `journal.log` -> `fdatasync` -> `dirty_v1` row
-//! committed -> NFS reply (FILE_SYNC). Nothing acknowledged is ever lost: after a crash or
+//! committed -> NFS reply (FILE_SYNC). Concurrent writes share the sync (group commit):
+//! one writer at a time syncs the journal on a blocking thread and indexes every write
+//! appended before the sync in one transaction; the others wait for it, so a VM issuing
+//! many writes at once pays one fdatasync per batch, not per write. Nothing acknowledged is ever lost: after a crash or
 //! `kill -9`, the rows and the bytes they point at are there, and the uploader resumes
 //! where it stopped. Uploading an entry twice is harmless (a WRITE of the same bytes at the
 //! same place), so the uploader deletes rows only after the store has them (WRITE, then
@@ -33,16 +36,40 @@ const BATCH: u64 = 64;
 /// product with 1 MiB writes.
 const PARALLEL_UPLOADS: usize = 16;
 
+/// The journal file and the group-commit state. std Mutex: held for bookkeeping and the
+/// (page cache) append only, never across a sync.
+struct Journal {
+    file: File,
+    end: u64,
+    /// Appends so far, and appends durable and indexed (tickets).
+    written: u64,
+    synced: u64,
+    /// A writer is syncing now.
+    leader: bool,
+    /// Appended, not yet synced: (file, offset, len, journal offset).
+    pending: Vec<(u64, u64, u64, u64)>,
+    /// The last failed sync: tickets in (lo, hi] were not made durable.
+    failure: Option<(u64, u64, String)>,
+}
+
 pub struct WriteBack {
-    /// The journal and its end. std Mutex: appends are serialised, and the journal is only
-    /// truncated under it when nothing is dirty.
-    journal: Mutex<(File, u64)>,
+    /// Appends are serialised under it; the journal is only truncated under it when
+    /// nothing is dirty or pending.
+    journal: Mutex<Journal>,
+    /// Another fd of the journal, for fdatasync off the lock.
+    sync_fd: Arc<File>,
+    /// Tickets synced so far, for writers waiting on another's sync.
+    synced: tokio::sync::watch::Sender<u64>,
     index: Arc<Index>,
     /// Wakes the uploader when there is work; wakes flush waiters when a batch lands.
     work: Notify,
     progress: Notify,
     pub uploaded_bytes: AtomicU64,
     pub upload_errors: AtomicU64,
+    /// Writes acknowledged, and the journal syncs that made them durable (group commit:
+    /// fewer syncs than writes when writes overlap).
+    pub journal_writes: AtomicU64,
+    pub journal_syncs: AtomicU64,
     /// Readers hold it for reading from "which attributes?" to "overlay done"; the uploader
     /// takes it for writing to retire entries. So a reader sees either the entries, or the
     /// store's new version (flagged in `changed`), never neither.
@@ -60,29 +87,89 @@ impl WriteBack {
             .truncate(false)
             .open(dir.join("journal.log"))?;
         let end = f.metadata()?.len();
+        let sync_fd = Arc::new(f.try_clone()?);
         Ok(Self {
-            journal: Mutex::new((f, end)),
+            journal: Mutex::new(Journal {
+                file: f,
+                end,
+                written: 0,
+                synced: 0,
+                leader: false,
+                pending: Vec::new(),
+                failure: None,
+            }),
+            sync_fd,
+            synced: tokio::sync::watch::channel(0).0,
             index,
             work: Notify::new(),
             progress: Notify::new(),
             uploaded_bytes: AtomicU64::new(0),
             upload_errors: AtomicU64::new(0),
+            journal_writes: AtomicU64::new(0),
+            journal_syncs: AtomicU64::new(0),
             retire: tokio::sync::RwLock::new(()),
             changed: Mutex::default(),
         })
     }
 
     /// Make a write durable locally; returns once it is safe to acknowledge.
-    pub fn append(&self, file: u64, offset: u64, data: &[u8]) -> Result<()> {
-        let mut j = self.journal.lock().expect("journal lock");
-        let at = j.1;
-        j.0.write_all_at(data, at)?;
-        j.0.sync_data()?;
-        self.index.add_dirty(file, offset, data.len() as u64, at)?;
-        j.1 = at + data.len() as u64;
-        drop(j);
-        self.work.notify_one();
-        Ok(())
+    pub async fn append(&self, file: u64, offset: u64, data: &[u8]) -> Result<()> {
+        let ticket = {
+            let mut j = self.journal.lock().expect("journal lock");
+            let at = j.end;
+            j.file.write_all_at(data, at)?;
+            j.end = at + data.len() as u64;
+            j.written += 1;
+            j.pending.push((file, offset, data.len() as u64, at));
+            j.written
+        };
+        loop {
+            // Subscribed before looking, so a sync that ends meanwhile still wakes us.
+            let mut rx = self.synced.subscribe();
+            let batch = {
+                let mut j = self.journal.lock().expect("journal lock");
+                if j.synced >= ticket {
+                    return match &j.failure {
+                        Some((lo, hi, why)) if *lo < ticket && ticket <= *hi => Err(Error::Io(
+                            std::io::Error::other(format!("write-back journal: {why}")),
+                        )),
+                        _ => {
+                            self.journal_writes.fetch_add(1, Ordering::Relaxed);
+                            Ok(())
+                        }
+                    };
+                }
+                if j.leader {
+                    None
+                } else {
+                    j.leader = true;
+                    Some((std::mem::take(&mut j.pending), j.synced, j.written))
+                }
+            };
+            let Some((rows, from, to)) = batch else {
+                let _ = rx.changed().await;
+                continue;
+            };
+            self.journal_syncs.fetch_add(1, Ordering::Relaxed);
+            let (fd, index) = (self.sync_fd.clone(), self.index.clone());
+            let done = tokio::task::spawn_blocking(move || -> Result<()> {
+                fd.sync_data()?;
+                index.add_dirty_batch(&rows)
+            })
+            .await
+            .unwrap_or_else(|e| Err(Error::Io(std::io::Error::other(e.to_string()))));
+            {
+                let mut j = self.journal.lock().expect("journal lock");
+                j.synced = to;
+                j.leader = false;
+                if let Err(e) = done {
+                    tracing::error!("write-back journal sync failed: {e}");
+                    j.failure = Some((from, to, e.to_string()));
+                }
+            }
+            self.synced.send_replace(to);
+            self.work.notify_one();
+        }
     }
 
     /// Lay dirty data of `file` over `buf`, which holds the bytes at `offset`.
@@ -96,7 +183,7 @@ impl WriteBack {
         for e in entries {
             let (s, t) = (e.offset.max(offset), (e.offset + e.len).min(end));
             let dst = &mut buf[(s - offset) as usize..(t - offset) as usize];
-            j.0.read_exact_at(dst, e.log_offset + (s - e.offset))?;
+            j.file.read_exact_at(dst, e.log_offset + (s - e.offset))?;
         }
         Ok(())
     }
@@ -227,7 +314,7 @@ impl WriteBack {
         self.journal
             .lock()
             .expect("journal lock")
-            .0
+            .file
             .read_exact_at(&mut data, e.log_offset)?;
         let data = Bytes::from(data);
         for _ in 0..5 {
@@ -269,11 +356,17 @@ impl WriteBack {
         Ok(None)
     }
 
-    /// With nothing dirty, the journal starts over.
+    /// With nothing dirty or waiting for a sync, the journal starts over.
     fn compact(&self) {
         let mut j = self.journal.lock().expect("journal lock");
-        if j.1 > 0 && matches!(self.index.dirty_pending(), Ok((0, _))) && j.0.set_len(0).is_ok() {
-            j.1 = 0;
+        if j.end > 0
+            && j.pending.is_empty()
+            && !j.leader
+            && j.written == j.synced
+            && matches!(self.index.dirty_pending(), Ok((0, _)))
+            && j.file.set_len(0).is_ok()
+        {
+            j.end = 0;
         }
     }
 }

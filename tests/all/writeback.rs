@@ -166,3 +166,47 @@ async fn write_back_grows_files_and_truncate_waits_for_older_writes() {
     assert_eq!(std::fs::read(d.export.join("f")).unwrap(), &data[..1000]);
     assert_eq!(nfs.getattr(&f).await.unwrap().size, 1000);
 }
+
+/// Eight writers at once: their writes share journal syncs (group commit), and every
+/// byte lands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_share_journal_syncs() {
+    let d = dirs();
+    let client = ClientProc::start(&d.export, &d.cache, 0, &["--write-policy", "back"]);
+    let mut tasks = Vec::new();
+    for w in 0..8u64 {
+        let port = client.port;
+        tasks.push(tokio::spawn(async move {
+            let mut nfs = Nfs::mount(port).await;
+            let root = nfs.root.clone();
+            let name = format!("w{w}.log");
+            let f = nfs
+                .create(&root, &name, createhow3::UNCHECKED(attrs(Some(0o644))))
+                .await
+                .unwrap();
+            let data = noise(200 + w, 4 << 20);
+            for (i, c) in data.chunks(64 << 10).enumerate() {
+                nfs.write(&f, (i << 16) as u64, c, stable_how::FILE_SYNC)
+                    .await
+                    .unwrap();
+            }
+            (name, data)
+        }));
+    }
+    let mut files = Vec::new();
+    for t in tasks {
+        files.push(t.await.unwrap());
+    }
+    let st = status_json(&d.cache);
+    let (writes, syncs) = (n(&st, "journal_writes"), n(&st, "journal_syncs"));
+    println!("{writes} writes took {syncs} journal syncs");
+    assert_eq!(writes, 8 * 64);
+    assert!(syncs < writes, "no write shared a sync: {st}");
+    flush(&d.cache);
+    for (name, data) in files {
+        assert!(
+            std::fs::read(d.export.join(&name)).unwrap() == data,
+            "{name}"
+        );
+    }
+}
