@@ -302,6 +302,7 @@ impl WriteBack {
         let _retiring = self.retire.write().await;
         self.changed.lock().expect("changed lock").extend(ids);
         self.index.dirty_done(&done)?;
+        self.release(&entries);
         self.uploaded_bytes
             .fetch_add(entries.iter().map(|e| e.len).sum(), Ordering::Relaxed);
         Ok(done.len())
@@ -354,6 +355,23 @@ impl WriteBack {
             "write-back target vanished on the store; data dropped"
         );
         Ok(None)
+    }
+
+    /// Give the disk space of uploaded entries back (punch their journal ranges), so a
+    /// journal that is never empty — a VM writing all the time — does not grow without
+    /// bound. Each range belongs to one entry alone, so neighbours are untouched.
+    fn release(&self, entries: &[Dirty]) {
+        use rustix::fs::{FallocateFlags, fallocate};
+        let j = self.journal.lock().expect("journal lock");
+        for e in entries {
+            let flags = FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE;
+            if let Err(err) = fallocate(&j.file, flags, e.log_offset, e.len) {
+                tracing::debug!(
+                    "cannot punch the write-back journal ({err}); it shrinks when empty"
+                );
+                return;
+            }
+        }
     }
 
     /// With nothing dirty or waiting for a sync, the journal starts over.
