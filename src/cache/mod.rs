@@ -648,10 +648,23 @@ impl DataPath {
     /// Past capacity, evict least recently used blocks down to 90% of it.
     fn evict_if_full(&self) -> Result<()> {
         let cached = self.cached_blocks.load(Ordering::Relaxed);
-        if cached <= self.capacity_blocks {
+        // Write-back data not yet uploaded takes its share of the capacity first: it can
+        // only leave by upload, clean blocks can always be fetched again.
+        let dirty = self.dirty_blocks();
+        if cached + dirty <= self.capacity_blocks {
             return Ok(());
         }
-        self.evict(cached - self.capacity_blocks * 9 / 10)
+        let target = (self.capacity_blocks * 9 / 10).saturating_sub(dirty);
+        self.evict(cached.saturating_sub(target))
+    }
+
+    /// Blocks' worth of acknowledged data not yet on the store.
+    fn dirty_blocks(&self) -> u64 {
+        self.writeback.as_ref().map_or(0, |w| {
+            w.dirty_bytes
+                .load(Ordering::Relaxed)
+                .div_ceil(self.block_size)
+        })
     }
 
     /// Evict `n` least recently used blocks: out of the index first (no longer trusted),
@@ -742,7 +755,11 @@ impl DataPath {
         sync: bool,
     ) -> Result<(Attr, bool)> {
         if let (Some(wb), Some(current)) = (&self.writeback, current) {
+            // Past --cache-size of data not yet uploaded, a write waits for the upload.
+            wb.wait_for_room(data.len() as u64, self.capacity_blocks * self.block_size)
+                .await;
             wb.append(id, offset, &data).await?;
+            self.evict_if_full()?;
             if let Some((first, last)) =
                 range::blocks(offset, data.len() as u64, u64::MAX, self.block_size)
             {

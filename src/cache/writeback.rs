@@ -70,6 +70,8 @@ pub struct WriteBack {
     /// fewer syncs than writes when writes overlap).
     pub journal_writes: AtomicU64,
     pub journal_syncs: AtomicU64,
+    /// Acknowledged bytes not yet on the store (counted against `--cache-size`).
+    pub dirty_bytes: AtomicU64,
     /// Readers hold it for reading from "which attributes?" to "overlay done"; the uploader
     /// takes it for writing to retire entries. So a reader sees either the entries, or the
     /// store's new version (flagged in `changed`), never neither.
@@ -88,6 +90,7 @@ impl WriteBack {
             .open(dir.join("journal.log"))?;
         let end = f.metadata()?.len();
         let sync_fd = Arc::new(f.try_clone()?);
+        let dirty = index.dirty_pending()?.1;
         Ok(Self {
             journal: Mutex::new(Journal {
                 file: f,
@@ -107,6 +110,7 @@ impl WriteBack {
             upload_errors: AtomicU64::new(0),
             journal_writes: AtomicU64::new(0),
             journal_syncs: AtomicU64::new(0),
+            dirty_bytes: AtomicU64::new(dirty),
             retire: tokio::sync::RwLock::new(()),
             changed: Mutex::default(),
         })
@@ -151,6 +155,7 @@ impl WriteBack {
                 continue;
             };
             self.journal_syncs.fetch_add(1, Ordering::Relaxed);
+            let bytes: u64 = rows.iter().map(|r| r.2).sum();
             let (fd, index) = (self.sync_fd.clone(), self.index.clone());
             let done = tokio::task::spawn_blocking(move || -> Result<()> {
                 fd.sync_data()?;
@@ -162,9 +167,14 @@ impl WriteBack {
                 let mut j = self.journal.lock().expect("journal lock");
                 j.synced = to;
                 j.leader = false;
-                if let Err(e) = done {
-                    tracing::error!("write-back journal sync failed: {e}");
-                    j.failure = Some((from, to, e.to_string()));
+                match done {
+                    Ok(()) => {
+                        self.dirty_bytes.fetch_add(bytes, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        tracing::error!("write-back journal sync failed: {e}");
+                        j.failure = Some((from, to, e.to_string()));
+                    }
                 }
             }
             self.synced.send_replace(to);
@@ -202,6 +212,27 @@ impl WriteBack {
     /// (entries, bytes) not yet on the store.
     pub fn pending(&self) -> Result<(u64, u64)> {
         self.index.dirty_pending()
+    }
+
+    /// Wait until `need` more bytes fit under `limit` of data not yet uploaded (always
+    /// let one write through when nothing is dirty, however large).
+    pub async fn wait_for_room(&self, need: u64, limit: u64) {
+        let mut warned = false;
+        loop {
+            let notified = self.progress.notified();
+            let dirty = self.dirty_bytes.load(Ordering::Relaxed);
+            if dirty == 0 || dirty + need <= limit {
+                return;
+            }
+            if !warned {
+                tracing::warn!(
+                    "write-back data not yet uploaded fills the cache ({dirty} bytes); writes wait for the upload"
+                );
+                warned = true;
+            }
+            self.work.notify_one();
+            let _ = tokio::time::timeout(Duration::from_millis(500), notified).await;
+        }
     }
 
     /// Wait until everything acknowledged so far is on the store.
@@ -302,6 +333,12 @@ impl WriteBack {
         let _retiring = self.retire.write().await;
         self.changed.lock().expect("changed lock").extend(ids);
         self.index.dirty_done(&done)?;
+        let gone: u64 = entries.iter().map(|e| e.len).sum();
+        let _ = self
+            .dirty_bytes
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |d| {
+                Some(d.saturating_sub(gone))
+            });
         self.release(&entries);
         self.uploaded_bytes
             .fetch_add(entries.iter().map(|e| e.len).sum(), Ordering::Relaxed);

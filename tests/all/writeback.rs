@@ -210,3 +210,52 @@ async fn concurrent_writes_share_journal_syncs() {
         );
     }
 }
+
+/// Data not yet uploaded counts against --cache-size: past it, writes wait for the upload
+/// (here slowed to 4 MB/s) instead of filling the disk; everything still lands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unuploaded_data_is_held_to_the_cache_size() {
+    let d = dirs();
+    let remote = format!(
+        "exec:pv -q -L 4m | {} serve --stdio --export {}",
+        bin("gridvfs-server").display(),
+        d.export.display()
+    );
+    let client = ClientProc::start_remote(
+        &remote,
+        &d.export,
+        &d.cache,
+        0,
+        &["--write-policy", "back", "--cache-size", "9M"],
+    );
+    let cache = d.cache.clone();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop2 = stop.clone();
+    let sampler = std::thread::spawn(move || {
+        let mut peak = 0;
+        while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
+            peak = peak.max(n(&status_json(&cache), "dirty_bytes"));
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        peak
+    });
+    let mut nfs = Nfs::mount(client.port).await;
+    let root = nfs.root.clone();
+    let f = nfs
+        .create(&root, "redo.log", createhow3::UNCHECKED(attrs(Some(0o644))))
+        .await
+        .unwrap();
+    let data = noise(300, 32 << 20);
+    for (i, c) in data.chunks(1 << 20).enumerate() {
+        nfs.write(&f, (i << 20) as u64, c, stable_how::FILE_SYNC)
+            .await
+            .unwrap();
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let peak = sampler.join().unwrap();
+    println!("peak of data not yet uploaded: {peak} bytes");
+    assert!(peak > 0, "the sampler saw no write-back data");
+    assert!(peak <= 10 << 20, "{peak} bytes pending with a 9 MiB cache");
+    flush(&d.cache);
+    assert!(std::fs::read(d.export.join("redo.log")).unwrap() == data);
+}
