@@ -71,6 +71,7 @@ impl Client {
         let sources = crate::control::Sources {
             export_id: store.welcome().export_id.clone(),
             index: index.clone(),
+            data: drain.clone(),
             block_size: cfg.block_size,
             tunnel: store.counters.clone(),
             cache: stats.clone(),

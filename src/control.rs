@@ -1,6 +1,8 @@
 //! The client's control socket: `CACHE_DIR/<export>/control.sock`. A connection sends one
 //! command line: `status` gets one JSON line of figures; `flush` gets a JSON line of
-//! figures every 200 ms until no write-back data is left, then the connection closes.
+//! figures every 200 ms until no write-back data is left, then the connection closes;
+//! `profile-start` starts recording access profiles and `profile-save [PATH…]` stores
+//! them in the files' hints on the store, each answered with one JSON line.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -36,6 +38,9 @@ pub struct Status {
     pub hint_zero_bytes: u64,
     /// Cached blocks kept across changes on the store (their hash was unchanged).
     pub delta_kept_blocks: u64,
+    /// Blocks fetched ahead by access profiles and the `whole` policy.
+    #[serde(default)]
+    pub prefetched_blocks: u64,
     pub packed_bytes: u64,
     pub evicted_blocks: u64,
     pub uncached_bytes: u64,
@@ -70,6 +75,7 @@ pub struct FileProgress {
 /// Figures the socket reports, from the live counters.
 pub struct Sources {
     pub export_id: String,
+    pub data: Arc<crate::cache::DataPath>,
     pub index: Arc<crate::cache::Index>,
     pub block_size: u64,
     pub tunnel: Arc<Counters>,
@@ -98,6 +104,7 @@ impl Sources {
             zero_bytes: l(&c.zero_bytes),
             hint_zero_bytes: l(&c.hint_zero_bytes),
             delta_kept_blocks: l(&c.delta_kept_blocks),
+            prefetched_blocks: l(&c.prefetched_blocks),
             packed_bytes: l(&c.packed_bytes),
             evicted_blocks: l(&c.evicted_blocks),
             uncached_bytes: l(&c.uncached_bytes),
@@ -165,6 +172,24 @@ pub fn serve(export_dir: &Path, sources: Sources) -> std::io::Result<tokio::task
                 let _ =
                     tokio::time::timeout(std::time::Duration::from_secs(5), r.read_line(&mut cmd))
                         .await;
+                let mut words = cmd.split_whitespace();
+                match words.next() {
+                    Some("profile-start") => {
+                        sources.data.profile_start();
+                        let _ = w.write_all(b"{\"recording\":true}\n").await;
+                        return;
+                    }
+                    Some("profile-save") => {
+                        let only: Vec<String> = words.map(str::to_string).collect();
+                        let reply = match sources.data.profile_save(&only).await {
+                            Ok(saved) => serde_json::json!({ "saved": saved }),
+                            Err(e) => serde_json::json!({ "error": e.to_string() }),
+                        };
+                        let _ = w.write_all(format!("{reply}\n").as_bytes()).await;
+                        return;
+                    }
+                    _ => {}
+                }
                 let flush = cmd.trim() == "flush";
                 loop {
                     let st = sources.snapshot();
@@ -182,6 +207,16 @@ pub fn serve(export_dir: &Path, sources: Sources) -> std::io::Result<tokio::task
             });
         }
     }))
+}
+
+/// Send a one-line command and return the one JSON line answered.
+pub async fn command(export_dir: &Path, cmd: &str) -> std::io::Result<serde_json::Value> {
+    use tokio::io::AsyncReadExt;
+    let mut s = tokio::net::UnixStream::connect(socket_path(export_dir)).await?;
+    s.write_all(format!("{cmd}\n").as_bytes()).await?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await?;
+    serde_json::from_slice(&buf).map_err(std::io::Error::other)
 }
 
 /// Read the figures of the client serving `export_dir`.

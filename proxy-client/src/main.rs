@@ -1,6 +1,7 @@
 //! `gridvfs-client`: the VM-host proxy. Serves a remote image store over NFSv3 on loopback.
 
 mod demo;
+mod profile;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -109,6 +110,31 @@ enum CacheCmd {
 }
 
 #[derive(Subcommand)]
+enum ProfileCmd {
+    /// Start recording, wait for Ctrl-C (or --seconds), then save.
+    Record {
+        #[arg(long)]
+        cache_dir: Option<PathBuf>,
+        #[arg(long)]
+        seconds: Option<f64>,
+        /// Only these files (paths in the export, as `status` shows them).
+        paths: Vec<String>,
+    },
+    /// Start recording.
+    Start {
+        #[arg(long)]
+        cache_dir: Option<PathBuf>,
+    },
+    /// Stop recording and save the profiles in the files' hints on the store.
+    Save {
+        #[arg(long)]
+        cache_dir: Option<PathBuf>,
+        /// Only these files (paths in the export, as `status` shows them).
+        paths: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
 enum Cmd {
     /// Serve in the foreground; prints the kernel mount command.
     Serve(Box<ServeArgs>),
@@ -124,6 +150,17 @@ enum Cmd {
         /// Cache directory (default: $XDG_CACHE_HOME/gridvfs or ~/.cache/gridvfs).
         #[arg(long)]
         cache_dir: Option<PathBuf>,
+    },
+    /// Access profiles: record the order a workload (a VM boot) reads files in, and keep
+    /// it in each file's hint on the store; the next cold start prefetches in that order.
+    Profile {
+        #[command(subcommand)]
+        cmd: ProfileCmd,
+    },
+    /// Read files of a mounted export into the cache now (progress bar).
+    Prefetch {
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
     },
     /// Figures of the clients running on a cache directory (cache hits, bytes fetched, ...).
     Status {
@@ -253,6 +290,27 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Flush { cache_dir } => flush(&cache_dir.unwrap_or_else(default_cache_dir)).await,
+        Cmd::Profile { cmd } => match cmd {
+            ProfileCmd::Record {
+                cache_dir,
+                seconds,
+                paths,
+            } => {
+                profile::record(
+                    &cache_dir.unwrap_or_else(default_cache_dir),
+                    seconds,
+                    &paths,
+                )
+                .await
+            }
+            ProfileCmd::Start { cache_dir } => {
+                profile::start(&cache_dir.unwrap_or_else(default_cache_dir)).await
+            }
+            ProfileCmd::Save { cache_dir, paths } => {
+                profile::save(&cache_dir.unwrap_or_else(default_cache_dir), &paths).await
+            }
+        },
+        Cmd::Prefetch { paths } => profile::prefetch(&paths),
         Cmd::Status { cache_dir, json } => {
             status(&cache_dir.unwrap_or_else(default_cache_dir), json).await
         }

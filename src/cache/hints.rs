@@ -28,7 +28,8 @@ impl Hints {
         }
     }
 
-    /// The hint for file `id` at version `validator`, asking the store if there is none.
+    /// The hint for file `id` at version `validator`, asking the store if there is none;
+    /// and whether it was just asked for (the first read of this version of the file).
     /// `None` if the store has no hints (an older server) or could not answer: reads then
     /// simply fetch everything.
     pub async fn get(
@@ -37,14 +38,14 @@ impl Hints {
         id: u64,
         file: &FileRef,
         validator: &[u8],
-    ) -> Option<Arc<Hint>> {
+    ) -> (Option<Arc<Hint>>, bool) {
         if let Some((v, h)) = self.map.lock().expect("hints lock").get(&id)
             && v == validator
         {
-            return h.clone();
+            return (h.clone(), false);
         }
         if remote.welcome().features & FEATURE_HINTS == 0 {
-            return None;
+            return (None, false);
         }
         let hint = match remote
             .call(Request::Hint { file: file.clone() }, Bytes::new())
@@ -60,10 +61,14 @@ impl Hints {
                 None
             }
         };
-        self.map
-            .lock()
-            .expect("hints lock")
-            .insert(id, (validator.to_vec(), hint.clone()));
-        hint
+        // Two first readers may both ask; only the one that records it starts the hint's
+        // prefetch.
+        let fresh = {
+            let mut map = self.map.lock().expect("hints lock");
+            let fresh = !matches!(map.get(&id), Some((v, _)) if v == validator);
+            map.insert(id, (validator.to_vec(), hint.clone()));
+            fresh
+        };
+        (hint, fresh)
     }
 }

@@ -70,6 +70,8 @@ pub struct CacheStats {
     pub hint_zero_bytes: AtomicU64,
     /// Cached blocks kept across a change on the store because their hash was unchanged.
     pub delta_kept_blocks: AtomicU64,
+    /// Blocks fetched ahead by an access profile or the `whole` policy.
+    pub prefetched_blocks: AtomicU64,
     /// Files read since start, for per-file progress in `status`.
     pub files: Mutex<HashMap<u64, FileActivity>>,
 }
@@ -137,7 +139,20 @@ pub struct DataPath {
     /// Write-back journal and uploader; `None` under write-through.
     pub writeback: Option<Arc<WriteBack>>,
     hints: hints::Hints,
+    /// While a profile is recorded: file -> blocks in first-read order.
+    recording: Mutex<Option<HashMap<u64, Recorded>>>,
 }
+
+/// One file's recorded access order.
+struct Recorded {
+    file: FileRef,
+    order: Vec<u32>,
+    seen: std::collections::HashSet<u64>,
+}
+
+/// Fetches a profile or whole-file prefetch keeps in flight: enough to fill a WAN's
+/// bandwidth-delay product with 4 MiB fetches, few enough to leave room for the reader's.
+const PREFETCH_PARALLEL: usize = 8;
 
 /// `--write-policy`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -209,6 +224,7 @@ impl DataPath {
             blocks: Store::open(dir.join("blocks"))?,
             index,
             hints: hints::Hints::default(),
+            recording: Mutex::new(None),
         })
     }
 
@@ -341,26 +357,31 @@ impl DataPath {
         let Some((first, last)) = range::blocks(offset, u64::from(len), size, bs) else {
             return Ok((Bytes::new(), true, attr));
         };
+        self.record(id, &file, first, last);
         let mut buf = vec![0u8; ((last - first + 1) * bs) as usize];
         let mut done = vec![false; (last - first + 1) as usize];
         let mut now = attr;
         let mut hint = None;
         // Round 1 serves hits and fetches what nobody else is fetching; blocks another
         // reader is fetching are awaited, then picked up from the cache in the next round.
-        for _round in 0..4 {
+        for round in 0..4 {
             self.cached_into(id, size, first, last, &mut buf, &mut done)?;
             if done.iter().all(|d| *d) {
                 break;
             }
             // Only now, when the store is needed anyway, is the file's hint asked for.
             if hint.is_none() {
-                hint = self
+                let fresh;
+                (hint, fresh) = self
                     .hints
                     .get(&self.remote, id, &file, &validator(&attr))
                     .await;
                 if let Some(h) = &hint {
                     self.stats.note_file(id, &file.path, size, 0, 0);
                     self.zero_fill(id, h, size, first, last, &mut done);
+                    if fresh {
+                        self.start_prefetch(id, &file, &attr, h.clone());
+                    }
                 }
             }
             let missing: Vec<u64> = (first..=last)
@@ -368,6 +389,13 @@ impl DataPath {
                 .collect();
             if missing.is_empty() {
                 break;
+            }
+            if round == 0 {
+                // Misses: blocks that had to come from the store (zeros from the hint and
+                // cache hits do not count).
+                self.stats
+                    .block_misses
+                    .fetch_add(missing.len() as u64, Ordering::Relaxed);
             }
             let (mine, others) = self.claim(id, &missing);
             for (start, n) in range::runs(&mine.blocks, MAX_FETCH / bs) {
@@ -443,7 +471,6 @@ impl DataPath {
                 continue;
             }
             let Some(sum) = present.get(&b) else {
-                self.stats.block_misses.fetch_add(1, Ordering::Relaxed);
                 continue;
             };
             let blen = range::block_len(b, size, bs) as usize;
@@ -456,7 +483,6 @@ impl DataPath {
             } else {
                 // Torn by a crash, or corrupted on disk: never served, fetched again.
                 self.stats.checksum_failures.fetch_add(1, Ordering::Relaxed);
-                self.stats.block_misses.fetch_add(1, Ordering::Relaxed);
                 self.index.drop_blocks(id, b, b)?;
                 tracing::warn!(
                     file = id,
@@ -555,6 +581,150 @@ impl DataPath {
             self.evict_if_full()?;
         }
         Ok((data, fetched))
+    }
+
+    /// On the first read of a file version: fetch what its hint says will be needed, in
+    /// that order — the recorded access profile, or the whole file under the `whole`
+    /// policy — in the background, a few fetches at a time, ahead of the reader. A read of
+    /// a block the prefetch has not claimed yet fetches it itself, so reads out of profile
+    /// order are never held up behind it.
+    fn start_prefetch(self: &Arc<Self>, id: u64, file: &FileRef, attr: &Attr, hint: Arc<Hint>) {
+        let bs = self.block_size;
+        let nblocks = attr.size.div_ceil(bs);
+        let order: Vec<u64> = if !hint.profile.is_empty() && hint.block_size > 0 {
+            let pbs = u64::from(hint.block_size);
+            let mut seen = std::collections::HashSet::new();
+            hint.profile
+                .iter()
+                .flat_map(|&p| {
+                    let start = u64::from(p) * pbs;
+                    (start / bs)..=((start + pbs - 1) / bs)
+                })
+                .filter(|b| *b < nblocks && seen.insert(*b))
+                .collect()
+        } else if hint.policy == crate::proto::FetchPolicy::Whole {
+            (0..nblocks).collect()
+        } else {
+            return;
+        };
+        let order: Vec<u64> = order
+            .into_iter()
+            .filter(|b| !hint.is_zero(b * bs, range::block_len(*b, attr.size, bs)))
+            .collect();
+        tracing::info!(
+            file = id,
+            "prefetching {} blocks ({})",
+            order.len(),
+            if hint.profile.is_empty() {
+                "whole file"
+            } else {
+                "access profile"
+            }
+        );
+        let (this, file, attr) = (self.clone(), file.clone(), *attr);
+        tokio::spawn(async move {
+            let v = validator(&attr);
+            // Runs of consecutive blocks in profile order, each one fetch.
+            let mut runs: Vec<(u64, u64)> = Vec::new();
+            for b in order {
+                match runs.last_mut() {
+                    Some((s, n)) if *s + *n == b && *n < MAX_FETCH / bs => *n += 1,
+                    _ => runs.push((b, 1)),
+                }
+            }
+            let slots = Arc::new(tokio::sync::Semaphore::new(PREFETCH_PARALLEL));
+            let mut tasks = tokio::task::JoinSet::new();
+            for (start, n) in runs {
+                let Ok(permit) = slots.clone().acquire_owned().await else {
+                    break;
+                };
+                while tasks.try_join_next().is_some() {}
+                if this.index.validator(id).ok().flatten().as_deref() != Some(&v[..]) {
+                    break; // the file changed: this profile is for another version
+                }
+                let Ok(present) = this.index.blocks(id, start, start + n - 1) else {
+                    break;
+                };
+                let present: std::collections::HashSet<u64> =
+                    present.into_iter().map(|(b, _)| b).collect();
+                let missing: Vec<u64> = (start..start + n)
+                    .filter(|b| !present.contains(b))
+                    .collect();
+                let (mine, _) = this.claim(id, &missing);
+                if mine.blocks.is_empty() {
+                    continue;
+                }
+                let (t, file) = (this.clone(), file.clone());
+                tasks.spawn(async move {
+                    for (s, k) in range::runs(&mine.blocks, MAX_FETCH / bs) {
+                        let off = s * bs;
+                        let want = (k * bs).min(attr.size - off);
+                        if t.fetch_into_cache(id, file.clone(), &attr, off, want)
+                            .await
+                            .is_err()
+                        {
+                            break;
+                        }
+                        t.stats.prefetched_blocks.fetch_add(k, Ordering::Relaxed);
+                    }
+                    drop((mine, permit));
+                });
+            }
+            while tasks.join_next().await.is_some() {}
+        });
+    }
+
+    /// Note the blocks a reader asked for, while a profile is being recorded.
+    fn record(&self, id: u64, file: &FileRef, first: u64, last: u64) {
+        let mut rec = self.recording.lock().expect("recording lock");
+        let Some(files) = rec.as_mut() else {
+            return;
+        };
+        let r = files.entry(id).or_insert_with(|| Recorded {
+            file: file.clone(),
+            order: Vec::new(),
+            seen: std::collections::HashSet::new(),
+        });
+        for b in first..=last {
+            if r.seen.insert(b) {
+                r.order.push(b as u32);
+            }
+        }
+    }
+
+    /// Start recording the order in which readers touch blocks (`profile start`).
+    pub fn profile_start(&self) {
+        *self.recording.lock().expect("recording lock") = Some(HashMap::new());
+    }
+
+    /// Stop recording and store each recorded file's profile in its hint on the store
+    /// (`profile save`); only files whose export path is in `only`, if it is not empty.
+    /// Returns (path, blocks) per file saved.
+    pub async fn profile_save(&self, only: &[String]) -> Result<Vec<(String, usize)>> {
+        let files = self
+            .recording
+            .lock()
+            .expect("recording lock")
+            .take()
+            .ok_or_else(|| {
+                Error::Config("no profile is being recorded: run `profile start` first".into())
+            })?;
+        let mut saved = Vec::new();
+        for (_, r) in files {
+            let path = String::from_utf8_lossy(&r.file.path).into_owned();
+            if !only.is_empty() && !only.iter().any(|o| o.trim_start_matches('/') == path) {
+                continue;
+            }
+            let n = r.order.len();
+            let req = Request::SaveProfile {
+                file: r.file,
+                block_size: self.block_size as u32,
+                blocks: r.order,
+            };
+            self.remote.call(req, Bytes::new()).await?;
+            saved.push((path, n));
+        }
+        Ok(saved)
     }
 
     /// Sequential readers get the next blocks fetched ahead of them, in a window that

@@ -238,6 +238,13 @@ pub enum Request {
         file: FileRef,
         block_size: u32,
     },
+    /// Store an access profile (block numbers of `block_size`, in first-read order) in the
+    /// file's hint, making the hint file if there is none. Answered with `Done`.
+    SaveProfile {
+        file: FileRef,
+        block_size: u32,
+        blocks: Vec<u32>,
+    },
 }
 
 impl Request {

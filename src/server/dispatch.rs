@@ -81,6 +81,13 @@ pub fn dispatch(export: &Export, req: Request, data: &[u8]) -> (Reply, Bytes) {
             .map(|(entries, eof)| Response::Entries { entries, eof }),
         Request::Fsstat { .. } => export.fsstat().map(Response::FsStat),
         Request::Hint { file } => export.hint(&file).map(Response::Hint),
+        Request::SaveProfile {
+            file,
+            block_size,
+            blocks,
+        } => export
+            .save_profile(&file, block_size, blocks)
+            .map(|()| Response::Done),
         Request::BlockSums { file, block_size } => export
             .block_sums(&file, block_size)
             .map(|(attr, sums)| Response::BlockSums { attr, sums }),

@@ -230,3 +230,116 @@ async fn a_changed_file_refetches_only_its_changed_blocks() {
     assert_eq!(refetched, 3 * (256 << 10), "{st}");
     assert_eq!(n(&st, "delta_kept_blocks"), 253, "{st}");
 }
+
+fn client_cmd(args: &[&str], cache: &std::path::Path) -> String {
+    let out = Command::new(bin("gridvfs-client"))
+        .args(args)
+        .arg("--cache-dir")
+        .arg(cache)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Wait until `key` in `status` reaches `want` (prefetches run in the background).
+fn wait_for(cache: &std::path::Path, key: &str, want: u64) -> serde_json::Value {
+    let t = std::time::Instant::now();
+    loop {
+        let st = status_json(cache);
+        if n(&st, key) >= want {
+            return st;
+        }
+        assert!(
+            t.elapsed().as_secs() < 30,
+            "{key} stayed below {want}: {st}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recorded_profile_is_prefetched_on_the_next_cold_start() {
+    let d = dirs();
+    let data = noise(8, 64 << 20);
+    std::fs::write(d.export.join("disk.img"), &data).unwrap();
+    // A scattered "boot": 24 reads of 64 KiB, no two in one 256 KiB block.
+    let pattern: Vec<u64> = (0..24u64)
+        .map(|i| ((i * 97) % 256) * (256 << 10) + 4096)
+        .collect();
+
+    let client = ClientProc::start(&d.export, &d.cache, 0, &[]);
+    client_cmd(&["profile", "start"], &d.cache);
+    let mut nfs = Nfs::mount(client.port).await;
+    let fh = nfs.lookup(&nfs.root.clone(), "disk.img").await.unwrap();
+    for &off in &pattern {
+        nfs.read(&fh, off, 65536).await.unwrap();
+    }
+    let saved = client_cmd(&["profile", "save"], &d.cache);
+    assert!(saved.contains("disk.img (24 blocks)"), "{saved}");
+    drop(nfs);
+    drop(client);
+    assert!(d.export.join(".disk.img.gvhint").exists());
+
+    // Cold start with an empty cache: the first read starts the profile's prefetch.
+    let cache2 = d.tmp.path().join("cache2");
+    std::fs::create_dir(&cache2).unwrap();
+    let client = ClientProc::start(&d.export, &cache2, 0, &[]);
+    let mut nfs = Nfs::mount(client.port).await;
+    let fh = nfs.lookup(&nfs.root.clone(), "disk.img").await.unwrap();
+    let (first, _) = nfs.read(&fh, pattern[0], 65536).await.unwrap();
+    assert!(first[..] == data[pattern[0] as usize..][..65536]);
+    let before = wait_for(&cache2, "prefetched_blocks", 23);
+    for &off in &pattern[1..] {
+        let (got, _) = nfs.read(&fh, off, 65536).await.unwrap();
+        assert!(got[..] == data[off as usize..][..65536]);
+    }
+    let after = status_json(&cache2);
+    println!("before the replay {before}\nafter {after}");
+    assert_eq!(
+        n(&after, "block_misses"),
+        n(&before, "block_misses"),
+        "replay missed: {after}"
+    );
+    assert_eq!(n(&after, "bytes_fetched"), n(&before, "bytes_fetched"));
+    assert!(n(&after, "block_hits") >= n(&before, "block_hits") + 23);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_whole_policy_streams_the_file_from_the_first_read() {
+    let d = dirs();
+    let data = memory_image(9, 8 * 1024); // 32 MiB
+    let path = d.export.join("vm.mem");
+    std::fs::write(&path, &data).unwrap();
+    hint(&["--policy", "whole"], &path);
+    let client = ClientProc::start(&d.export, &d.cache, 0, &[]);
+    let mut nfs = Nfs::mount(client.port).await;
+    let fh = nfs.lookup(&nfs.root.clone(), "vm.mem").await.unwrap();
+    let (head, _) = nfs.read(&fh, 0, 4096).await.unwrap();
+    assert!(head[..] == data[..4096]);
+    let blocks = data
+        .chunks(256 << 10)
+        .filter(|b| b.iter().any(|&x| x != 0))
+        .count() as u64;
+    // All non-zero blocks arrive without further reads (the first read's own block may
+    // have been fetched by the reader).
+    let st = wait_for(&d.cache, "prefetched_blocks", blocks - 1);
+    let f = &st["files"][0];
+    assert_eq!(f["path"], "vm.mem");
+    assert!(
+        n(f, "cached_bytes") + n(f, "hint_zero_bytes") >= 1 << 20,
+        "{st}"
+    );
+    let misses = n(&st, "block_misses");
+    assert!(nfs.read_all(&fh, 1 << 20).await.unwrap() == data);
+    let st = status_json(&d.cache);
+    assert_eq!(
+        n(&st, "block_misses"),
+        misses,
+        "blocks were missing after the stream: {st}"
+    );
+}
