@@ -257,6 +257,22 @@ impl Ctx<'_> {
     }
 }
 
+/// A `gridvfs-client` control command against the client running on `cache`.
+fn control(client_bin: &Path, args: &[&str], cache: &Path) -> anyhow::Result<()> {
+    let out = Command::new(client_bin)
+        .args(args)
+        .arg("--cache-dir")
+        .arg(cache)
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "gridvfs-client {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn run(
     profile: Profile,
@@ -441,6 +457,9 @@ async fn run(
                     let saved = ctx.relay;
                     ctx.relay = gctx_relay;
                     let cache = work.path().join(format!("{name}-cache"));
+                    // No profile from an earlier run or transport: W2 cold starts bare.
+                    let profile_hint = ds.dir.join(".vm1.img.gvhint");
+                    let _ = std::fs::remove_file(&profile_hint);
                     for round in ["cold", "warm"] {
                         let client = GridvfsClient::start(&client_bin, &remote, &cache, &flags)?;
                         let (w1, w2) = if round == "cold" {
@@ -474,6 +493,10 @@ async fn run(
                         );
                         let done = Arc::new(AtomicU64::new(0));
                         let before = ctx.snapshot();
+                        if round == "cold" {
+                            // The cold boot is recorded: its profile drives `W2 (profile)`.
+                            control(&client_bin, &["profile", "start"], &cache)?;
+                        }
                         let r = bounded(bound, done.clone(), async {
                             nfsread::replay(
                                 client.port,
@@ -486,6 +509,9 @@ async fn run(
                             .map(Some)
                         })
                         .await?;
+                        if round == "cold" {
+                            control(&client_bin, &["profile", "save", "vm1.img"], &cache)?;
+                        }
                         ctx.push(
                             name,
                             w2,
@@ -510,6 +536,30 @@ async fn run(
                             let _ = std::fs::remove_file(ds.dir.join("redo.log"));
                         }
                     }
+                    // W2 once more, cold (empty cache, new client), with the recorded profile:
+                    // the first read starts a prefetch in boot order.
+                    let profile_cache = work.path().join(format!("{name}-profile-cache"));
+                    let client =
+                        GridvfsClient::start(&client_bin, &remote, &profile_cache, &flags)?;
+                    let done = Arc::new(AtomicU64::new(0));
+                    let before = ctx.snapshot();
+                    let r = bounded(bound, done.clone(), async {
+                        nfsread::replay(client.port, "vm1.img", &ds.trace, &ds.disk, done.clone())
+                            .await
+                            .map(Some)
+                    })
+                    .await?;
+                    ctx.push(
+                        name,
+                        "W2 (profile)",
+                        "W2",
+                        r,
+                        before,
+                        client.peak_rss_mib(),
+                        "cold, with the access profile recorded in W2",
+                    );
+                    drop(client);
+                    let _ = std::fs::remove_file(&profile_hint);
                     // W4 again under write-back: the VM sees local-disk latency; the upload
                     // follows (`flush`). Two rows: acknowledged, and on the store.
                     let wb_cache = work.path().join(format!("{name}-wb-cache"));
