@@ -257,22 +257,6 @@ impl Ctx<'_> {
     }
 }
 
-/// A `gridvfs-client` control command against the client running on `cache`.
-fn control(client_bin: &Path, args: &[&str], cache: &Path) -> anyhow::Result<()> {
-    let out = Command::new(client_bin)
-        .args(args)
-        .arg("--cache-dir")
-        .arg(cache)
-        .output()?;
-    anyhow::ensure!(
-        out.status.success(),
-        "gridvfs-client {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(())
-}
-
 #[allow(clippy::too_many_arguments)]
 async fn run(
     profile: Profile,
@@ -495,7 +479,7 @@ async fn run(
                         let before = ctx.snapshot();
                         if round == "cold" {
                             // The cold boot is recorded: its profile drives `W2 (profile)`.
-                            control(&client_bin, &["profile", "start"], &cache)?;
+                            peers::gridvfs_control(&client_bin, &["profile", "start"], &cache)?;
                         }
                         let r = bounded(bound, done.clone(), async {
                             nfsread::replay(
@@ -510,7 +494,11 @@ async fn run(
                         })
                         .await?;
                         if round == "cold" {
-                            control(&client_bin, &["profile", "save", "vm1.img"], &cache)?;
+                            peers::gridvfs_control(
+                                &client_bin,
+                                &["profile", "save", "vm1.img"],
+                                &cache,
+                            )?;
                         }
                         ctx.push(
                             name,

@@ -337,3 +337,19 @@ impl Drop for Rclone {
         let _ = self.child.wait();
     }
 }
+
+/// A `gridvfs-client` control command against the client running on `cache`.
+pub fn gridvfs_control(client_bin: &Path, args: &[&str], cache: &Path) -> anyhow::Result<()> {
+    let out = Command::new(client_bin)
+        .args(args)
+        .arg("--cache-dir")
+        .arg(cache)
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "gridvfs-client {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
