@@ -692,6 +692,14 @@ impl DataPath {
         }
     }
 
+    /// True if the hint of `id` (as `attr` describes it) declares the file immutable: its
+    /// attributes and blocks need no revalidation.
+    pub fn immutable(&self, id: u64, attr: &Attr) -> bool {
+        self.hints
+            .known(id, &validator(attr))
+            .is_some_and(|h| h.immutable)
+    }
+
     /// Start recording the order in which readers touch blocks (`profile start`).
     pub fn profile_start(&self) {
         *self.recording.lock().expect("recording lock") = Some(HashMap::new());

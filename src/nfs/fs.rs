@@ -151,10 +151,12 @@ impl Front {
         Some(guard)
     }
 
+    /// Attributes known for `id`, if younger than `attr_timeout` — or of any age for a
+    /// file its hint declares immutable (never revalidated).
     fn cached(&self, id: u64) -> Option<Attr> {
         let map = self.attrs.lock().expect("attr lock");
         map.get(&id)
-            .filter(|(_, t)| t.elapsed() < self.attr_timeout)
+            .filter(|(a, t)| t.elapsed() < self.attr_timeout || self.data.immutable(id, a))
             .map(|(a, _)| *a)
     }
 

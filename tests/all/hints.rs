@@ -343,3 +343,35 @@ async fn the_whole_policy_streams_the_file_from_the_first_read() {
         "blocks were missing after the stream: {st}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn immutable_files_are_never_revalidated() {
+    let d = dirs();
+    let data = noise(10, 4 << 20);
+    std::fs::write(d.export.join("base.img"), &data).unwrap();
+    std::fs::write(d.export.join("plain.img"), &data).unwrap();
+    hint(&["--immutable"], &d.export.join("base.img"));
+    let client = ClientProc::start(&d.export, &d.cache, 0, &["--attr-timeout", "0"]);
+    let mut nfs = Nfs::mount(client.port).await;
+    let root = nfs.root.clone();
+    let mut asked = Vec::new();
+    for name in ["base.img", "plain.img"] {
+        let fh = nfs.lookup(&root, name).await.unwrap();
+        assert!(nfs.read_all(&fh, 1 << 20).await.unwrap() == data);
+        let before = n(&status_json(&d.cache), "tunnel_requests");
+        for _ in 0..20 {
+            nfs.read(&fh, 0, 4096).await.unwrap();
+            nfs.getattr(&fh).await.unwrap();
+        }
+        asked.push(n(&status_json(&d.cache), "tunnel_requests") - before);
+    }
+    println!(
+        "requests for 20 reads + getattrs: immutable {}, plain {}",
+        asked[0], asked[1]
+    );
+    assert_eq!(asked[0], 0, "an immutable file was revalidated");
+    assert!(
+        asked[1] >= 20,
+        "the plain file should be revalidated with --attr-timeout 0"
+    );
+}
