@@ -83,6 +83,9 @@ enum Transport {
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
 enum Peer {
     Gridvfs,
+    /// W1 once through the Linux kernel's NFS client (QEMU guest; root), gridvfs's first
+    /// transport: a spot check that the kernel sees what the bench's client sees.
+    Kernel,
     Sshfs,
     SshfsTuned,
     Scp,
@@ -160,6 +163,7 @@ async fn main() -> anyhow::Result<()> {
         } => {
             let all = [
                 Peer::Gridvfs,
+                Peer::Kernel,
                 Peer::Sshfs,
                 Peer::SshfsTuned,
                 Peer::Scp,
@@ -548,6 +552,29 @@ async fn run(
                     );
                     drop(client);
                     let _ = std::fs::remove_file(&profile_hint);
+                    if peers.contains(&Peer::Kernel) && transport == transports[0] {
+                        let kcache = work.path().join(format!("{name}-kernel-cache"));
+                        let client = GridvfsClient::start(&client_bin, &remote, &kcache, &flags)?;
+                        let before = ctx.snapshot();
+                        let share = work.path().join("guest-share");
+                        let secs = peers::kernel_read(client.port, "vm1.mem", &ds.mem, &share)?;
+                        let r = Run {
+                            seconds: secs,
+                            bytes: mem_size,
+                            first_byte_s: None,
+                            complete: true,
+                        };
+                        let note = "Linux 6.1 NFS client in a QEMU (TCG) guest, dd bs=1M";
+                        ctx.push(
+                            name,
+                            "W1 (kernel)",
+                            "W1",
+                            r,
+                            before,
+                            client.peak_rss_mib(),
+                            note,
+                        );
+                    }
                     // W4 again under write-back: the VM sees local-disk latency; the upload
                     // follows (`flush`). Two rows: acknowledged, and on the store.
                     let wb_cache = work.path().join(format!("{name}-wb-cache"));
@@ -638,6 +665,7 @@ async fn run(
                 }
                 drop(m);
             }
+            Peer::Kernel => {} // with the gridvfs rows
             Peer::Rclone => {
                 // Cold, then warm after a remount that keeps rclone's cache directory.
                 let s = sshd.as_ref().expect("sshd");

@@ -353,3 +353,45 @@ pub fn gridvfs_control(client_bin: &Path, args: &[&str], cache: &Path) -> anyhow
     );
     Ok(())
 }
+
+/// The Linux kernel's NFS client (in the QEMU guest of `tests/guest/run-in-guest`) reads
+/// `file` of the client proxy on `port` whole: seconds, as the guest timed them. The first
+/// 16 MiB are checked against `local` by md5.
+pub fn kernel_read(port: u16, file: &str, local: &Path, share: &Path) -> anyhow::Result<f64> {
+    let harness = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/guest/run-in-guest");
+    std::fs::create_dir_all(share)?;
+    let script = format!(
+        "set -e\nup() {{ cut -d' ' -f1 /proc/uptime; }}\nt0=$(up); dd if={file} of=/dev/null bs=1M 2>/dev/null; t1=$(up)\n\
+         echo \"secs $(awk -v a=$t0 -v b=$t1 'BEGIN {{ print b - a }}')\"\nhead -c 16777216 {file} | md5sum\n"
+    );
+    let out = Command::new(harness)
+        .args(["--port", &port.to_string(), "--timeout", "900", "--share"])
+        .arg(share)
+        .arg("--")
+        .arg(&script)
+        .output()
+        .context("run-in-guest (needs root and qemu-system-x86)")?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    anyhow::ensure!(
+        out.status.success(),
+        "kernel read failed: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut head = vec![0u8; 16 << 20];
+    let n = std::fs::File::open(local)?.read(&mut head)?;
+    let want = Command::new("md5sum")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            std::io::Write::write_all(&mut c.stdin.take().expect("stdin"), &head[..n])?;
+            c.wait_with_output()
+        })?;
+    let want = String::from_utf8_lossy(&want.stdout);
+    let want = want.split_whitespace().next().unwrap_or("?");
+    anyhow::ensure!(text.contains(want), "the kernel read other bytes: {text}");
+    text.lines()
+        .find_map(|l| l.strip_prefix("secs "))
+        .and_then(|s| s.trim().parse().ok())
+        .with_context(|| format!("no timing in the guest's output: {text}"))
+}
