@@ -150,9 +150,10 @@ struct Recorded {
     seen: std::collections::HashSet<u64>,
 }
 
-/// Fetches a profile or whole-file prefetch keeps in flight: enough to fill a WAN's
-/// bandwidth-delay product with 4 MiB fetches, few enough to leave room for the reader's.
-const PREFETCH_PARALLEL: usize = 8;
+/// Bytes a profile or whole-file prefetch keeps in flight: a WAN's bandwidth-delay product
+/// several times over whether its runs are one block or sixteen, and at most half the
+/// tunnel's request slots at the smallest block size, so the reader's requests get in.
+const PREFETCH_WINDOW: u64 = 32 << 20;
 
 /// `--write-policy`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -585,7 +586,7 @@ impl DataPath {
 
     /// On the first read of a file version: fetch what its hint says will be needed, in
     /// that order — the recorded access profile, or the whole file under the `whole`
-    /// policy — in the background, a few fetches at a time, ahead of the reader. A read of
+    /// policy — in the background, [`PREFETCH_WINDOW`] bytes in flight, ahead of the reader. A read of
     /// a block the prefetch has not claimed yet fetches it itself, so reads out of profile
     /// order are never held up behind it.
     fn start_prefetch(self: &Arc<Self>, id: u64, file: &FileRef, attr: &Attr, hint: Arc<Hint>) {
@@ -632,10 +633,11 @@ impl DataPath {
                     _ => runs.push((b, 1)),
                 }
             }
-            let slots = Arc::new(tokio::sync::Semaphore::new(PREFETCH_PARALLEL));
+            let window = (PREFETCH_WINDOW / bs).max(MAX_FETCH / bs);
+            let slots = Arc::new(tokio::sync::Semaphore::new(window as usize));
             let mut tasks = tokio::task::JoinSet::new();
             for (start, n) in runs {
-                let Ok(permit) = slots.clone().acquire_owned().await else {
+                let Ok(permit) = slots.clone().acquire_many_owned(n as u32).await else {
                     break;
                 };
                 while tasks.try_join_next().is_some() {}
