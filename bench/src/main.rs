@@ -110,6 +110,9 @@ enum Cmd {
         /// Stop a run after this many seconds and report its partial rate.
         #[arg(long, default_value_t = 300)]
         bound: u64,
+        /// gridvfs client's cache block size in bytes (default: the client's own).
+        #[arg(long)]
+        block_size: Option<u64>,
         #[arg(long, default_value = "bench/results")]
         out: PathBuf,
         /// Where generated data is kept between runs (default $XDG_CACHE_HOME/gridvfs-bench).
@@ -146,7 +149,10 @@ async fn main() -> anyhow::Result<()> {
                 Size::Tiny,
                 &[Peer::Gridvfs],
                 &[Transport::Pipe],
-                60,
+                RunOpts {
+                    bound: 60,
+                    block_size: None,
+                },
                 out.path(),
                 data.path(),
             )
@@ -158,6 +164,7 @@ async fn main() -> anyhow::Result<()> {
             peers,
             transport,
             bound,
+            block_size,
             out,
             data,
         } => {
@@ -183,7 +190,8 @@ async fn main() -> anyhow::Result<()> {
                     })
                     .join("gridvfs-bench")
             });
-            run(profile, size, &peers, &transport, bound, &out, &data).await
+            let opts = RunOpts { bound, block_size };
+            run(profile, size, &peers, &transport, opts, &out, &data).await
         }
     }
 }
@@ -262,17 +270,25 @@ impl Ctx<'_> {
 }
 
 #[allow(clippy::too_many_arguments)]
+/// Knobs of one run.
+struct RunOpts {
+    /// Stop a workload after this many seconds.
+    bound: u64,
+    /// `--block-size` for the gridvfs client.
+    block_size: Option<u64>,
+}
+
 async fn run(
     profile: Profile,
     size: Size,
     peers: &[Peer],
     transports: &[Transport],
-    bound: u64,
+    opts: RunOpts,
     out: &Path,
     data_root: &Path,
 ) -> anyhow::Result<()> {
     let pipe = transports.contains(&Transport::Pipe);
-    let bound = Duration::from_secs(bound);
+    let bound = Duration::from_secs(opts.bound);
     let spec = if size == Size::Full {
         DataSpec::full()
     } else {
@@ -436,6 +452,10 @@ async fn run(
                             (remote, Vec::new())
                         }
                     };
+                    let mut flags = flags;
+                    if let Some(bs) = opts.block_size {
+                        flags.extend(["--block-size".to_string(), bs.to_string()]);
+                    }
                     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
                     let gctx_relay = if transport == Transport::Pipe {
                         gridvfs_relay.as_ref()

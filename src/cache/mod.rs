@@ -40,11 +40,10 @@ use crate::remote::RemoteStore;
 pub const DEFAULT_BLOCK_SIZE: u64 = 256 * 1024;
 /// Largest request to the store for one run of missing blocks.
 const MAX_FETCH: u64 = 4 * 1024 * 1024;
-/// Largest read-ahead window, in blocks (4 MiB at the default block size: more than the
-/// bandwidth-delay product of a 100 Mbit/s, 40 ms link).
-const MAX_READ_AHEAD: u64 = 16;
-/// Smallest capacity, in blocks: room for two full read-ahead windows.
-const MIN_CAPACITY_BLOCKS: u64 = 2 * MAX_READ_AHEAD + 4;
+/// Read-ahead window in bytes, first and largest (4 MiB: more than the bandwidth-delay
+/// product of a 100 Mbit/s, 40 ms link), whatever the block size.
+const MIN_READ_AHEAD: u64 = 1 << 20;
+const MAX_READ_AHEAD: u64 = 4 << 20;
 /// Cache hits per LRU update transaction.
 const TOUCH_BATCH: usize = 256;
 /// Default `--cache-size`: 16 GiB.
@@ -141,6 +140,9 @@ pub struct DataPath {
     hints: hints::Hints,
     /// While a profile is recorded: file -> blocks in first-read order.
     recording: Mutex<Option<HashMap<u64, Recorded>>>,
+    /// Files whose hint prefetch is running: read-ahead stays off for them (the profile
+    /// knows what will be read; guessing past it only sends bytes nobody reads).
+    prefetching: Mutex<std::collections::HashSet<u64>>,
 }
 
 /// One file's recorded access order.
@@ -215,7 +217,8 @@ impl DataPath {
             stats: Arc::default(),
             inflight: Mutex::default(),
             sequential: Mutex::default(),
-            capacity_blocks: (capacity / block_size).max(MIN_CAPACITY_BLOCKS),
+            // At least room for two full read-ahead windows.
+            capacity_blocks: (capacity / block_size).max(2 * MAX_READ_AHEAD / block_size + 4),
             cached_blocks: AtomicU64::new(index.block_count()?),
             touched: Mutex::default(),
             writeback: match policy {
@@ -226,6 +229,7 @@ impl DataPath {
             index,
             hints: hints::Hints::default(),
             recording: Mutex::new(None),
+            prefetching: Mutex::default(),
         })
     }
 
@@ -623,6 +627,10 @@ impl DataPath {
             }
         );
         let (this, file, attr) = (self.clone(), file.clone(), *attr);
+        self.prefetching
+            .lock()
+            .expect("prefetching lock")
+            .insert(id);
         tokio::spawn(async move {
             let v = validator(&attr);
             // Runs of consecutive blocks in profile order, each one fetch.
@@ -673,6 +681,10 @@ impl DataPath {
                 });
             }
             while tasks.join_next().await.is_some() {}
+            this.prefetching
+                .lock()
+                .expect("prefetching lock")
+                .remove(&id);
         });
     }
 
@@ -738,8 +750,8 @@ impl DataPath {
     }
 
     /// Sequential readers get the next blocks fetched ahead of them, in a window that
-    /// doubles while the reader stays sequential (up to [`MAX_READ_AHEAD`] blocks); a
-    /// random reader triggers nothing.
+    /// doubles while the reader stays sequential (from [`MIN_READ_AHEAD`] to
+    /// [`MAX_READ_AHEAD`] bytes); a random reader triggers nothing.
     fn read_ahead(
         self: &Arc<Self>,
         id: u64,
@@ -750,11 +762,19 @@ impl DataPath {
         hint: Option<Arc<Hint>>,
     ) {
         let bs = self.block_size;
+        if self
+            .prefetching
+            .lock()
+            .expect("prefetching lock")
+            .contains(&id)
+        {
+            return;
+        }
         let window = {
             let mut seq = self.sequential.lock().expect("sequential lock");
             let (next, win) = seq.get(&id).copied().unwrap_or((u64::MAX, 0));
             let win = if first == next || first + 1 == next {
-                (win * 2).clamp(4, MAX_READ_AHEAD)
+                (win * 2).clamp((MIN_READ_AHEAD / bs).max(1), (MAX_READ_AHEAD / bs).max(1))
             } else {
                 0
             };
