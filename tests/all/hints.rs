@@ -55,7 +55,7 @@ fn hint(args: &[&str], path: &std::path::Path) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hinted_memory_state_crosses_no_more_than_zstd_of_it() {
     let d = dirs();
-    let data = memory_image(5, 64 * 1024); // 256 MiB
+    let data = memory_image(5, 256 * 1024); // 1 GiB, as the issue asks
     let path = d.export.join("vm.mem");
     std::fs::write(&path, &data).unwrap();
     hint(&["--policy", "whole"], &path);
