@@ -72,6 +72,8 @@ pub struct WriteBack {
     pub journal_syncs: AtomicU64,
     /// Acknowledged bytes not yet on the store (counted against `--cache-size`).
     pub dirty_bytes: AtomicU64,
+    /// The "cache full of write-back data" warning was given and still holds.
+    full_warned: std::sync::atomic::AtomicBool,
     /// Readers hold it for reading from "which attributes?" to "overlay done"; the uploader
     /// takes it for writing to retire entries. So a reader sees either the entries, or the
     /// store's new version (flagged in `changed`), never neither.
@@ -111,6 +113,7 @@ impl WriteBack {
             journal_writes: AtomicU64::new(0),
             journal_syncs: AtomicU64::new(0),
             dirty_bytes: AtomicU64::new(dirty),
+            full_warned: std::sync::atomic::AtomicBool::new(false),
             retire: tokio::sync::RwLock::new(()),
             changed: Mutex::default(),
         })
@@ -217,18 +220,20 @@ impl WriteBack {
     /// Wait until `need` more bytes fit under `limit` of data not yet uploaded (always
     /// let one write through when nothing is dirty, however large).
     pub async fn wait_for_room(&self, need: u64, limit: u64) {
-        let mut warned = false;
         loop {
             let notified = self.progress.notified();
             let dirty = self.dirty_bytes.load(Ordering::Relaxed);
             if dirty == 0 || dirty + need <= limit {
+                if dirty <= limit / 2 {
+                    self.full_warned.store(false, Ordering::Relaxed);
+                }
                 return;
             }
-            if !warned {
+            // Once per episode of a full cache, not once per waiting write.
+            if !self.full_warned.swap(true, Ordering::Relaxed) {
                 tracing::warn!(
                     "write-back data not yet uploaded fills the cache ({dirty} bytes); writes wait for the upload"
                 );
-                warned = true;
             }
             self.work.notify_one();
             let _ = tokio::time::timeout(Duration::from_millis(500), notified).await;
