@@ -13,6 +13,9 @@ use crate::remote::RemoteStore;
 /// A file's hint (`None`: the store has none to give) and the version it describes.
 type Known = (Vec<u8>, Option<Arc<Hint>>);
 
+/// Files whose hints are kept (each up to a few MiB of extents and profile).
+const MAX_KNOWN: usize = 1024;
+
 /// file id -> the hint known for it.
 #[derive(Default)]
 pub struct Hints {
@@ -51,7 +54,12 @@ impl Hints {
             .call(Request::Hint { file: file.clone() }, Bytes::new())
             .await
         {
-            Ok((Response::Hint(h), _)) => Some(Arc::new(h)),
+            // Only for the version the caller reads: a hint for a newer one would lay
+            // that version's zeros over these bytes.
+            Ok((Response::Hint { attr, hint }, _)) if super::validator(&attr) == validator => {
+                Some(Arc::new(hint))
+            }
+            Ok((Response::Hint { .. }, _)) => return (None, false),
             Ok((other, _)) => {
                 tracing::warn!("unexpected answer to a hint request: {other:?}");
                 None
@@ -65,6 +73,12 @@ impl Hints {
         // prefetch.
         let fresh = {
             let mut map = self.map.lock().expect("hints lock");
+            if map.len() >= MAX_KNOWN && !map.contains_key(&id) {
+                // Forget some other file's hint; it is asked for again if needed.
+                if let Some(k) = map.keys().next().copied() {
+                    map.remove(&k);
+                }
+            }
             let fresh = !matches!(map.get(&id), Some((v, _)) if v == validator);
             map.insert(id, (validator.to_vec(), hint.clone()));
             fresh

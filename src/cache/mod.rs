@@ -143,6 +143,8 @@ pub struct DataPath {
     /// Files whose hint prefetch is running: read-ahead stays off for them (the profile
     /// knows what will be read; guessing past it only sends bytes nobody reads).
     prefetching: Mutex<std::collections::HashSet<u64>>,
+    /// Held while a changed file's blocks are revalidated.
+    revalidating: tokio::sync::Mutex<()>,
 }
 
 /// One file's recorded access order.
@@ -186,7 +188,7 @@ impl Drop for Claim {
 
 /// The store's version of a file: blocks are valid only under the validator they were
 /// fetched with.
-fn validator(a: &Attr) -> Vec<u8> {
+pub(crate) fn validator(a: &Attr) -> Vec<u8> {
     let mut v = Vec::with_capacity(44);
     v.extend_from_slice(&a.size.to_le_bytes());
     v.extend_from_slice(&a.mtime.sec.to_le_bytes());
@@ -230,6 +232,7 @@ impl DataPath {
             hints: hints::Hints::default(),
             recording: Mutex::new(None),
             prefetching: Mutex::default(),
+            revalidating: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -238,6 +241,12 @@ impl DataPath {
     /// and drop the rest; drop everything if the store cannot say.
     async fn revalidate(&self, id: u64, file: &FileRef, attr: &Attr) -> Result<()> {
         let v = validator(attr);
+        if self.index.validator(id)?.as_deref() == Some(&v[..]) {
+            return Ok(());
+        }
+        // One revalidation at a time (they are rare): a second reader of the changed file
+        // waits, then finds the work done instead of redoing it with a stale block list.
+        let _one = self.revalidating.lock().await;
         let old = self.index.validator(id)?;
         if old.as_deref() == Some(&v[..]) {
             return Ok(());
@@ -642,6 +651,7 @@ impl DataPath {
                 }
             }
             let window = (PREFETCH_WINDOW / bs).max(MAX_FETCH / bs);
+            let failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
             let slots = Arc::new(tokio::sync::Semaphore::new(window as usize));
             let mut tasks = tokio::task::JoinSet::new();
             for (start, n) in runs {
@@ -664,15 +674,18 @@ impl DataPath {
                 if mine.blocks.is_empty() {
                     continue;
                 }
-                let (t, file) = (this.clone(), file.clone());
+                if failed.load(Ordering::Relaxed) {
+                    break; // the store is failing: readers fetch for themselves
+                }
+                let (t, file, failed) = (this.clone(), file.clone(), failed.clone());
                 tasks.spawn(async move {
                     for (s, k) in range::runs(&mine.blocks, MAX_FETCH / bs) {
                         let off = s * bs;
                         let want = (k * bs).min(attr.size - off);
-                        if t.fetch_into_cache(id, file.clone(), &attr, off, want)
-                            .await
-                            .is_err()
-                        {
+                        let got = t.fetch_into_cache(id, file.clone(), &attr, off, want).await;
+                        if let Err(e) = got {
+                            tracing::warn!(file = id, "prefetch stopped: {e}");
+                            failed.store(true, Ordering::Relaxed);
                             break;
                         }
                         t.stats.prefetched_blocks.fetch_add(k, Ordering::Relaxed);
@@ -703,6 +716,14 @@ impl DataPath {
             if r.seen.insert(b) {
                 r.order.push(b as u32);
             }
+        }
+    }
+
+    /// Under write-back, past --cache-size of data not yet uploaded: wait for the upload.
+    pub async fn wait_for_room(&self, len: u64) {
+        if let Some(wb) = &self.writeback {
+            wb.wait_for_room(len, self.capacity_blocks * self.block_size)
+                .await;
         }
     }
 
@@ -737,11 +758,14 @@ impl DataPath {
             if !only.is_empty() && !only.iter().any(|o| o.trim_start_matches('/') == path) {
                 continue;
             }
-            let n = r.order.len();
+            let mut blocks = r.order;
+            // The rest is read on demand; a profile stays far inside one frame.
+            blocks.truncate(512 * 1024);
+            let n = blocks.len();
             let req = Request::SaveProfile {
                 file: r.file,
                 block_size: self.block_size as u32,
-                blocks: r.order,
+                blocks,
             };
             self.remote.call(req, Bytes::new()).await?;
             saved.push((path, n));
@@ -955,9 +979,6 @@ impl DataPath {
         sync: bool,
     ) -> Result<(Attr, bool)> {
         if let (Some(wb), Some(current)) = (&self.writeback, current) {
-            // Past --cache-size of data not yet uploaded, a write waits for the upload.
-            wb.wait_for_room(data.len() as u64, self.capacity_blocks * self.block_size)
-                .await;
             wb.append(id, offset, &data).await?;
             self.evict_if_full()?;
             if let Some((first, last)) =

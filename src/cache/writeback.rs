@@ -48,8 +48,9 @@ struct Journal {
     leader: bool,
     /// Appended, not yet synced: (file, offset, len, journal offset).
     pending: Vec<(u64, u64, u64, u64)>,
-    /// The last failed sync: tickets in (lo, hi] were not made durable.
-    failure: Option<(u64, u64, String)>,
+    /// Failed syncs: tickets in (lo, hi] were not made durable. Kept (they are rare) so a
+    /// writer that wakes late still learns its write failed.
+    failures: Vec<(u64, u64, String)>,
 }
 
 pub struct WriteBack {
@@ -101,7 +102,7 @@ impl WriteBack {
                 synced: 0,
                 leader: false,
                 pending: Vec::new(),
-                failure: None,
+                failures: Vec::new(),
             }),
             sync_fd,
             synced: tokio::sync::watch::channel(0).0,
@@ -136,11 +137,15 @@ impl WriteBack {
             let batch = {
                 let mut j = self.journal.lock().expect("journal lock");
                 if j.synced >= ticket {
-                    return match &j.failure {
-                        Some((lo, hi, why)) if *lo < ticket && ticket <= *hi => Err(Error::Io(
-                            std::io::Error::other(format!("write-back journal: {why}")),
-                        )),
-                        _ => {
+                    let failed = j
+                        .failures
+                        .iter()
+                        .find(|(lo, hi, _)| *lo < ticket && ticket <= *hi);
+                    return match failed {
+                        Some((_, _, why)) => Err(Error::Io(std::io::Error::other(format!(
+                            "write-back journal: {why}"
+                        )))),
+                        None => {
                             self.journal_writes.fetch_add(1, Ordering::Relaxed);
                             Ok(())
                         }
@@ -176,7 +181,7 @@ impl WriteBack {
                     }
                     Err(e) => {
                         tracing::error!("write-back journal sync failed: {e}");
-                        j.failure = Some((from, to, e.to_string()));
+                        j.failures.push((from, to, e.to_string()));
                     }
                 }
             }

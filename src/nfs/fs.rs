@@ -598,6 +598,9 @@ impl NfsFileSystem for Front {
         data: &[u8],
         stable: stable_how,
     ) -> Result<(fattr3, stable_how), nfsstat3> {
+        // A write-back cache full of data not yet uploaded makes the write wait; not while
+        // holding the namespace lock, which a queued RENAME would turn into a stall of all.
+        self.data.wait_for_room(data.len() as u64).await;
         let _ns = self.ns.read().await;
         let id = id.as_u64();
         let file = self.file_ref(id)?;

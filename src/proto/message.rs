@@ -328,7 +328,11 @@ pub enum Response {
         eof: bool,
     },
     FsStat(FsStat),
-    Hint(Hint),
+    /// The hint, for the file as `attr` describes it.
+    Hint {
+        attr: Attr,
+        hint: Hint,
+    },
     /// The sums, for the file as `attr` describes it.
     BlockSums {
         attr: Attr,

@@ -252,13 +252,14 @@ impl Session {
                     Err(e) => break e.to_string(),
                 }
             };
+            // Dropping the senders wakes every waiter with an error, and marks the session
+            // dead at once: later calls fail as unsent, never as lost in flight.
+            reader_pending.lock().expect("pending lock").take();
             let how = Connection::exit_report(&mut exit_for_log, Duration::from_millis(500))
                 .await
                 .map(|e| format!(" ({})", e.describe()))
                 .unwrap_or_default();
             tracing::warn!("tunnel closed: {why}{how}");
-            // Dropping the senders wakes every waiter with an error.
-            reader_pending.lock().expect("pending lock").take();
         });
         let session = Self {
             counters: counters_for_calls,

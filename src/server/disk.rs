@@ -454,8 +454,45 @@ impl Export {
                     Err(Status::Perm)
                 }
             }
-            other => other.map_err(status_of),
+            // A directory that looks empty to clients may hold orphaned hint files.
+            Err(Errno::NOTEMPTY) if rmdir && self.drop_orphan_hints(&dirfd, name)? => {
+                rfs::unlinkat(&dirfd, name, flags).map_err(status_of)
+            }
+            Ok(()) => {
+                // The file's hint goes with it.
+                let _ = rfs::unlinkat(&dirfd, hint_of(name)?.as_os_str(), AtFlags::empty());
+                Ok(())
+            }
+            Err(e) => Err(status_of(e)),
         }
+    }
+
+    /// If directory `name` under `dirfd` holds nothing but hint files, remove them.
+    fn drop_orphan_hints(&self, dirfd: &OwnedFd, name: &std::ffi::OsStr) -> Result<bool, Status> {
+        let fd = rfs::openat(
+            dirfd,
+            name,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(status_of)?;
+        let mut hints = Vec::new();
+        for ent in rfs::Dir::read_from(&fd).map_err(status_of)? {
+            let ent = ent.map_err(status_of)?;
+            let n = ent.file_name().to_bytes();
+            if n == b"." || n == b".." {
+                continue;
+            }
+            if !hint::is_hint_name(n) {
+                return Ok(false);
+            }
+            hints.push(n.to_vec());
+        }
+        for h in hints {
+            let h = std::ffi::OsStr::from_encoded_bytes_checked(&h)?;
+            rfs::unlinkat(&fd, h, AtFlags::empty()).map_err(status_of)?;
+        }
+        Ok(true)
     }
 
     pub fn rename(
@@ -470,7 +507,14 @@ impl Export {
         let fd_to = self.dir(to_dir)?;
         let from = check_name(from)?;
         let to = check_name(to)?;
-        rfs::renameat(&fd_from, from, &fd_to, to).map_err(status_of)
+        rfs::renameat(&fd_from, from, &fd_to, to).map_err(status_of)?;
+        // The hint follows its file (its validator holds across a rename); a hint of the
+        // file replaced at `to` goes.
+        let (hint_from, hint_to) = (hint_of(from)?, hint_of(to)?);
+        if rfs::renameat(&fd_from, hint_from.as_os_str(), &fd_to, hint_to.as_os_str()).is_err() {
+            let _ = rfs::unlinkat(&fd_to, hint_to.as_os_str(), AtFlags::empty());
+        }
+        Ok(())
     }
 
     /// Entries with cookie > `after`, in cookie order, at most `max`, with attributes.
@@ -512,12 +556,12 @@ impl Export {
 
     /// How `file` is best fetched: its `.NAME.gvhint` while that still matches the file,
     /// else the automatic hint (its holes). A stale or unreadable hint file is ignored.
-    pub fn hint(&self, file: &FileRef) -> Result<Hint, Status> {
+    pub fn hint(&self, file: &FileRef) -> Result<(Attr, Hint), Status> {
         let (f, st) = self.regular(file, OFlags::RDONLY)?;
         let attr = attr_of(&st);
         match self.current_hint(file, &attr)? {
-            Some(h) => Ok(h.to_hint()),
-            None => Ok(hint::auto_hint(&f, attr.size)),
+            Some(h) => Ok((attr, h.to_hint())),
+            None => Ok((attr, hint::auto_hint(&f, attr.size))),
         }
     }
 
@@ -530,9 +574,7 @@ impl Export {
             return Ok(None);
         };
         match hint::HintFile::read(&File::from(fd)) {
-            Ok(h) if h.size == attr.size && h.mtime == attr.mtime && h.ident == attr.ident => {
-                Ok(Some(h))
-            }
+            Ok(h) if h.describes(attr) => Ok(Some(h)),
             Ok(_) => {
                 tracing::info!(
                     "hint for {} is stale (the file changed since); ignored",
@@ -578,6 +620,7 @@ impl Export {
                 hint::HintFile {
                     size: attr.size,
                     mtime: attr.mtime,
+                    ctime: attr.ctime,
                     ident: attr.ident,
                     policy: crate::proto::FetchPolicy::Blocks,
                     immutable: false,
@@ -600,6 +643,7 @@ impl Export {
             })
             .filter(|b| *b * to < attr.size && seen.insert(*b))
             .map(|b| b as u32)
+            .take(hint::MAX_PROFILE)
             .collect();
         // The hint's own name is reserved, so it is built here, not checked.
         let (parent, file_name) = split_parent(&file.path)?;
@@ -682,6 +726,14 @@ impl Export {
     pub fn root_fd(&self) -> impl AsFd + '_ {
         &self.root
     }
+}
+
+/// `.NAME.gvhint` for NAME (too long a name has none).
+fn hint_of(name: &std::ffi::OsStr) -> Result<std::ffi::OsString, Status> {
+    use std::os::unix::ffi::OsStringExt;
+    Ok(std::ffi::OsString::from_vec(hint::hint_name(
+        name.as_encoded_bytes(),
+    )))
 }
 
 /// Cookie of a directory entry: a 62-bit hash of its name, above the reserved range.

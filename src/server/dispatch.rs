@@ -80,7 +80,9 @@ pub fn dispatch(export: &Export, req: Request, data: &[u8]) -> (Reply, Bytes) {
             .readdir(&dir, after, max.min(65_536))
             .map(|(entries, eof)| Response::Entries { entries, eof }),
         Request::Fsstat { .. } => export.fsstat().map(Response::FsStat),
-        Request::Hint { file } => export.hint(&file).map(Response::Hint),
+        Request::Hint { file } => export
+            .hint(&file)
+            .map(|(attr, hint)| Response::Hint { attr, hint }),
         Request::SaveProfile {
             file,
             block_size,

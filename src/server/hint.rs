@@ -23,19 +23,24 @@ use crate::proto::{FetchPolicy, Hint, HintSource, Time};
 pub const MAGIC: &[u8; 8] = b"GVHINT\x00\x01";
 /// Hint files larger than this are not read (a 1 TiB image at 256 KiB blocks is ~64 MiB).
 const MAX_HINT_FILE: u64 = 128 << 20;
-/// Zero extents sent to a client at most (the rest of the file is simply fetched).
-pub const MAX_EXTENTS: usize = 256 * 1024;
-/// Block sums sent at most (8 MiB of them: 128 GiB at 256 KiB blocks).
-pub const MAX_SUMS: usize = 512 * 1024;
+/// Zero extents sent to a client at most (the rest of the file is simply fetched): 2 MiB.
+pub const MAX_EXTENTS: usize = 128 * 1024;
+/// Profile entries kept and sent at most (the rest is read on demand): 2 MiB. With the
+/// extents, a hint reply stays far inside the protocol's 8 MiB frame.
+pub const MAX_PROFILE: usize = 512 * 1024;
+/// Block sums sent at most (4 MiB of them: 64 GiB at 256 KiB blocks).
+pub const MAX_SUMS: usize = 256 * 1024;
 /// Granularity of zero detection: a page, as in memory images.
 pub const PAGE: u64 = 4096;
 
 /// What a hint file holds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HintFile {
-    /// The file's size, mtime and identity when it was scanned.
+    /// The file's size, mtime, ctime and identity when it was scanned. ctime too: an
+    /// in-place rewrite that restores the mtime (`cp -p`, `touch -r`) still moves it.
     pub size: u64,
     pub mtime: Time,
+    pub ctime: Time,
     pub ident: u64,
     pub policy: FetchPolicy,
     /// Never revalidated by clients (a published image).
@@ -65,6 +70,14 @@ pub fn hint_name(name: &[u8]) -> Vec<u8> {
 }
 
 impl HintFile {
+    /// True if the file, as `attr` describes it now, is the one this hint was made for.
+    pub fn describes(&self, attr: &crate::proto::Attr) -> bool {
+        self.size == attr.size
+            && self.mtime == attr.mtime
+            && self.ctime == attr.ctime
+            && self.ident == attr.ident
+    }
+
     pub fn encode(&self) -> Vec<u8> {
         let mut out = MAGIC.to_vec();
         out.extend(postcard::to_stdvec(self).expect("HintFile serializes"));
@@ -95,12 +108,14 @@ impl HintFile {
     pub fn to_hint(&self) -> Hint {
         let mut zero_extents = self.zero_extents.clone();
         zero_extents.truncate(MAX_EXTENTS);
+        let mut profile = self.profile.clone();
+        profile.truncate(MAX_PROFILE);
         Hint {
             source: HintSource::File,
             policy: self.policy,
             immutable: self.immutable,
             zero_extents,
-            profile: self.profile.clone(),
+            profile,
             block_size: self.block_size,
         }
     }
@@ -170,7 +185,7 @@ pub fn write_hint(
     }
     let (zero_extents, block_sums) = scan(&f, before.size, block_size)?;
     let after = stat(&f)?;
-    if (after.size, after.mtime) != (before.size, before.mtime) {
+    if (after.size, after.mtime, after.ctime) != (before.size, before.mtime, before.ctime) {
         return Err(Error::other(
             "the file changed while it was scanned; try again",
         ));
@@ -178,6 +193,7 @@ pub fn write_hint(
     let h = HintFile {
         size: before.size,
         mtime: before.mtime,
+        ctime: before.ctime,
         ident: before.ident,
         policy,
         immutable,
@@ -256,6 +272,7 @@ mod tests {
         let h = HintFile {
             size: data.len() as u64,
             mtime: Time { sec: 1, nsec: 2 },
+            ctime: Time { sec: 4, nsec: 5 },
             ident: 3,
             policy: FetchPolicy::Whole,
             immutable: true,

@@ -27,6 +27,9 @@ pub struct Grant {
     pub key: PublicKey,
     /// Canonical path of the export directory.
     pub export: PathBuf,
+    /// (device, inode) of that directory when the line was read: the directory a session
+    /// opens must be this one, not whatever a path swap put there since.
+    pub dir_id: (u64, u64),
     pub read_only: bool,
 }
 
@@ -40,48 +43,71 @@ const HARMLESS: &[&str] = &[
     "no-user-rc",
 ];
 
-/// Parse an authorized_keys file's text; errors name the line.
+/// Parse an authorized_keys file's text; the first bad line is an error naming it.
 pub fn parse_authorized_keys(text: &str) -> Result<Vec<Grant>> {
-    let mut grants = Vec::new();
+    let (grants, mut errors) = parse_authorized_keys_lenient(text);
+    if errors.is_empty() {
+        Ok(grants)
+    } else {
+        Err(errors.remove(0))
+    }
+}
+
+/// Parse an authorized_keys file's text: the good lines' grants, and an error per bad
+/// line (which grants nothing).
+pub fn parse_authorized_keys_lenient(text: &str) -> (Vec<Grant>, Vec<Error>) {
+    let (mut grants, mut errors) = (Vec::new(), Vec::new());
     for (n, line) in text.lines().enumerate() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
+        match parse_line(line) {
+            Ok(Some(g)) => grants.push(g),
+            Ok(None) => {}
+            Err(why) => errors.push(Error::Config(format!(
+                "authorized keys line {}: {why}",
+                n + 1
+            ))),
         }
-        let bad = |why: String| Error::Config(format!("authorized keys line {}: {why}", n + 1));
-        let (options, key_text) = split_options(line).map_err(bad)?;
-        let key = PublicKey::from_openssh(key_text)
-            .map_err(|e| bad(format!("not a public key ({e})")))?;
-        let (mut export, mut read_only) = (None, false);
-        for (name, value) in options {
-            match (name.as_str(), value) {
-                ("export", Some(v)) => {
-                    let p =
-                        std::fs::canonicalize(&v).map_err(|e| bad(format!("export {v:?}: {e}")))?;
-                    export = Some(p);
-                }
-                ("read-only", None) => read_only = true,
-                (o, None) if HARMLESS.contains(&o) => {}
-                (o, _) => {
-                    return Err(bad(format!(
-                        "unknown option `{o}` (known: export=\"DIR\", read-only, restrict, no-*)"
-                    )));
-                }
+    }
+    (grants, errors)
+}
+
+/// One line: a grant, nothing (blank or comment), or why it is bad.
+fn parse_line(line: &str) -> std::result::Result<Option<Grant>, String> {
+    let line = line.trim();
+    if line.is_empty() || line.starts_with('#') {
+        return Ok(None);
+    }
+    let (options, key_text) = split_options(line)?;
+    let key = PublicKey::from_openssh(key_text).map_err(|e| format!("not a public key ({e})"))?;
+    let (mut export, mut read_only) = (None, false);
+    for (name, value) in options {
+        match (name.as_str(), value) {
+            ("export", Some(v)) => {
+                let p = std::fs::canonicalize(&v).map_err(|e| format!("export {v:?}: {e}"))?;
+                export = Some(p);
+            }
+            ("read-only", None) => read_only = true,
+            (o, None) if HARMLESS.contains(&o) => {}
+            (o, _) => {
+                return Err(format!(
+                    "unknown option `{o}` (known: export=\"DIR\", read-only, restrict, no-*)"
+                ));
             }
         }
-        let export = export.ok_or_else(|| {
-            bad(
-                "no export=\"DIR\" option: this server only accepts keys confined to an export"
-                    .into(),
-            )
-        })?;
-        grants.push(Grant {
-            key,
-            export,
-            read_only,
-        });
     }
-    Ok(grants)
+    let export = export
+        .ok_or("no export=\"DIR\" option: this server only accepts keys confined to an export")?;
+    let meta =
+        std::fs::metadata(&export).map_err(|e| format!("export {}: {e}", export.display()))?;
+    if !meta.is_dir() {
+        return Err(format!("export {} is not a directory", export.display()));
+    }
+    use std::os::unix::fs::MetadataExt;
+    Ok(Some(Grant {
+        key,
+        dir_id: (meta.dev(), meta.ino()),
+        export,
+        read_only,
+    }))
 }
 
 /// Options of one line: name and value (`export="DIR"`) or name alone (`read-only`).

@@ -100,10 +100,24 @@ impl russh::server::Server for Listener {
     type Handler = Connection;
 
     fn new_client(&mut self, peer: Option<std::net::SocketAddr>) -> Connection {
-        let grants = load_grants(&self.authorized_keys).unwrap_or_else(|e| {
-            tracing::error!("{e}; refusing every key until it is fixed");
-            Vec::new()
-        });
+        // Read again for every connection. A line broken since the start (a removed
+        // export, a typo) is left out with an error; the other keys keep working.
+        let grants = match std::fs::read_to_string(&self.authorized_keys) {
+            Ok(text) => {
+                let (grants, errors) = super::keys::parse_authorized_keys_lenient(&text);
+                for e in errors {
+                    tracing::error!("{e}; that line grants nothing");
+                }
+                grants
+            }
+            Err(e) => {
+                tracing::error!(
+                    "authorized keys {}: {e}; refusing every key until it is fixed",
+                    self.authorized_keys.display()
+                );
+                Vec::new()
+            }
+        };
         Connection {
             peer,
             grants,
@@ -162,13 +176,23 @@ impl Connection {
         Auth::Accept
     }
 
-    /// The grant for the export `command` asks for, or why there is none.
-    fn authorize(&self, command: &[u8]) -> std::result::Result<(PathBuf, bool), String> {
+    /// The grant for the export `command` asks for, or why there is none: the path, its
+    /// directory's (device, inode), and whether the session is read-only.
+    fn authorize(
+        &self,
+        command: &[u8],
+    ) -> std::result::Result<(PathBuf, (u64, u64), bool), String> {
         let (path, ro) = requested_export(command)?;
         let canonical =
             std::fs::canonicalize(&path).map_err(|e| format!("export {}: {e}", path.display()))?;
-        match self.granted.iter().find(|g| g.export == canonical) {
-            Some(g) => Ok((canonical, ro || g.read_only)),
+        let lines: Vec<&Grant> = self
+            .granted
+            .iter()
+            .filter(|g| g.export == canonical)
+            .collect();
+        match lines.first() {
+            // The same key listed twice for one export: the more restrictive line holds.
+            Some(g) => Ok((canonical, g.dir_id, ro || lines.iter().any(|g| g.read_only))),
             None => Err(format!(
                 "this key may not reach {} (it is granted: {})",
                 path.display(),
@@ -240,38 +264,51 @@ impl russh::server::Handler for Connection {
                         .await;
                     1
                 }
-                Ok((export, read_only)) => match Export::open(&export, read_only) {
-                    Err(e) => {
-                        let _ = handle
-                            .extended_data(
-                                id,
-                                1,
-                                format!(
-                                    "gridvfs-server: cannot open export {}: {e}\n",
-                                    export.display()
+                Ok((export, dir_id, read_only)) => {
+                    match Export::open(&export, read_only).and_then(|exp| {
+                        // The directory granted, not whatever a path swap put there since.
+                        let st = rustix::fs::fstat(exp.root_fd())?;
+                        if (st.st_dev, st.st_ino) == dir_id {
+                            Ok(exp)
+                        } else {
+                            Err(std::io::Error::other(
+                                "it is not the directory the key was granted (replaced since?)",
+                            ))
+                        }
+                    }) {
+                        Err(e) => {
+                            let _ = handle
+                                .extended_data(
+                                    id,
+                                    1,
+                                    format!(
+                                        "gridvfs-server: cannot open export {}: {e}\n",
+                                        export.display()
+                                    )
+                                    .into_bytes(),
                                 )
-                                .into_bytes(),
-                            )
-                            .await;
-                        1
-                    }
-                    Ok(exp) => {
-                        tracing::info!(
-                            "{peer:?}: serving {}{}",
-                            export.display(),
-                            if read_only { " read-only" } else { "" }
-                        );
-                        let (rd, wr) = tokio::io::split(channel.into_stream());
-                        match serve(Arc::new(exp), rd, BufWriter::with_capacity(64 << 10, wr)).await
-                        {
-                            Ok(()) => 0,
-                            Err(e) => {
-                                tracing::info!("{peer:?}: session ended: {e}");
-                                1
+                                .await;
+                            1
+                        }
+                        Ok(exp) => {
+                            tracing::info!(
+                                "{peer:?}: serving {}{}",
+                                export.display(),
+                                if read_only { " read-only" } else { "" }
+                            );
+                            let (rd, wr) = tokio::io::split(channel.into_stream());
+                            match serve(Arc::new(exp), rd, BufWriter::with_capacity(64 << 10, wr))
+                                .await
+                            {
+                                Ok(()) => 0,
+                                Err(e) => {
+                                    tracing::info!("{peer:?}: session ended: {e}");
+                                    1
+                                }
                             }
                         }
                     }
-                },
+                }
             };
             let _ = handle.exit_status_request(id, status).await;
             let _ = handle.eof(id).await;
