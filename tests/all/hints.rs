@@ -375,3 +375,31 @@ async fn immutable_files_are_never_revalidated() {
         "the plain file should be revalidated with --attr-timeout 0"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hints_follow_their_files_and_never_block_rmdir() {
+    let d = dirs();
+    let dir = d.export.join("vms");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join("a.img"), noise(11, 1 << 20)).unwrap();
+    hint(&[], &dir.join("a.img"));
+    // An orphan: its file was removed on the store, behind the proxies' back.
+    std::fs::write(dir.join(".gone.img.gvhint"), b"GVHINT\x00\x01").unwrap();
+    let client = ClientProc::start(&d.export, &d.cache, 0, &[]);
+    let mut nfs = Nfs::mount(client.port).await;
+    let root = nfs.root.clone();
+    let vms = nfs.lookup(&root, "vms").await.unwrap();
+    nfs.rename(&vms, "a.img", &vms, "b.img").await.unwrap();
+    assert!(!dir.join(".a.img.gvhint").exists());
+    assert!(
+        dir.join(".b.img.gvhint").exists(),
+        "the hint did not follow the rename"
+    );
+    nfs.remove(&vms, "b.img").await.unwrap();
+    assert!(
+        !dir.join(".b.img.gvhint").exists(),
+        "the hint outlived its file"
+    );
+    nfs.rmdir(&root, "vms").await.unwrap();
+    assert!(!dir.exists());
+}
