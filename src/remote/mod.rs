@@ -1,6 +1,6 @@
 //! Client end of the tunnel: typed requests, many in flight, replies matched by id.
 //!
-//! One [`Session`] is one transport connection with a writer task and a reader task. A
+//! One `Session` is one transport connection with a writer task and a reader task. A
 //! [`RemoteStore`] owns the current session and replaces it when it dies: idempotent
 //! requests are retried on the new session (with back-off, for up to `reconnect_timeout`),
 //! so a restarted server proxy is a delay to the NFS client, not an error.
@@ -114,7 +114,7 @@ impl RemoteStore {
 
     /// Send one request and wait for its reply, across reconnects: a request that never
     /// left is sent again; one lost in flight is sent again too, idempotent ones plainly,
-    /// the others with their outcome checked ([`settle`]), so a dropped link is a delay to
+    /// the others with their outcome checked (`settle.rs`), so a dropped link is a delay to
     /// the NFS client, not an error, until `reconnect_timeout`.
     pub async fn call(&self, req: Request, data: Bytes) -> Result<(Response, Bytes)> {
         let deadline = Instant::now() + self.reconnect_timeout;
