@@ -19,8 +19,10 @@ use rustix::fs::{
 use rustix::io::Errno;
 
 use super::hint;
+
+mod hints;
 use crate::proto::{
-    Attr, CreateHow, DirEntry, FileKind, FileRef, FsStat, Hint, SetAttr, SetTime, Status, Time,
+    Attr, CreateHow, DirEntry, FileKind, FileRef, FsStat, SetAttr, SetTime, Status, Time,
 };
 
 /// Largest READ the server answers in one reply (the client splits larger ones).
@@ -552,161 +554,6 @@ impl Export {
             })
             .collect();
         Ok((entries, eof))
-    }
-
-    /// How `file` is best fetched: its `.NAME.gvhint` while that still matches the file,
-    /// else the automatic hint (its holes). A stale or unreadable hint file is ignored.
-    pub fn hint(&self, file: &FileRef) -> Result<(Attr, Hint), Status> {
-        let (f, st) = self.regular(file, OFlags::RDONLY)?;
-        let attr = attr_of(&st);
-        match self.current_hint(file, &attr)? {
-            Some(h) => Ok((attr, h.to_hint())),
-            None => Ok((attr, hint::auto_hint(&f, attr.size))),
-        }
-    }
-
-    /// The file's hint file, if there is one and it still describes the file as `attr`
-    /// does. A stale or unreadable one is logged and ignored.
-    fn current_hint(&self, file: &FileRef, attr: &Attr) -> Result<Option<hint::HintFile>, Status> {
-        let rel = self.hint_path(file)?;
-        let rel = std::ffi::OsStr::from_encoded_bytes_checked(&rel)?;
-        let Ok(fd) = self.open_beneath(rel, OFlags::RDONLY | OFlags::NONBLOCK) else {
-            return Ok(None);
-        };
-        match hint::HintFile::read(&File::from(fd)) {
-            Ok(h) if h.describes(attr) => Ok(Some(h)),
-            Ok(_) => {
-                tracing::info!(
-                    "hint for {} is stale (the file changed since); ignored",
-                    String::from_utf8_lossy(&file.path)
-                );
-                Ok(None)
-            }
-            Err(e) => {
-                tracing::warn!(
-                    "hint for {} ignored: {e}",
-                    String::from_utf8_lossy(&file.path)
-                );
-                Ok(None)
-            }
-        }
-    }
-
-    /// `dir/.NAME.gvhint` for `dir/NAME`.
-    fn hint_path(&self, file: &FileRef) -> Result<Vec<u8>, Status> {
-        let (parent, name) = split_parent(&file.path)?;
-        Ok(join(parent, &hint::hint_name(name.as_encoded_bytes())))
-    }
-
-    /// Put an access profile into the file's hint: the current hint file keeps everything
-    /// else; without one, the file is scanned for a new one (block policy).
-    pub fn save_profile(
-        &self,
-        file: &FileRef,
-        block_size: u32,
-        blocks: Vec<u32>,
-    ) -> Result<(), Status> {
-        self.writable()?;
-        if !block_size.is_power_of_two() || !(4096..=(4 << 20)).contains(&block_size) {
-            return Err(Status::Inval);
-        }
-        let (f, st) = self.regular(file, OFlags::RDONLY)?;
-        let attr = attr_of(&st);
-        let mut h = match self.current_hint(file, &attr)? {
-            Some(h) => h,
-            None => {
-                let (zero_extents, block_sums) =
-                    hint::scan(&f, attr.size, block_size).map_err(|e| status_of_io(&e))?;
-                hint::HintFile {
-                    size: attr.size,
-                    mtime: attr.mtime,
-                    ctime: attr.ctime,
-                    ident: attr.ident,
-                    policy: crate::proto::FetchPolicy::Blocks,
-                    immutable: false,
-                    zero_extents,
-                    block_size,
-                    block_sums,
-                    profile: Vec::new(),
-                }
-            }
-        };
-        // The profile is kept in the hint's block size.
-        let ratio = |from: u32, to: u32| (u64::from(from), u64::from(to));
-        let (from, to) = ratio(block_size, h.block_size);
-        let mut seen = std::collections::HashSet::new();
-        h.profile = blocks
-            .into_iter()
-            .flat_map(|b| {
-                let start = u64::from(b) * from;
-                (start / to)..=((start + from - 1) / to)
-            })
-            .filter(|b| *b * to < attr.size && seen.insert(*b))
-            .map(|b| b as u32)
-            .take(hint::MAX_PROFILE)
-            .collect();
-        // The hint's own name is reserved, so it is built here, not checked.
-        let (parent, file_name) = split_parent(&file.path)?;
-        let hint_name = hint::hint_name(file_name.as_encoded_bytes());
-        let name = std::ffi::OsStr::from_encoded_bytes_checked(&hint_name)?;
-        let dirfd = self.resolve(parent, OFlags::PATH | OFlags::DIRECTORY)?;
-        // Written beside under a hidden temporary name, then renamed over: readers see the
-        // old hint or the new one.
-        let unique = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        let tmp_name = hint::hint_name(
-            format!(
-                "{}.{}-{unique}",
-                file_name.to_string_lossy(),
-                std::process::id()
-            )
-            .as_bytes(),
-        );
-        let tmp = std::ffi::OsStr::from_encoded_bytes_checked(&tmp_name)?;
-        let fd = rfs::openat(
-            &dirfd,
-            tmp,
-            OFlags::WRONLY | OFlags::CREATE | OFlags::TRUNC | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::from_raw_mode(0o644),
-        )
-        .map_err(status_of)?;
-        let out = File::from(fd);
-        out.write_all_at(&h.encode(), 0)
-            .map_err(|e| status_of_io(&e))?;
-        out.sync_data().map_err(|e| status_of_io(&e))?;
-        rfs::renameat(&dirfd, tmp, &dirfd, name).map_err(status_of)?;
-        Ok(())
-    }
-
-    /// Per-block sums of `file`: from its hint file while that is current and of the same
-    /// block size, else computed by reading the file (local disk, far cheaper than
-    /// sending it).
-    pub fn block_sums(
-        &self,
-        file: &FileRef,
-        block_size: u32,
-    ) -> Result<(Attr, Vec<[u8; 16]>), Status> {
-        if !block_size.is_power_of_two() || !(4096..=(4 << 20)).contains(&block_size) {
-            return Err(Status::Inval);
-        }
-        let (f, st) = self.regular(file, OFlags::RDONLY)?;
-        let attr = attr_of(&st);
-        if attr.size / u64::from(block_size) > hint::MAX_SUMS as u64 {
-            return Err(Status::FBig);
-        }
-        if let Some(h) = self.current_hint(file, &attr)?
-            && h.block_size == block_size
-        {
-            return Ok((attr, h.block_sums));
-        }
-        let (_, sums) = hint::scan(&f, attr.size, block_size).map_err(|e| status_of_io(&e))?;
-        // Changed while read: the sums would describe no version of the file.
-        let now = attr_of(&stat_fd(&f)?);
-        if (now.size, now.mtime) != (attr.size, attr.mtime) {
-            return Err(Status::Io);
-        }
-        Ok((attr, sums))
     }
 
     pub fn fsstat(&self) -> Result<FsStat, Status> {
