@@ -56,6 +56,9 @@ pub struct DataSet {
     pub mem: PathBuf,
     pub disk: PathBuf,
     pub trace: Vec<TraceRead>,
+    /// Held for the run: two runs on one data set would write and delete each other's
+    /// files in its store directory (a redo log replaced mid-write reads as STALE).
+    _lock: std::fs::File,
 }
 
 /// A page of one of three kinds, as memory images have them: zero, compressible, random.
@@ -114,6 +117,14 @@ pub fn ensure(root: &Path, spec: DataSpec) -> anyhow::Result<DataSet> {
         spec.mem_bytes, spec.disk_bytes, spec.disk_data_bytes, spec.trace_bytes, spec.seed
     ));
     let store = dir.join("store");
+    std::fs::create_dir_all(&dir)?;
+    let lock = std::fs::File::create(dir.join(".lock"))?;
+    if rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
+        anyhow::bail!(
+            "another bench run is using {}: wait for it to finish (runs share the store directory)",
+            dir.display()
+        );
+    }
     let (mem, disk, trace_path) = (
         store.join("vm1.mem"),
         store.join("vm1.img"),
@@ -179,6 +190,7 @@ pub fn ensure(root: &Path, spec: DataSpec) -> anyhow::Result<DataSet> {
         mem,
         disk,
         trace,
+        _lock: lock,
     })
 }
 
