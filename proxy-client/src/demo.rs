@@ -167,6 +167,11 @@ pub async fn run() -> anyhow::Result<()> {
         l(&stats.packed_bytes)
     );
     println!(
+        "        {:.1} MiB more were holes of the sparse image, answered as zeros by the client \
+         from the file's hint without asking",
+        l(&stats.hint_zero_bytes)
+    );
+    println!(
         "(read them again after restarting the client and nothing crosses: the blocks are cached on disk)"
     );
     Ok(())
