@@ -653,21 +653,8 @@ async fn run(
                 let mnt = work.path().join(name);
                 let m = Sshfs::mount(&mnt, &ds.dir, port, &s.key, tuned)?;
                 for (w, limit) in [("W1", "W1"), ("W2", "W2"), ("W4", "")] {
-                    let done = Arc::new(AtomicU64::new(0));
                     let before = ctx.snapshot();
-                    let (mnt, ds_mem, ds_disk, trace) = (
-                        m.mnt.clone(),
-                        ds.mem.clone(),
-                        ds.disk.clone(),
-                        ds.trace.clone(),
-                    );
-                    let d2 = done.clone();
-                    let job = tokio::task::spawn_blocking(move || match w {
-                        "W1" => peers::fs_read_whole(&mnt.join("vm1.mem"), &ds_mem, &d2),
-                        "W2" => peers::fs_replay(&mnt.join("vm1.img"), &ds_disk, &trace, &d2),
-                        _ => peers::fs_write(&mnt.join("redo.log"), &ds_mem, w4_bytes, &d2),
-                    });
-                    let r = bounded(bound, done.clone(), async { job.await? }).await?;
+                    let r = peers::fs_workload(&m.mnt, w, &ds, w4_bytes, bound).await?;
                     ctx.push(
                         name,
                         w,
@@ -698,24 +685,8 @@ async fn run(
                         ("W3 (W1 again)", "W3 (W2 again)")
                     };
                     for (w, limit) in [(w1, "W1"), (w2, "W2")] {
-                        let done = Arc::new(AtomicU64::new(0));
                         let before = ctx.snapshot();
-                        let (mnt, ds_mem, ds_disk, trace) = (
-                            m.mnt.clone(),
-                            ds.mem.clone(),
-                            ds.disk.clone(),
-                            ds.trace.clone(),
-                        );
-                        let d2 = done.clone();
-                        let whole = limit == "W1";
-                        let job = tokio::task::spawn_blocking(move || {
-                            if whole {
-                                peers::fs_read_whole(&mnt.join("vm1.mem"), &ds_mem, &d2)
-                            } else {
-                                peers::fs_replay(&mnt.join("vm1.img"), &ds_disk, &trace, &d2)
-                            }
-                        });
-                        let r = bounded(bound, done.clone(), async { job.await? }).await?;
+                        let r = peers::fs_workload(&m.mnt, limit, &ds, w4_bytes, bound).await?;
                         ctx.push(
                             "rclone",
                             w,

@@ -354,6 +354,32 @@ pub fn gridvfs_control(client_bin: &Path, args: &[&str], cache: &Path) -> anyhow
     Ok(())
 }
 
+/// Workload `W1`, `W2` or `W4` through a mounted file system (sshfs, rclone), on a
+/// blocking thread, stopped at `bound`.
+pub async fn fs_workload(
+    mnt: &Path,
+    workload: &str,
+    ds: &crate::data::DataSet,
+    w4_bytes: u64,
+    bound: Duration,
+) -> anyhow::Result<Run> {
+    let done = Arc::new(AtomicU64::new(0));
+    let (mnt, mem, disk, trace, d2) = (
+        mnt.to_path_buf(),
+        ds.mem.clone(),
+        ds.disk.clone(),
+        ds.trace.clone(),
+        done.clone(),
+    );
+    let w = workload.to_string();
+    let job = tokio::task::spawn_blocking(move || match w.as_str() {
+        "W1" => fs_read_whole(&mnt.join("vm1.mem"), &mem, &d2),
+        "W2" => fs_replay(&mnt.join("vm1.img"), &disk, &trace, &d2),
+        _ => fs_write(&mnt.join("redo.log"), &mem, w4_bytes, &d2),
+    });
+    bounded(bound, done, async { job.await? }).await
+}
+
 /// The Linux kernel's NFS client (in the QEMU guest of `tests/guest/run-in-guest`) reads
 /// `file` of the client proxy on `port` whole: seconds, as the guest timed them. The first
 /// 16 MiB are checked against `local` by md5.

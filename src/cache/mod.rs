@@ -18,6 +18,7 @@ mod hints;
 pub mod index;
 mod prefetch;
 pub mod range;
+mod revalidate;
 pub mod store;
 pub mod writeback;
 
@@ -228,82 +229,6 @@ impl DataPath {
         })
     }
 
-    /// Make the cached blocks of `id` match `attr`'s version of the file: when the file
-    /// changed, keep the blocks whose hash the store still reports (delta revalidation)
-    /// and drop the rest; drop everything if the store cannot say.
-    async fn revalidate(&self, id: u64, file: &FileRef, attr: &Attr) -> Result<()> {
-        let v = validator(attr);
-        if self.index.validator(id)?.as_deref() == Some(&v[..]) {
-            return Ok(());
-        }
-        // One revalidation at a time (they are rare): a second reader of the changed file
-        // waits, then finds the work done instead of redoing it with a stale block list.
-        let _one = self.revalidating.lock().await;
-        let old = self.index.validator(id)?;
-        if old.as_deref() == Some(&v[..]) {
-            return Ok(());
-        }
-        let keep = match old {
-            Some(_) => self.unchanged_blocks(id, file, &v).await?,
-            None => None,
-        };
-        match keep {
-            Some(keep) => {
-                let dropped = self.index.reset_file_keeping(id, &v, &keep)?;
-                for b in &dropped {
-                    self.blocks
-                        .punch(id, b * self.block_size, self.block_size)?;
-                }
-                self.stats.invalidations.fetch_add(1, Ordering::Relaxed);
-                self.stats
-                    .delta_kept_blocks
-                    .fetch_add(keep.len() as u64, Ordering::Relaxed);
-                tracing::info!(
-                    file = id,
-                    "file changed on the store: kept {} cached blocks, dropped {}",
-                    keep.len(),
-                    dropped.len()
-                );
-            }
-            None => {
-                if self.index.reset_file(id, &v)? {
-                    self.stats.invalidations.fetch_add(1, Ordering::Relaxed);
-                }
-                self.blocks.drop_file(id)?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Cached blocks of `id` whose content is unchanged in the store's version `v`, by
-    /// comparing hashes; `None` when there is nothing to keep or the store cannot say.
-    async fn unchanged_blocks(
-        &self,
-        id: u64,
-        file: &FileRef,
-        v: &[u8],
-    ) -> Result<Option<Vec<u64>>> {
-        let cached = self.index.blocks(id, 0, i64::MAX as u64)?;
-        if cached.is_empty() || self.remote.welcome().features & crate::proto::FEATURE_HINTS == 0 {
-            return Ok(None);
-        }
-        let req = Request::BlockSums {
-            file: file.clone(),
-            block_size: self.block_size as u32,
-        };
-        let sums = match self.remote.call(req, Bytes::new()).await {
-            Ok((Response::BlockSums { attr, sums }, _)) if validator(&attr) == v => sums,
-            // Changed again meanwhile, too large, or an error: start afresh.
-            _ => return Ok(None),
-        };
-        let keep = cached
-            .into_iter()
-            .filter(|(b, sum)| sums.get(*b as usize).is_some_and(|s| s[..] == sum[..16]))
-            .map(|(b, _)| b)
-            .collect();
-        Ok(Some(keep))
-    }
-
     /// Read up to `len` bytes at `offset` of file `id` (at `file` on the store, whose
     /// current attributes are `attr`): (bytes, eof, attributes).
     pub async fn read(
@@ -383,8 +308,8 @@ impl DataPath {
                     .get(&self.remote, id, &file, &validator(&attr))
                     .await;
                 if let Some(h) = &hint {
-                    self.stats.note_file(id, &file.path, size, 0, 0);
-                    self.zero_fill(id, h, size, first, last, &mut done);
+                    let zero = self.zero_fill(h, size, first, last, &mut done);
+                    self.stats.note_file(id, &file.path, size, 0, zero);
                     if fresh {
                         self.start_prefetch(id, &file, &attr, h.clone());
                     }
@@ -436,8 +361,8 @@ impl DataPath {
     }
 
     /// Mark the blocks of `first..=last` that the hint says are all zeros as done (`buf`
-    /// is zeroed already): nothing is fetched or cached for them.
-    fn zero_fill(&self, id: u64, hint: &Hint, size: u64, first: u64, last: u64, done: &mut [bool]) {
+    /// is zeroed already): nothing is fetched or cached for them. Returns their bytes.
+    fn zero_fill(&self, hint: &Hint, size: u64, first: u64, last: u64, done: &mut [bool]) -> u64 {
         let bs = self.block_size;
         let mut zero = 0;
         for b in first..=last {
@@ -451,11 +376,7 @@ impl DataPath {
         self.stats
             .hint_zero_bytes
             .fetch_add(zero, Ordering::Relaxed);
-        if zero > 0
-            && let Some(f) = self.stats.files.lock().expect("files lock").get_mut(&id)
-        {
-            f.hint_zero += zero;
-        }
+        zero
     }
 
     /// Copy verified cached blocks of `first..=last` into `buf`, marking them done.

@@ -1,8 +1,6 @@
 //! The persistent block cache: warm restarts fetch nothing, corruption is caught, changes
 //! on the store and writes through the mount are never hidden by stale blocks.
 
-use std::process::Command;
-
 use nfs3_client::nfs3_types::nfs3::*;
 
 use crate::harness::*;
@@ -299,21 +297,8 @@ async fn cache_gc_removes_data_of_removed_files_only() {
             .sum::<usize>()
     };
     assert_eq!(count(), 2);
-    let out = Command::new(bin("gridvfs-client"))
-        .args(["cache", "gc", "--cache-dir"])
-        .arg(&d.cache)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains("removed 1 cached files"),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    let out = client_cmd(&["cache", "gc"], &d.cache);
+    assert!(out.contains("removed 1 cached files"), "{out}");
     assert_eq!(count(), 1);
     // The live file is still served from the cache, while the client runs.
     let before = n(&status_json(&d.cache), "bytes_fetched");

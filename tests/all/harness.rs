@@ -523,19 +523,31 @@ pub fn dirs() -> Dirs {
     Dirs { tmp, export, cache }
 }
 
-/// `gridvfs-client status --json` for the one client on `cache`.
-pub fn status_json(cache: &Path) -> serde_json::Value {
-    let out = Command::new(bin("gridvfs-client"))
-        .args(["status", "--json", "--cache-dir"])
-        .arg(cache)
-        .output()
-        .unwrap();
+/// Run a command that must succeed; its stdout.
+pub fn run_ok(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
     assert!(
         out.status.success(),
-        "status: {}",
+        "{cmd:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    serde_json::from_slice(&out.stdout).expect("one JSON line")
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `gridvfs-client ARGS --cache-dir CACHE`, which must succeed; its stdout.
+pub fn client_cmd(args: &[&str], cache: &Path) -> String {
+    run_ok(
+        Command::new(bin("gridvfs-client"))
+            .args(args)
+            .arg("--cache-dir")
+            .arg(cache),
+    )
+}
+
+/// `gridvfs-client status --json` for the one client on `cache`.
+pub fn status_json(cache: &Path) -> serde_json::Value {
+    serde_json::from_str(&client_cmd(&["status", "--json"], cache)).expect("one JSON line")
 }
 
 /// A number from a status object.

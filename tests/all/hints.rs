@@ -38,18 +38,13 @@ fn memory_image(seed: u64, pages: usize) -> Vec<u8> {
 }
 
 fn hint(args: &[&str], path: &std::path::Path) {
-    let out = Command::new(bin("gridvfs-server"))
-        .arg("hint")
-        .args(args)
-        .arg(path)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = run_ok(
+        Command::new(bin("gridvfs-server"))
+            .arg("hint")
+            .args(args)
+            .arg(path),
     );
-    println!("{}", String::from_utf8_lossy(&out.stdout));
+    println!("{out}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -229,21 +224,6 @@ async fn a_changed_file_refetches_only_its_changed_blocks() {
     println!("refetched {refetched} bytes after a 3-block change; {st}");
     assert_eq!(refetched, 3 * (256 << 10), "{st}");
     assert_eq!(n(&st, "delta_kept_blocks"), 253, "{st}");
-}
-
-fn client_cmd(args: &[&str], cache: &std::path::Path) -> String {
-    let out = Command::new(bin("gridvfs-client"))
-        .args(args)
-        .arg("--cache-dir")
-        .arg(cache)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Wait until `key` in `status` reaches `want` (prefetches run in the background).

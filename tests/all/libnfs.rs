@@ -18,17 +18,6 @@ fn tool(name: &str) -> Command {
     Command::new(name)
 }
 
-fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 #[test]
 fn libnfs_utils_list_copy_and_cat() {
     let d = dirs();
@@ -38,7 +27,7 @@ fn libnfs_utils_list_copy_and_cat() {
     std::fs::write(d.export.join("images/vm.mem"), &big).unwrap();
     let client = ClientProc::start(&d.export, &d.cache, 0, &[]);
 
-    let ls = run(tool("nfs-ls").arg(client.url("/images")));
+    let ls = run_ok(tool("nfs-ls").arg(client.url("/images")));
     assert!(
         ls.contains("small.txt") && ls.contains("vm.mem"),
         "nfs-ls: {ls}"
@@ -48,19 +37,21 @@ fn libnfs_utils_list_copy_and_cat() {
         "nfs-ls shows sizes: {ls}"
     );
     // Both spellings of the root work (libnfs mounts "" for nfs://host/file).
-    let cat = run(tool("nfs-cat").arg(client.url("images/small.txt")));
+    let cat = run_ok(tool("nfs-cat").arg(client.url("images/small.txt")));
     assert_eq!(cat, "hello from the store\n");
 
     let down = d.tmp.path().join("down");
-    run(tool("nfs-cp").arg(client.url("/images/vm.mem")).arg(&down));
+    run_ok(tool("nfs-cp").arg(client.url("/images/vm.mem")).arg(&down));
     assert_eq!(std::fs::read(&down).unwrap(), big);
 
     let up_src = d.tmp.path().join("up");
     let up = noise(12, (3 << 20) + 123);
     std::fs::write(&up_src, &up).unwrap();
-    run(tool("nfs-cp")
-        .arg(&up_src)
-        .arg(client.url("/images/uploaded.bin")));
+    run_ok(
+        tool("nfs-cp")
+            .arg(&up_src)
+            .arg(client.url("/images/uploaded.bin")),
+    );
     assert_eq!(
         std::fs::read(d.export.join("images/uploaded.bin")).unwrap(),
         up
@@ -86,30 +77,40 @@ fn qemu_img_creates_converts_and_checks_images_through_nfs() {
     // `//`: the export is "/" (libnfs reads nfs://host/file as export "" + file).
     let url = |p: &str| format!("nfs://127.0.0.1//{p}");
 
-    run(tool("qemu-img")
-        .args(["create", "-f", "qcow2"])
-        .arg(url("base.qcow2"))
-        .arg("64M"));
-    run(tool("qemu-img")
-        .args(["convert", "-O", "qcow2"])
-        .arg(&raw)
-        .arg(url("conv.qcow2")));
-    run(tool("qemu-img").arg("check").arg(url("conv.qcow2")));
-    let info = run(tool("qemu-img").arg("info").arg(url("conv.qcow2")));
+    run_ok(
+        tool("qemu-img")
+            .args(["create", "-f", "qcow2"])
+            .arg(url("base.qcow2"))
+            .arg("64M"),
+    );
+    run_ok(
+        tool("qemu-img")
+            .args(["convert", "-O", "qcow2"])
+            .arg(&raw)
+            .arg(url("conv.qcow2")),
+    );
+    run_ok(tool("qemu-img").arg("check").arg(url("conv.qcow2")));
+    let info = run_ok(tool("qemu-img").arg("info").arg(url("conv.qcow2")));
     assert!(info.contains("qcow2"), "{info}");
-    run(tool("qemu-img")
-        .args(["compare"])
-        .arg(&raw)
-        .arg(url("conv.qcow2")));
+    run_ok(
+        tool("qemu-img")
+            .args(["compare"])
+            .arg(&raw)
+            .arg(url("conv.qcow2")),
+    );
     // Back out through NFS to a local raw file: the same bytes.
     let back = d.tmp.path().join("back.raw");
-    run(tool("qemu-img")
-        .args(["convert", "-O", "raw"])
-        .arg(url("conv.qcow2"))
-        .arg(&back));
+    run_ok(
+        tool("qemu-img")
+            .args(["convert", "-O", "raw"])
+            .arg(url("conv.qcow2"))
+            .arg(&back),
+    );
     assert_eq!(std::fs::read(&back).unwrap(), img);
     // The file on the store is a valid image for a local qemu-img too.
-    run(tool("qemu-img")
-        .arg("check")
-        .arg(d.export.join("conv.qcow2")));
+    run_ok(
+        tool("qemu-img")
+            .arg("check")
+            .arg(d.export.join("conv.qcow2")),
+    );
 }

@@ -356,10 +356,10 @@ fn link_cuts_are_a_delay_not_an_error() {
         assert!(std::fs::read(d.export.join("snap/redo.0")).unwrap() == log);
         assert!(!d.export.join("disk.img").exists());
     });
-    let n = n(&status_json(&d.cache), "reconnects");
-    println!("{} cuts, {n} reconnects", relay.cuts);
+    let reconnects = n(&status_json(&d.cache), "reconnects");
+    println!("{} cuts, {reconnects} reconnects", relay.cuts);
     assert!(
-        n >= 4,
-        "expected a reconnect per cut during the read, saw {n}"
+        reconnects >= 4,
+        "expected a reconnect per cut during the read, saw {reconnects}"
     );
 }

@@ -1,7 +1,6 @@
 //! Write-back: acknowledged writes survive `kill -9` of the client at any moment, are
 //! uploaded after restart, and reads see them before they reach the store.
 
-use std::process::Command;
 use std::time::Duration;
 
 use nfs3_client::nfs3_types::nfs3::*;
@@ -12,16 +11,7 @@ use crate::harness::*;
 const SIZE: usize = 8 << 20;
 
 fn flush(cache: &std::path::Path) {
-    let out = Command::new(bin("gridvfs-client"))
-        .args(["flush", "--cache-dir"])
-        .arg(cache)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "flush: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    client_cmd(&["flush"], cache);
 }
 
 struct Lcg(u64);
