@@ -27,6 +27,8 @@ pub struct ClientConfig {
     /// Cache capacity in bytes; least recently used blocks are evicted past it.
     pub cache_size: u64,
     pub write_policy: crate::cache::WritePolicy,
+    /// Who may use the NFS port and what each caller may do (knfsd's export options).
+    pub access: crate::nfs::AccessPolicy,
 }
 
 /// A client proxy that is connected and bound, not yet serving.
@@ -38,6 +40,8 @@ pub struct Client {
     pub stats: Arc<CacheStats>,
     /// For draining write-back data at shutdown.
     pub data: Arc<DataPath>,
+    /// This process's hold on the export's cache directory (released when dropped).
+    pub export_lock: crate::cache::dir::ExportDir,
 }
 
 impl Client {
@@ -45,9 +49,10 @@ impl Client {
     pub async fn start(cfg: &ClientConfig) -> Result<Self> {
         let store =
             Arc::new(RemoteStore::connect(cfg.remote.clone(), cfg.reconnect_timeout).await?);
-        let export_dir = cfg.cache_dir.join(&store.welcome().export_id);
-        std::fs::create_dir_all(&export_dir)?;
-        let index = Arc::new(Index::open(&export_dir.join("index.sqlite"))?);
+        let root = crate::cache::dir::CacheRoot::open(&cfg.cache_dir)?;
+        let export = root.export(&store.welcome().export_id)?;
+        let export_dir = export.path().to_path_buf();
+        let index = Arc::new(Index::open(&export.index())?);
         let generation = index.generation()?;
         let data = Arc::new(DataPath::new(
             store.clone(),
@@ -64,7 +69,7 @@ impl Client {
         let drain = data.clone();
         let stats = data.stats.clone();
         let front = Front::new(index.clone(), store.clone(), data, cfg.attr_timeout).await?;
-        let mut nfs = NfsFront::bind(front, generation, cfg.listen).await?;
+        let mut nfs = NfsFront::bind(front, generation, cfg.listen, cfg.access.clone()).await?;
         if let Some(pm) = cfg.portmapper {
             nfs = nfs.with_portmapper(pm).await?;
         }
@@ -91,6 +96,7 @@ impl Client {
             export_dir,
             stats,
             data: drain,
+            export_lock: export,
         })
     }
 

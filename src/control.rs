@@ -2,7 +2,8 @@
 //! command line: `status` gets one JSON line of figures; `flush` gets a JSON line of
 //! figures every 200 ms until no write-back data is left, then the connection closes;
 //! `profile-start` starts recording access profiles and `profile-save [PATH…]` stores
-//! them in the files' hints on the store, each answered with one JSON line.
+//! them in the files' hints on the store, each answered with one JSON line; `gc` runs
+//! [`crate::cache::gc`] in the client (which holds the directory's lock).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -156,15 +157,39 @@ pub fn socket_path(export_dir: &Path) -> PathBuf {
 }
 
 /// Serve the control socket until the task is dropped. A stale socket from a previous
-/// run is replaced.
+/// run is replaced (the caller holds the export directory's lock, so it is not another
+/// live client's). The socket is 0600 and each peer's uid is checked (our own or root):
+/// `flush` and `gc` change things.
 pub fn serve(export_dir: &Path, sources: Sources) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    use std::os::unix::fs::PermissionsExt;
     let path = socket_path(export_dir);
     let _ = std::fs::remove_file(&path);
     let listener = UnixListener::bind(&path)?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
     let sources = Arc::new(sources);
+    let me = rustix::process::geteuid().as_raw();
+    let export_dir = export_dir.to_path_buf();
     Ok(tokio::spawn(async move {
-        while let Ok((s, _)) = listener.accept().await {
+        loop {
+            let s = match listener.accept().await {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    tracing::warn!("control socket accept failed (retrying): {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            match s.peer_cred() {
+                Ok(c) if c.uid() == me || c.uid() == 0 => {}
+                other => {
+                    tracing::warn!(
+                        "control socket: refused a peer that is not this user or root ({other:?})"
+                    );
+                    continue;
+                }
+            }
             let sources = sources.clone();
+            let export_dir = export_dir.clone();
             tokio::spawn(async move {
                 let (r, mut w) = s.into_split();
                 let mut cmd = String::new();
@@ -177,6 +202,20 @@ pub fn serve(export_dir: &Path, sources: Sources) -> std::io::Result<tokio::task
                     Some("profile-start") => {
                         sources.data.profile_start();
                         let _ = w.write_all(b"{\"recording\":true}\n").await;
+                        return;
+                    }
+                    Some("gc") => {
+                        let dir = export_dir.clone();
+                        let reply =
+                            match tokio::task::spawn_blocking(move || crate::cache::gc(&dir)).await
+                            {
+                                Ok(Ok(r)) => {
+                                    serde_json::json!({ "files": r.files, "bytes": r.bytes })
+                                }
+                                Ok(Err(e)) => serde_json::json!({ "error": e.to_string() }),
+                                Err(e) => serde_json::json!({ "error": e.to_string() }),
+                            };
+                        let _ = w.write_all(format!("{reply}\n").as_bytes()).await;
                         return;
                     }
                     Some("profile-save") => {

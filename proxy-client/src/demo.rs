@@ -78,6 +78,14 @@ pub async fn run() -> anyhow::Result<()> {
         block_size: gridvfs::cache::DEFAULT_BLOCK_SIZE,
         cache_size: gridvfs::cache::DEFAULT_CACHE_SIZE,
         write_policy: gridvfs::cache::WritePolicy::Through,
+        // Only the user running the demo, from any port: it cannot bind a privileged one
+        // unless it is root, and the sample store is its own.
+        access: gridvfs::nfs::AccessPolicy {
+            require_privileged_port: false,
+            squash: gridvfs::nfs::access::Squash::None,
+            allowed_uids: Some(vec![rustix::process::getuid().as_raw()]),
+            ..Default::default()
+        },
     };
     let client = Client::start(&cfg)
         .await
@@ -93,6 +101,7 @@ pub async fn run() -> anyhow::Result<()> {
 
     let conn = nfs3_client::Nfs3ConnectionBuilder::new(TokioConnector, "127.0.0.1", "/")
         .connect_from_privileged_port(false)
+        .credential(auth_sys_of_this_process())
         .mount_port(port)
         .nfs3_port(port)
         .mount()
@@ -175,4 +184,24 @@ pub async fn run() -> anyhow::Result<()> {
         "(read them again after restarting the client and nothing crosses: the blocks are cached on disk)"
     );
     Ok(())
+}
+
+/// An AUTH_SYS credential carrying this process's uid and gid, as a kernel client sends.
+fn auth_sys_of_this_process() -> nfs3_client::nfs3_types::rpc::opaque_auth<'static> {
+    use nfs3_client::nfs3_types::rpc::{auth_flavor, auth_unix, opaque_auth};
+    use nfs3_client::nfs3_types::xdr_codec::{Opaque, Pack};
+    let cred = auth_unix {
+        stamp: 0,
+        machinename: Opaque::owned(b"gridvfs-demo".to_vec()),
+        uid: rustix::process::getuid().as_raw(),
+        gid: rustix::process::getgid().as_raw(),
+        gids: Vec::new(),
+    };
+    let mut body = Vec::new();
+    cred.pack(&mut body)
+        .expect("packing into a Vec cannot fail");
+    opaque_auth {
+        flavor: auth_flavor::AUTH_UNIX,
+        body: Opaque::owned(body),
+    }
 }

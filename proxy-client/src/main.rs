@@ -76,6 +76,85 @@ struct ServeArgs {
     /// the local journal; uploaded in the background, on `flush` and at shutdown.
     #[arg(long, value_enum, default_value = "through")]
     write_policy: Policy,
+    #[command(flatten)]
+    access: AccessArgs,
+}
+
+/// Who may use the NFS port: knfsd's export options, with knfsd's defaults (`secure`,
+/// `root_squash`, AUTH_SYS only, loopback clients only).
+#[derive(clap::Args, Clone)]
+#[command(next_help_heading = "Access (knfsd's export options)")]
+struct AccessArgs {
+    /// Hosts allowed to connect, as /etc/exports names them: `CIDR` or `ADDR`, with `(ro)`
+    /// (the default) or `(rw)`, repeatable or comma-separated, e.g. `10.1.2.0/24(rw)`.
+    /// Without it only loopback clients get in, and --listen must be a loopback address.
+    #[arg(long, value_delimiter = ',')]
+    allow_clients: Vec<String>,
+    /// Only these uids (as the client sends them, before squashing) may use the mount,
+    /// e.g. `--allow-uid 0,64055` for root and libvirt's qemu user.
+    #[arg(long, value_delimiter = ',')]
+    allow_uid: Vec<u32>,
+    /// Take uid 0 and gid 0 as sent (knfsd's no_root_squash); by default root acts as
+    /// the anonymous uid/gid.
+    #[arg(long, conflicts_with = "all_squash")]
+    no_root_squash: bool,
+    /// Every caller acts as the anonymous uid/gid (knfsd's all_squash); with
+    /// `--anonuid` set to the owner of the store's files and `--allow-uid`, the allowed
+    /// users get the owner's rights.
+    #[arg(long)]
+    all_squash: bool,
+    /// The anonymous uid squashed callers act as.
+    #[arg(long, default_value_t = gridvfs::nfs::access::NOBODY)]
+    anonuid: u32,
+    /// The anonymous gid squashed callers act as.
+    #[arg(long, default_value_t = gridvfs::nfs::access::NOBODY)]
+    anongid: u32,
+    /// Accept calls from unprivileged source ports (knfsd's `insecure`): any local user
+    /// can then send calls with any uid it likes.
+    #[arg(long)]
+    allow_unprivileged_ports: bool,
+    /// Turn every check off: any port, any credential, no permission checks. Any user
+    /// who can reach the port reads and writes every file of the export.
+    #[arg(long)]
+    insecure: bool,
+}
+
+impl AccessArgs {
+    fn policy(&self) -> anyhow::Result<gridvfs::nfs::AccessPolicy> {
+        use gridvfs::nfs::access::{ClientRule, Squash};
+        let clients = self
+            .allow_clients
+            .iter()
+            .filter(|s| !s.trim().is_empty())
+            .map(|s| ClientRule::parse(s).map_err(anyhow::Error::msg))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        if self.insecure {
+            tracing::warn!(
+                "--insecure: NO ACCESS CHECKS. Any user who can reach the NFS port reads and \
+                 writes every file of the export, whatever its mode"
+            );
+        } else if self.allow_unprivileged_ports {
+            tracing::warn!(
+                "--allow-unprivileged-ports: any local user can send NFS calls claiming any \
+                 uid, root included"
+            );
+        }
+        Ok(gridvfs::nfs::AccessPolicy {
+            insecure: self.insecure,
+            require_privileged_port: !self.allow_unprivileged_ports,
+            squash: if self.all_squash {
+                Squash::All
+            } else if self.no_root_squash {
+                Squash::None
+            } else {
+                Squash::Root
+            },
+            anon_uid: self.anonuid,
+            anon_gid: self.anongid,
+            allowed_uids: (!self.allow_uid.is_empty()).then(|| self.allow_uid.clone()),
+            clients,
+        })
+    }
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -173,12 +252,12 @@ enum Cmd {
     },
 }
 
-fn default_cache_dir() -> PathBuf {
-    std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .unwrap_or_else(|| PathBuf::from("/tmp"))
-        .join("gridvfs")
+/// `--cache-dir`, else the default (never a shared directory such as /tmp).
+fn cache_dir_or_default(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    match given {
+        Some(d) => Ok(d),
+        None => Ok(gridvfs::cache::dir::default_root()?),
+    }
 }
 
 fn config(a: &ServeArgs) -> anyhow::Result<ClientConfig> {
@@ -207,10 +286,16 @@ fn config(a: &ServeArgs) -> anyhow::Result<ClientConfig> {
         a.reconnect_timeout >= 0.0,
         "--reconnect-timeout must be >= 0"
     );
+    let access = a.access.policy()?;
+    access.check_listen(a.listen).map_err(anyhow::Error::msg)?;
+    if let Some(pm) = a.portmapper {
+        access.check_listen(pm).map_err(anyhow::Error::msg)?;
+    }
     Ok(ClientConfig {
+        access,
         remote,
         listen: a.listen,
-        cache_dir: a.cache_dir.clone().unwrap_or_else(default_cache_dir),
+        cache_dir: cache_dir_or_default(a.cache_dir.clone())?,
         attr_timeout: Duration::from_secs_f64(a.attr_timeout),
         reconnect_timeout: Duration::from_secs_f64(a.reconnect_timeout),
         portmapper: a.portmapper,
@@ -270,18 +355,34 @@ async fn main() -> anyhow::Result<()> {
         Cmd::Cache {
             cmd: CacheCmd::Gc { cache_dir },
         } => {
-            let dir = cache_dir.unwrap_or_else(default_cache_dir);
-            let entries = std::fs::read_dir(&dir)
-                .with_context(|| format!("cannot read cache directory {}", dir.display()))?;
+            let dir = cache_dir_or_default(cache_dir)?;
+            let root = gridvfs::cache::dir::CacheRoot::open(&dir)
+                .with_context(|| format!("cannot use cache directory {}", dir.display()))?;
             let (mut files, mut bytes) = (0, 0);
-            for e in entries
-                .flatten()
-                .filter(|e| e.path().join("index.sqlite").exists())
-            {
-                let r = gridvfs::cache::gc(&e.path())
-                    .with_context(|| format!("gc of {}", e.path().display()))?;
-                files += r.files;
-                bytes += r.bytes;
+            for path in root.exports()? {
+                // A running client holds the directory: it collects for us.
+                let (f, b) =
+                    match gridvfs::cache::dir::ExportDir::open(&path) {
+                        Ok(_held) => {
+                            let r = gridvfs::cache::gc(&path)
+                                .with_context(|| format!("gc of {}", path.display()))?;
+                            (r.files, r.bytes)
+                        }
+                        Err(busy) => {
+                            let r = gridvfs::control::command(&path, "gc").await.with_context(
+                                || format!("{busy}; and its control socket did not answer"),
+                            )?;
+                            if let Some(e) = r.get("error") {
+                                anyhow::bail!("gc of {} failed in the client: {e}", path.display());
+                            }
+                            (
+                                r["files"].as_u64().unwrap_or(0),
+                                r["bytes"].as_u64().unwrap_or(0),
+                            )
+                        }
+                    };
+                files += f;
+                bytes += b;
             }
             println!(
                 "removed {files} cached files, {:.1} MiB",
@@ -289,31 +390,22 @@ async fn main() -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Cmd::Flush { cache_dir } => flush(&cache_dir.unwrap_or_else(default_cache_dir)).await,
+        Cmd::Flush { cache_dir } => flush(&cache_dir_or_default(cache_dir)?).await,
         Cmd::Profile { cmd } => match cmd {
             ProfileCmd::Record {
                 cache_dir,
                 seconds,
                 paths,
-            } => {
-                profile::record(
-                    &cache_dir.unwrap_or_else(default_cache_dir),
-                    seconds,
-                    &paths,
-                )
-                .await
-            }
+            } => profile::record(&cache_dir_or_default(cache_dir)?, seconds, &paths).await,
             ProfileCmd::Start { cache_dir } => {
-                profile::start(&cache_dir.unwrap_or_else(default_cache_dir)).await
+                profile::start(&cache_dir_or_default(cache_dir)?).await
             }
             ProfileCmd::Save { cache_dir, paths } => {
-                profile::save(&cache_dir.unwrap_or_else(default_cache_dir), &paths).await
+                profile::save(&cache_dir_or_default(cache_dir)?, &paths).await
             }
         },
         Cmd::Prefetch { paths } => profile::prefetch(&paths),
-        Cmd::Status { cache_dir, json } => {
-            status(&cache_dir.unwrap_or_else(default_cache_dir), json).await
-        }
+        Cmd::Status { cache_dir, json } => status(&cache_dir_or_default(cache_dir)?, json).await,
     }
 }
 

@@ -14,6 +14,7 @@
 //! profile and whole-file prefetch (`prefetch`); a file changed on the store keeps the
 //! blocks whose hash did not change.
 
+pub mod dir;
 mod hints;
 pub mod index;
 mod prefetch;
@@ -801,7 +802,8 @@ pub struct GcReport {
 }
 
 /// Remove cached data nothing can read any more: files whose names are gone, and data
-/// files without a name in the map. Safe while a client runs (ids are never reused).
+/// files without a name in the map. Run by the process holding the export directory's
+/// lock: `cache gc` itself when no client runs, else the client (control socket `gc`).
 pub fn gc(export_dir: &std::path::Path) -> Result<GcReport> {
     use std::os::unix::fs::MetadataExt;
     let index = Index::open(&export_dir.join("index.sqlite"))?;

@@ -16,7 +16,12 @@ const PAGE: usize = 4096;
 
 impl Store {
     pub fn open(dir: PathBuf) -> Result<Self> {
-        std::fs::create_dir_all(&dir)?;
+        use std::os::unix::fs::DirBuilderExt;
+        match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(e.into()),
+            _ => {}
+        }
+        super::dir::check_private_dir(&dir)?;
         Ok(Self { dir })
     }
 
@@ -25,11 +30,14 @@ impl Store {
     }
 
     fn file(&self, file: u64) -> Result<File> {
+        use std::os::unix::fs::OpenOptionsExt;
         Ok(OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
+            .mode(0o600)
+            .custom_flags(super::dir::no_follow())
             .open(self.path(file))?)
     }
 
@@ -90,7 +98,12 @@ impl Store {
 
     /// Free the disk space of a range (evicted blocks): punch a hole.
     pub fn punch(&self, file: u64, offset: u64, len: u64) -> Result<()> {
-        let f = match OpenOptions::new().write(true).open(self.path(file)) {
+        use std::os::unix::fs::OpenOptionsExt;
+        let f = match OpenOptions::new()
+            .write(true)
+            .custom_flags(super::dir::no_follow())
+            .open(self.path(file))
+        {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(e.into()),

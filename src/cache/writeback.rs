@@ -85,11 +85,14 @@ pub struct WriteBack {
 
 impl WriteBack {
     pub fn open(dir: &Path, index: Arc<Index>) -> Result<Self> {
+        use std::os::unix::fs::OpenOptionsExt;
         let f = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
+            .mode(0o600)
+            .custom_flags(super::dir::no_follow())
             .open(dir.join("journal.log"))?;
         let end = f.metadata()?.len();
         let sync_fd = Arc::new(f.try_clone()?);

@@ -303,8 +303,13 @@ impl Front {
 
     /// Attributes of a directory before a change, for wcc (cached, else fetched).
     pub async fn pre_attr(&self, id: u64) -> Option<Attr> {
+        self.attr_of(id).await.ok()
+    }
+
+    /// Attributes of a handle's object (cached, else fetched), for permission checks.
+    pub async fn attr_of(&self, id: u64) -> Result<Attr, nfsstat3> {
         let _ns = self.ns.read().await;
-        self.attr(id).await.ok()
+        self.attr(id).await
     }
 
     pub fn read_only(&self) -> bool {

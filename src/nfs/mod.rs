@@ -1,20 +1,29 @@
 //! NFSv3 front of the client proxy: the only module that imports the NFS crates.
 //!
-//! [`gate`] owns the socket the kernel mounts; it answers a few procedures itself and
-//! hands the rest to `nfs3_server`'s dispatcher, which calls [`fs::Front`].
+//! A call's path: [`gate`] owns the socket the kernel mounts (record framing in
+//! [`record`]), asks [`access`] who the caller is and what it may do, answers some
+//! procedures itself ([`procs`]) and hands the rest, over an in-process pipe, to
+//! `nfs3_server`'s dispatcher, which calls [`fs::Front`].
 
+pub mod access;
 pub mod attr;
 pub mod fs;
 pub mod gate;
+pub mod procs;
+pub mod record;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use nfs3_server::tcp::{NFSTcp, NFSTcpListener};
+use nfs3_server::tcp::NFSStreamServer;
 use tokio::net::TcpListener;
 
+pub use access::AccessPolicy;
 pub use fs::Front;
 pub use gate::Gate;
+
+/// Buffer of each in-process pipe between the gate and the dispatcher: a whole READ reply.
+const PIPE_BUFFER: usize = 4 << 20;
 
 /// A bound NFS front, ready to [`run`](NfsFront::run).
 pub struct NfsFront {
@@ -24,28 +33,28 @@ pub struct NfsFront {
 }
 
 impl NfsFront {
-    /// Bind the kernel-facing socket at `listen` and the dispatcher on an internal port.
-    pub async fn bind(front: Front, generation: u64, listen: SocketAddr) -> std::io::Result<Self> {
+    /// Bind the kernel-facing socket at `listen`; the dispatcher gets no socket at all.
+    pub async fn bind(
+        front: Front,
+        generation: u64,
+        listen: SocketAddr,
+        policy: AccessPolicy,
+    ) -> std::io::Result<Self> {
+        policy
+            .check_listen(listen)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::PermissionDenied, e))?;
         let front = Arc::new(front);
-        let inner = NFSTcpListener::bind_with_generation(
-            "127.0.0.1:0",
-            SharedFront(front.clone()),
-            generation,
-        )
-        .await?;
-        let upstream = SocketAddr::new(inner.get_listen_ip(), inner.get_listen_port());
-        tokio::spawn(async move {
-            if let Err(e) = inner.handle_forever().await {
-                tracing::error!("NFS dispatcher stopped: {e}");
-            }
-        });
+        let dispatcher = Arc::new(NFSStreamServer::new(SharedFront(front.clone()), generation));
         let listener = TcpListener::bind(listen).await?;
         let public_port = listener.local_addr()?.port();
         let gate = Arc::new(Gate {
-            front,
-            generation,
-            upstream,
-            public_port,
+            procs: procs::Procedures {
+                front,
+                generation,
+                public_port,
+            },
+            policy,
+            dispatcher: Box::new(InProcess(dispatcher)),
         });
         Ok(Self {
             listener,
@@ -57,6 +66,10 @@ impl NfsFront {
     /// Also answer portmapper calls at `addr` (usually `127.0.0.1:111`), for NFS clients
     /// that look ports up instead of being told them (qemu's `nfs://` driver).
     pub async fn with_portmapper(mut self, addr: SocketAddr) -> std::io::Result<Self> {
+        self.gate
+            .policy
+            .check_listen(addr)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::PermissionDenied, e))?;
         self.portmapper = Some(TcpListener::bind(addr).await?);
         Ok(self)
     }
@@ -76,6 +89,22 @@ impl NfsFront {
 
 /// `nfs3_server` wants to own its file system; the gate shares the same [`Front`].
 struct SharedFront(Arc<Front>);
+
+/// The dispatcher, reached through `tokio::io::duplex` pipes only.
+struct InProcess(Arc<NFSStreamServer<SharedFront>>);
+
+impl gate::Dispatcher for InProcess {
+    fn connect(&self, peer: SocketAddr) -> tokio::io::DuplexStream {
+        let (gate_end, dispatcher_end) = tokio::io::duplex(PIPE_BUFFER);
+        let server = self.0.clone();
+        tokio::spawn(async move {
+            if let Err(e) = server.serve(dispatcher_end, peer.to_string()).await {
+                tracing::debug!("NFS dispatcher connection for {peer} ended: {e}");
+            }
+        });
+        gate_end
+    }
+}
 
 mod shared {
     use nfs3_server::nfs3_types::nfs3::{

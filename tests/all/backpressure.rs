@@ -24,7 +24,7 @@ fn read_call(xid: u32, fh: &nfs_fh3, offset: u64) -> Vec<u8> {
             prog: 100_003,
             vers: 3,
             proc: 6,
-            cred: opaque_auth::default(),
+            cred: auth_sys(0, 0, &[]),
             verf: opaque_auth::default(),
         }),
     };

@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use nfs3_client::Nfs3Client;
 use nfs3_client::nfs3_types::nfs3::*;
+use nfs3_client::nfs3_types::rpc::{auth_flavor, auth_unix, opaque_auth};
 use nfs3_client::nfs3_types::xdr_codec::Opaque;
-use nfs3_client::tokio::{TokioConnector, TokioIo};
+use nfs3_client::tokio::TokioIo;
 use tokio::net::TcpStream;
 
 /// A built binary of this workspace (`cargo build` puts them beside the test's deps dir).
@@ -30,10 +31,28 @@ pub fn bin(name: &str) -> PathBuf {
 pub struct ClientProc {
     pub child: Child,
     pub port: u16,
+    pub remote: String,
     pub export: PathBuf,
     pub cache: PathBuf,
     pub extra: Vec<String>,
 }
+
+/// The access options most tests run with: the harness's NFS client connects from an
+/// unprivileged port as root (uid 0 over AUTH_SYS) and the export's files are root's.
+/// `tests/all/security.rs` runs with the real defaults instead.
+pub const TEST_ACCESS: [&str; 2] = ["--allow-unprivileged-ports", "--no-root-squash"];
+
+/// Options that say how the NFS port is guarded: if a test passes any, it gets no
+/// [`TEST_ACCESS`].
+const ACCESS_FLAGS: [&str; 7] = [
+    "--insecure",
+    "--allow-unprivileged-ports",
+    "--no-root-squash",
+    "--all-squash",
+    "--allow-uid",
+    "--allow-clients",
+    "--default-access",
+];
 
 impl ClientProc {
     /// Start a client for `local:{export}`; `port` 0 picks a free one.
@@ -42,6 +61,8 @@ impl ClientProc {
         Self::start_remote(&remote, export, cache, port, extra)
     }
 
+    /// Start a client for `remote`. Unless `extra` says otherwise, with [`TEST_ACCESS`];
+    /// `--default-access` (not passed on) asks for the client's own defaults.
     pub fn start_remote(
         remote: &str,
         export: &Path,
@@ -49,6 +70,16 @@ impl ClientProc {
         port: u16,
         extra: &[&str],
     ) -> Self {
+        let access: &[&str] = if extra.iter().any(|a| ACCESS_FLAGS.contains(a)) {
+            &[]
+        } else {
+            &TEST_ACCESS
+        };
+        let passed: Vec<&str> = extra
+            .iter()
+            .copied()
+            .filter(|a| *a != "--default-access")
+            .collect();
         let mut child = Command::new(bin("gridvfs-client"))
             .args([
                 "serve",
@@ -59,7 +90,8 @@ impl ClientProc {
             ])
             .arg("--cache-dir")
             .arg(cache)
-            .args(extra)
+            .args(access)
+            .args(&passed)
             .env("GRIDVFS_SERVER", bin("gridvfs-server"))
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -79,6 +111,7 @@ impl ClientProc {
         Self {
             child,
             port,
+            remote: remote.to_string(),
             export: export.to_path_buf(),
             cache: cache.to_path_buf(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
@@ -86,7 +119,7 @@ impl ClientProc {
     }
 
     /// `kill -9` the client (its server child dies with its pipe), then start it again on
-    /// the same port with the same cache directory.
+    /// the same port with the same remote, options and cache directory.
     pub fn restart(&mut self) {
         self.kill();
         let extra: Vec<&str> = self.extra.iter().map(|s| s.as_str()).collect();
@@ -94,7 +127,7 @@ impl ClientProc {
         for _ in 0..50 {
             // The port may linger a moment after the kill.
             let try_ = std::panic::catch_unwind(|| {
-                Self::start(&self.export, &self.cache, self.port, &extra)
+                Self::start_remote(&self.remote, &self.export, &self.cache, self.port, &extra)
             });
             match try_ {
                 Ok(c) => {
@@ -185,12 +218,75 @@ pub fn attrs(mode: Option<u32>) -> sattr3 {
     }
 }
 
+/// Connects from a chosen source address (and port, for privileged ones).
+struct SourceConnector(std::net::IpAddr);
+
+impl nfs3_client::net::Connector for SourceConnector {
+    type Connection = TokioIo<TcpStream>;
+
+    async fn connect(&self, addr: std::net::SocketAddr) -> std::io::Result<Self::Connection> {
+        self.connect_with_port(addr, 0).await
+    }
+
+    async fn connect_with_port(
+        &self,
+        addr: std::net::SocketAddr,
+        local_port: u16,
+    ) -> std::io::Result<Self::Connection> {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.bind(std::net::SocketAddr::new(self.0, local_port))?;
+        Ok(TokioIo::new(socket.connect(addr).await?))
+    }
+}
+
+/// An AUTH_SYS credential, as a kernel client sends it.
+pub fn auth_sys(uid: u32, gid: u32, gids: &[u32]) -> opaque_auth<'static> {
+    use nfs3_client::nfs3_types::xdr_codec::Pack;
+    let cred = auth_unix {
+        stamp: 1,
+        machinename: Opaque::owned(b"gridvfs-test".to_vec()),
+        uid,
+        gid,
+        gids: gids.to_vec(),
+    };
+    let mut body = Vec::new();
+    cred.pack(&mut body).expect("pack");
+    opaque_auth {
+        flavor: auth_flavor::AUTH_UNIX,
+        body: Opaque::owned(body),
+    }
+}
+
 impl Nfs {
+    /// Mount as root (AUTH_SYS uid 0) from an unprivileged port (see [`TEST_ACCESS`]).
     pub async fn mount(port: u16) -> Self {
+        Self::mount_as(port, auth_sys(0, 0, &[]), false)
+            .await
+            .unwrap_or_else(|e| panic!("mount failed: {e}"))
+    }
+
+    /// Mount with `cred`, from a privileged source port or not; retried while the client
+    /// starts.
+    pub async fn mount_as(
+        port: u16,
+        cred: opaque_auth<'static>,
+        privileged: bool,
+    ) -> Result<Self, String> {
+        Self::mount_from(port, cred, privileged, "127.0.0.1".parse().unwrap()).await
+    }
+
+    /// [`Self::mount_as`] from the source address `from` (127.0.0.0/8 all reach loopback).
+    pub async fn mount_from(
+        port: u16,
+        cred: opaque_auth<'static>,
+        privileged: bool,
+        from: std::net::IpAddr,
+    ) -> Result<Self, String> {
         let mut last = None;
         for _ in 0..50 {
-            match nfs3_client::Nfs3ConnectionBuilder::new(TokioConnector, "127.0.0.1", "/")
-                .connect_from_privileged_port(false)
+            match nfs3_client::Nfs3ConnectionBuilder::new(SourceConnector(from), "127.0.0.1", "/")
+                .connect_from_privileged_port(privileged)
+                .credential(cred.clone())
                 .mount_port(port)
                 .nfs3_port(port)
                 .mount()
@@ -198,16 +294,18 @@ impl Nfs {
             {
                 Ok(conn) => {
                     let root = conn.root_nfs_fh3();
-                    return Self {
+                    return Ok(Self {
                         c: conn.into_nfs3_client(),
                         root,
-                    };
+                    });
                 }
+                // The client is up and said no: retrying will not change its mind.
+                Err(e) if format!("{e:?}").contains("Auth") => return Err(format!("{e:?}")),
                 Err(e) => last = Some(e),
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        panic!("mount failed: {last:?}");
+        Err(format!("{last:?}"))
     }
 
     pub async fn getattr(&mut self, fh: &nfs_fh3) -> R<fattr3> {

@@ -12,6 +12,7 @@ mod libnfs;
 mod nfs_ops;
 mod protocol;
 mod restart;
+mod security;
 mod ssh;
 mod sshd;
 mod writeback;

@@ -1,0 +1,195 @@
+//! ONC RPC record marking (RFC 5531 §11) and the reply records the gate writes itself.
+
+use nfs3_server::nfs3_types::rpc::{
+    accept_stat_data, accepted_reply, auth_stat, msg_body, opaque_auth, reply_body, rpc_msg,
+};
+use nfs3_server::nfs3_types::xdr_codec::Pack;
+use tokio::io::AsyncReadExt;
+
+/// Largest RPC record accepted: a 1 MiB WRITE plus headers, with room to spare.
+pub const MAX_RECORD: usize = 4 * 1024 * 1024;
+
+/// Read one RPC record (all its fragments); `None` at a clean end of stream. The size is
+/// checked before anything is allocated.
+pub async fn read_record<R: tokio::io::AsyncRead + Unpin>(
+    r: &mut R,
+) -> std::io::Result<Option<Vec<u8>>> {
+    let mut body = Vec::new();
+    loop {
+        let mut mark = [0u8; 4];
+        match r.read_exact(&mut mark).await {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && body.is_empty() => {
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+        }
+        let m = u32::from_be_bytes(mark);
+        let len = (m & 0x7fff_ffff) as usize;
+        if body.len() + len > MAX_RECORD {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("RPC record larger than {MAX_RECORD} bytes"),
+            ));
+        }
+        let start = body.len();
+        body.resize(start + len, 0);
+        r.read_exact(&mut body[start..]).await?;
+        if m & 0x8000_0000 != 0 {
+            return Ok(Some(body));
+        }
+    }
+}
+
+/// One record as a single last fragment.
+pub fn frame_record(body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(4 + body.len());
+    out.extend_from_slice(&(0x8000_0000u32 | body.len() as u32).to_be_bytes());
+    out.extend_from_slice(body);
+    out
+}
+
+/// The xid of a record, if it is long enough to have one.
+pub fn xid_of(body: &[u8]) -> Option<u32> {
+    body.get(..4)
+        .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+}
+
+/// Whether a record that did not decode still says it is a CALL (so it deserves a reply).
+pub fn is_call(body: &[u8]) -> bool {
+    body.get(4..8) == Some(&[0, 0, 0, 0])
+}
+
+/// An accepted reply header for `xid` followed by `result`.
+pub fn reply(xid: u32, stat: accept_stat_data, result: &[u8]) -> Vec<u8> {
+    let msg = rpc_msg {
+        xid,
+        body: msg_body::REPLY(reply_body::MSG_ACCEPTED(accepted_reply {
+            verf: opaque_auth::default(),
+            reply_data: stat,
+        })),
+    };
+    let mut out = Vec::with_capacity(msg.packed_size() + result.len());
+    msg.pack(&mut out).expect("packing into a Vec cannot fail");
+    out.extend_from_slice(result);
+    out
+}
+
+/// A denied reply: the call's credential is refused (RFC 5531 §9, `AUTH_ERROR`).
+pub fn auth_error(xid: u32, stat: auth_stat) -> Vec<u8> {
+    // xid, REPLY, MSG_DENIED, AUTH_ERROR, auth_stat.
+    let mut out = Vec::with_capacity(20);
+    for word in [xid, 1, 1, 1, stat as u32] {
+        out.extend_from_slice(&word.to_be_bytes());
+    }
+    out
+}
+
+/// Words of the `resfail` arm of each NFSv3 procedure's result when every optional
+/// attribute in it is absent (RFC 1813): `post_op_attr` is one word, `wcc_data` two.
+const RESFAIL_WORDS: [usize; 22] = [
+    0, // NULL (never fails)
+    0, // GETATTR: void
+    2, // SETATTR: obj_wcc
+    1, // LOOKUP: dir_attributes
+    1, // ACCESS: obj_attributes
+    1, // READLINK: symlink_attributes
+    1, // READ: file_attributes
+    2, // WRITE: file_wcc
+    2, // CREATE: dir_wcc
+    2, // MKDIR: dir_wcc
+    2, // SYMLINK: dir_wcc
+    2, // MKNOD: dir_wcc
+    2, // REMOVE: dir_wcc
+    2, // RMDIR: dir_wcc
+    4, // RENAME: fromdir_wcc, todir_wcc
+    3, // LINK: file_attributes, linkdir_wcc
+    1, // READDIR: dir_attributes
+    1, // READDIRPLUS: dir_attributes
+    1, // FSSTAT: obj_attributes
+    1, // FSINFO: obj_attributes
+    1, // PATHCONF: obj_attributes
+    2, // COMMIT: file_wcc
+];
+
+/// An NFSv3 reply for `proc_` failing with `status` (no attributes), for calls the gate
+/// refuses before they reach anything.
+pub fn nfs_error(xid: u32, proc_: u32, status: u32) -> Vec<u8> {
+    let words = RESFAIL_WORDS.get(proc_ as usize).copied().unwrap_or(0);
+    let mut result = Vec::with_capacity(4 + 4 * words);
+    result.extend_from_slice(&status.to_be_bytes());
+    result.resize(4 + 4 * words, 0);
+    reply(xid, accept_stat_data::SUCCESS, &result)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nfs3_server::nfs3_types::nfs3::{
+        COMMIT3res, LINK3res, LOOKUP3res, READ3res, RENAME3res, nfsstat3,
+    };
+    use nfs3_server::nfs3_types::xdr_codec::Unpack;
+    use std::io::Cursor;
+
+    /// The hand-made error results decode as the real types do.
+    #[test]
+    fn error_results_decode() {
+        fn result_of(rec: &[u8]) -> Cursor<&[u8]> {
+            // xid, REPLY, MSG_ACCEPTED, verf flavor, verf len, SUCCESS = 24 bytes.
+            Cursor::new(&rec[24..])
+        }
+        let acces = nfsstat3::NFS3ERR_ACCES as u32;
+        let r = nfs_error(7, 3, acces);
+        assert!(matches!(
+            LOOKUP3res::unpack(&mut result_of(&r)).unwrap().0,
+            LOOKUP3res::Err((nfsstat3::NFS3ERR_ACCES, _))
+        ));
+        let r = nfs_error(7, 6, acces);
+        let mut c = result_of(&r);
+        assert!(matches!(
+            READ3res::unpack(&mut c).unwrap().0,
+            READ3res::Err(_)
+        ));
+        assert_eq!(c.position() as usize, r.len() - 24, "READ fully consumed");
+        let r = nfs_error(7, 14, nfsstat3::NFS3ERR_ROFS as u32);
+        let mut c = result_of(&r);
+        assert!(matches!(
+            RENAME3res::unpack(&mut c).unwrap().0,
+            RENAME3res::Err((nfsstat3::NFS3ERR_ROFS, _))
+        ));
+        assert_eq!(c.position() as usize, r.len() - 24);
+        let r = nfs_error(7, 15, acces);
+        let mut c = result_of(&r);
+        assert!(matches!(
+            LINK3res::unpack(&mut c).unwrap().0,
+            LINK3res::Err(_)
+        ));
+        assert_eq!(c.position() as usize, r.len() - 24);
+        let r = nfs_error(7, 21, acces);
+        assert!(matches!(
+            COMMIT3res::unpack(&mut result_of(&r)).unwrap().0,
+            COMMIT3res::Err(_)
+        ));
+        let d = auth_error(9, auth_stat::AUTH_TOOWEAK);
+        let (m, _) = rpc_msg::unpack(&mut Cursor::new(&d[..])).unwrap();
+        assert!(matches!(
+            m.body,
+            msg_body::REPLY(reply_body::MSG_DENIED(
+                nfs3_server::nfs3_types::rpc::rejected_reply::AUTH_ERROR(auth_stat::AUTH_TOOWEAK)
+            ))
+        ));
+    }
+
+    #[tokio::test]
+    async fn records_are_capped_before_allocating() {
+        let huge = (0x8000_0000u32 | 0x7fff_ffff).to_be_bytes();
+        let err = read_record(&mut &huge[..]).await.unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::InvalidData);
+        let two = [&[0, 0, 0, 2, 1, 2][..], &[0x80, 0, 0, 1, 3][..]].concat();
+        assert_eq!(
+            read_record(&mut &two[..]).await.unwrap(),
+            Some(vec![1, 2, 3])
+        );
+        assert_eq!(read_record(&mut &[][..]).await.unwrap(), None);
+    }
+}

@@ -1,0 +1,376 @@
+//! Issue 11 "who may reach the data": the NFS port with the client's real defaults
+//! (knfsd's `secure`, AUTH_SYS, `root_squash`, loopback only), tried as the callers an
+//! attacker on the VM host would be. Every test here failed before the gate checked
+//! anything (any caller read and wrote every file).
+
+use std::os::unix::fs::{PermissionsExt, chown};
+use std::process::Command;
+
+use nfs3_client::nfs3_types::nfs3::*;
+use nfs3_client::nfs3_types::rpc::opaque_auth;
+
+use crate::harness::*;
+
+/// Uids of the test's users (none needs to exist in /etc/passwd: AUTH_SYS sends numbers).
+const ALICE: u32 = 1000;
+const BOB: u32 = 2000;
+const QEMU: u32 = 64055;
+
+/// An export with files of different owners and modes (made by root, as the store user).
+fn store(d: &Dirs) {
+    let put = |name: &str, mode: u32, uid: u32| {
+        let p = d.export.join(name);
+        std::fs::write(&p, format!("contents of {name}\n")).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+        chown(&p, Some(uid), Some(uid)).unwrap();
+    };
+    put("root-secret.img", 0o600, 0);
+    put("public.img", 0o644, 0);
+    put("alice.img", 0o600, ALICE);
+    put("alice-ro.img", 0o444, ALICE);
+    std::fs::set_permissions(&d.export, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+fn start(d: &Dirs, extra: &[&str]) -> ClientProc {
+    let mut args = vec!["--default-access"];
+    args.extend_from_slice(extra);
+    ClientProc::start(&d.export, &d.cache, 0, &args)
+}
+
+async fn as_user(port: u16, uid: u32) -> Nfs {
+    Nfs::mount_as(port, auth_sys(uid, uid, &[]), true)
+        .await
+        .unwrap_or_else(|e| panic!("mount as uid {uid} refused: {e}"))
+}
+
+async fn access(nfs: &mut Nfs, fh: &nfs_fh3, asked: u32) -> u32 {
+    match nfs
+        .c
+        .access(&ACCESS3args {
+            object: fh.clone(),
+            access: asked,
+        })
+        .await
+        .expect("rpc")
+    {
+        Nfs3Result::Ok(ok) => ok.access,
+        Nfs3Result::Err((s, _)) => panic!("ACCESS failed: {s:?}"),
+    }
+}
+
+/// Item 1: unprivileged source ports and AUTH_NULL get an RPC AUTH_ERROR, even for MNT.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unprivileged_ports_and_auth_null_are_refused() {
+    let d = dirs();
+    store(&d);
+    let client = start(&d, &[]);
+    let e = Nfs::mount_as(client.port, auth_sys(0, 0, &[]), false)
+        .await
+        .err()
+        .expect("an unprivileged port must be refused");
+    assert!(e.contains("AUTH_TOOWEAK"), "{e}");
+    let e = Nfs::mount_as(client.port, opaque_auth::default(), true)
+        .await
+        .err()
+        .expect("AUTH_NULL must be refused");
+    assert!(e.contains("AUTH_TOOWEAK"), "{e}");
+    // A privileged port with AUTH_SYS gets in.
+    let mut nfs = as_user(client.port, ALICE).await;
+    let root = nfs.root.clone();
+    assert!(nfs.lookup(&root, "alice.img").await.is_ok());
+}
+
+/// Item 1: modes, owners and root_squash decide READ, WRITE, CREATE, SETATTR and ACCESS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn modes_owners_and_root_squash_are_enforced() {
+    let d = dirs();
+    store(&d);
+    let client = start(&d, &[]);
+
+    // Root is squashed to nobody: the 0600 image of root is not readable, nothing writable.
+    let mut root_nfs = as_user(client.port, 0).await;
+    let top = root_nfs.root.clone();
+    let secret = root_nfs.lookup(&top, "root-secret.img").await.unwrap();
+    assert_eq!(
+        root_nfs.read(&secret, 0, 4096).await.err(),
+        Some(nfsstat3::NFS3ERR_ACCES),
+        "root_squash: root reads a root-owned 0600 file"
+    );
+    assert_eq!(access(&mut root_nfs, &secret, 0x3f).await, 0);
+    let public = root_nfs.lookup(&top, "public.img").await.unwrap();
+    let (data, _) = root_nfs.read(&public, 0, 4096).await.unwrap();
+    assert_eq!(data, b"contents of public.img\n");
+    assert_eq!(
+        access(&mut root_nfs, &public, 0x3f).await,
+        0x01,
+        "READ only"
+    );
+    assert_eq!(
+        root_nfs
+            .write(&public, 0, b"owned", stable_how::FILE_SYNC)
+            .await
+            .err(),
+        Some(nfsstat3::NFS3ERR_ACCES)
+    );
+    assert_eq!(
+        root_nfs
+            .create(&top, "new.img", createhow3::UNCHECKED(attrs(Some(0o644))))
+            .await
+            .err(),
+        Some(nfsstat3::NFS3ERR_ACCES),
+        "CREATE in a 0755 root-owned directory"
+    );
+    assert!(!d.export.join("new.img").exists());
+    assert_eq!(
+        root_nfs.remove(&top, "public.img").await.err(),
+        Some(nfsstat3::NFS3ERR_ACCES)
+    );
+
+    // Bob is nobody to Alice's files.
+    let mut bob = as_user(client.port, BOB).await;
+    let alice_img = bob.lookup(&top, "alice.img").await.unwrap();
+    assert_eq!(
+        bob.read(&alice_img, 0, 4096).await.err(),
+        Some(nfsstat3::NFS3ERR_ACCES)
+    );
+    assert_eq!(
+        bob.setattr(&alice_img, attrs(Some(0o666)), None)
+            .await
+            .err(),
+        Some(nfsstat3::NFS3ERR_PERM),
+        "chmod by someone else"
+    );
+    let alice_ro = bob.lookup(&top, "alice-ro.img").await.unwrap();
+    assert_eq!(
+        bob.write(&alice_ro, 0, b"bob", stable_how::FILE_SYNC)
+            .await
+            .err(),
+        Some(nfsstat3::NFS3ERR_ACCES),
+        "the owner override is the owner's only"
+    );
+
+    // Alice reads and writes her own; her 0444 file too (knfsd's owner override), but
+    // ACCESS tells the kernel not to open it for writing.
+    let mut alice = as_user(client.port, ALICE).await;
+    let (data, _) = alice.read(&alice_img, 0, 4096).await.unwrap();
+    assert_eq!(data, b"contents of alice.img\n");
+    alice
+        .write(&alice_img, 0, b"CONTENTS", stable_how::FILE_SYNC)
+        .await
+        .unwrap();
+    assert_eq!(access(&mut alice, &alice_ro, 0x3f).await, 0x01);
+    alice
+        .write(&alice_ro, 0, b"CONTENTS", stable_how::FILE_SYNC)
+        .await
+        .unwrap();
+    assert_eq!(
+        std::fs::read(d.export.join("alice-ro.img")).unwrap(),
+        b"CONTENTS of alice-ro.img\n"
+    );
+    alice
+        .setattr(&alice_img, attrs(Some(0o640)), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        std::fs::metadata(d.export.join("alice.img"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o640
+    );
+    assert_eq!(
+        std::fs::read(d.export.join("root-secret.img")).unwrap(),
+        b"contents of root-secret.img\n",
+        "nothing changed what it may not"
+    );
+}
+
+/// Item 1: `--allow-uid` lets only the listed uids in; `--all-squash --anonuid` gives
+/// them the rights of the store's owner.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allow_list_with_all_squash() {
+    let d = dirs();
+    store(&d);
+    let alice = ALICE.to_string();
+    let client = start(
+        &d,
+        &[
+            "--allow-uid",
+            &format!("0,{QEMU}"),
+            "--all-squash",
+            "--anonuid",
+            &alice,
+            "--anongid",
+            &alice,
+        ],
+    );
+    let e = Nfs::mount_as(client.port, auth_sys(BOB, BOB, &[]), true)
+        .await
+        .err()
+        .expect("a uid not on the list");
+    assert!(e.contains("AUTH_TOOWEAK"), "{e}");
+    let mut qemu = as_user(client.port, QEMU).await;
+    let top = qemu.root.clone();
+    let img = qemu.lookup(&top, "alice.img").await.unwrap();
+    let (data, _) = qemu.read(&img, 0, 4096).await.unwrap();
+    assert_eq!(data, b"contents of alice.img\n", "qemu acts as alice");
+    let secret = qemu.lookup(&top, "root-secret.img").await.unwrap();
+    assert_eq!(
+        qemu.read(&secret, 0, 4096).await.err(),
+        Some(nfsstat3::NFS3ERR_ACCES),
+        "but not as root"
+    );
+}
+
+/// Item 3: a non-loopback --listen needs --allow-clients; only the named clients get in,
+/// `(ro)` ones cannot change anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_hosts_only_when_named() {
+    let d = dirs();
+    store(&d);
+    let out = Command::new(bin("gridvfs-client"))
+        .args(["serve", "--remote"])
+        .arg(format!("local:{}", d.export.display()))
+        .args(["--listen", "0.0.0.0:0", "--cache-dir"])
+        .arg(&d.cache)
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "listening on 0.0.0.0 without --allow-clients"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--allow-clients"), "{err}");
+
+    let client = start(
+        &d,
+        &[
+            "--allow-clients",
+            "127.0.0.2(rw),127.0.0.3",
+            "--no-root-squash",
+        ],
+    );
+    let root_cred = || auth_sys(0, 0, &[]);
+    assert!(
+        Nfs::mount_from(client.port, root_cred(), true, "127.0.0.1".parse().unwrap())
+            .await
+            .is_err(),
+        "127.0.0.1 is not named"
+    );
+    let mut rw = Nfs::mount_from(client.port, root_cred(), true, "127.0.0.2".parse().unwrap())
+        .await
+        .expect("127.0.0.2 is rw");
+    let top = rw.root.clone();
+    let public = rw.lookup(&top, "public.img").await.unwrap();
+    rw.write(&public, 0, b"CONTENTS", stable_how::FILE_SYNC)
+        .await
+        .unwrap();
+    let mut ro = Nfs::mount_from(client.port, root_cred(), true, "127.0.0.3".parse().unwrap())
+        .await
+        .expect("127.0.0.3 is ro");
+    let (data, _) = ro.read(&public, 0, 4096).await.unwrap();
+    assert_eq!(data, b"CONTENTS of public.img\n");
+    assert_eq!(
+        ro.write(&public, 0, b"x", stable_how::FILE_SYNC)
+            .await
+            .err(),
+        Some(nfsstat3::NFS3ERR_ROFS)
+    );
+    assert_eq!(access(&mut ro, &public, 0x3f).await, 0x01);
+}
+
+/// Item 2: the client listens on exactly one TCP port, the gate's; the dispatcher behind
+/// it has none (it used to sit on 127.0.0.1:ephemeral, reachable by anyone).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dispatcher_has_no_port() {
+    let d = dirs();
+    store(&d);
+    let client = start(&d, &[]);
+    // Make sure the dispatcher is running (it serves the mount's calls).
+    let mut nfs = as_user(client.port, ALICE).await;
+    let top = nfs.root.clone();
+    nfs.lookup(&top, "alice.img").await.unwrap();
+    let ports = listening_ports(client.child.id());
+    assert_eq!(ports, vec![client.port], "listening sockets of the client");
+}
+
+/// TCP ports in LISTEN state among the sockets process `pid` holds.
+fn listening_ports(pid: u32) -> Vec<u16> {
+    let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .filter_map(|l| {
+            let l = l.to_string_lossy().into_owned();
+            l.strip_prefix("socket:[")
+                .and_then(|r| r.strip_suffix(']'))
+                .map(str::to_owned)
+        })
+        .collect();
+    let mut ports = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() > 9 && f[3] == "0A" && inodes.iter().any(|i| i == f[9]) {
+                let port = f[1].rsplit(':').next().unwrap();
+                ports.push(u16::from_str_radix(port, 16).unwrap());
+            }
+        }
+    }
+    ports.sort();
+    ports
+}
+
+/// Item 1 through a real peer: libnfs run as `nobody` binds an unprivileged port and is
+/// refused; run as root it binds a reserved one and is root-squashed.
+#[test]
+fn libnfs_as_nobody_and_as_root() {
+    let d = dirs();
+    // libnfs mounts the directory above the file: keep the files one level down.
+    let images = d.export.join("images");
+    std::fs::create_dir(&images).unwrap();
+    for (name, mode) in [("public.img", 0o644), ("root-secret.img", 0o600)] {
+        std::fs::write(images.join(name), format!("contents of {name}\n")).unwrap();
+        std::fs::set_permissions(images.join(name), std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    let client = start(&d, &[]);
+    let url = |f: &str| client.url(&format!("images/{f}"));
+    let nobody = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "nfs-cat",
+        ])
+        .arg(url("public.img"))
+        .output()
+        .expect("setpriv and nfs-cat (util-linux, libnfs-utils: .ci/run installs them)");
+    assert!(
+        !nobody.status.success(),
+        "nobody read through the NFS port: {}",
+        String::from_utf8_lossy(&nobody.stdout)
+    );
+    let secret = Command::new("nfs-cat")
+        .arg(url("root-secret.img"))
+        .output()
+        .unwrap();
+    assert!(
+        !secret.status.success() && secret.stdout.is_empty(),
+        "root_squash: root read a root-owned 0600 file: {}",
+        String::from_utf8_lossy(&secret.stdout)
+    );
+    let public = Command::new("nfs-cat")
+        .arg(url("public.img"))
+        .output()
+        .unwrap();
+    assert!(
+        public.status.success(),
+        "{}",
+        String::from_utf8_lossy(&public.stderr)
+    );
+    assert_eq!(public.stdout, b"contents of public.img\n");
+}
