@@ -374,3 +374,117 @@ fn libnfs_as_nobody_and_as_root() {
     );
     assert_eq!(public.stdout, b"contents of public.img\n");
 }
+
+/// The one export directory under `cache` (made by a running client).
+fn export_dir(cache: &std::path::Path) -> std::path::PathBuf {
+    std::fs::read_dir(cache)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.join("index.sqlite").exists())
+        .expect("an export directory")
+}
+
+/// Run `gridvfs-client serve` that must fail to start; its stderr.
+fn refused_to_start(d: &Dirs) -> String {
+    let out = Command::new(bin("gridvfs-client"))
+        .args(["serve", "--remote"])
+        .arg(format!("local:{}", d.export.display()))
+        .args(["--listen", "127.0.0.1:0", "--cache-dir"])
+        .arg(&d.cache)
+        .env("GRIDVFS_SERVER", bin("gridvfs-server"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "the client started");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Item 8: a second client on the same cache directory is refused, naming the first.
+#[test]
+fn one_client_per_cache_directory() {
+    let d = dirs();
+    store(&d);
+    let first = start(&d, &[]);
+    let err = refused_to_start(&d);
+    assert!(
+        err.contains(&format!("in use by another gridvfs process (pid {})", first.child.id())),
+        "{err}"
+    );
+    // The first one is unharmed: its control socket still answers.
+    assert!(n(&status_json(&d.cache), "pid") == u64::from(first.child.id()));
+}
+
+/// Item 4: a cache directory others may write to is refused; new ones are made 0700.
+#[test]
+fn cache_directory_modes() {
+    let d = dirs();
+    store(&d);
+    std::fs::remove_dir(&d.cache).unwrap();
+    {
+        let _c = start(&d, &[]);
+        for p in [d.cache.clone(), export_dir(&d.cache)] {
+            let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o700, "{}", p.display());
+        }
+        let sock = export_dir(&d.cache).join("control.sock");
+        let mode = std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+    std::fs::set_permissions(&d.cache, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let err = refused_to_start(&d);
+    assert!(err.contains("chmod go-w"), "{err}");
+}
+
+/// Item 4: even with the directories opened up to traversal, `nobody` cannot use the
+/// control socket (0600), so cannot flush, gc or read the figures.
+#[test]
+fn nobody_cannot_use_the_control_socket() {
+    let d = dirs();
+    store(&d);
+    let _c = start(&d, &[]);
+    let ex = export_dir(&d.cache);
+    for p in [d.tmp.path(), &d.cache, &ex] {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(bin("gridvfs-client"))
+        .args(["status", "--json", "--cache-dir"])
+        .arg(&d.cache)
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success() && out.stdout.is_empty(),
+        "nobody read the status: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // The owner still can.
+    assert!(n(&status_json(&d.cache), "pid") > 0);
+}
+
+/// Item 4: a symlink planted where a block file will go is not followed: the file it
+/// points at is untouched and the read still returns the right bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn planted_symlinks_in_the_cache_are_not_followed() {
+    let d = dirs();
+    store(&d);
+    let client = start(&d, &["--no-root-squash"]);
+    let mut nfs = Nfs::mount_as(client.port, auth_sys(0, 0, &[]), true)
+        .await
+        .unwrap();
+    let top = nfs.root.clone();
+    let fh = nfs.lookup(&top, "public.img").await.unwrap();
+    // The handle's id is its last 8 bytes; its data file is blocks/<id as 16 hex digits>.
+    let id = u64::from_le_bytes(fh.data[8..16].try_into().unwrap());
+    let blocks = export_dir(&d.cache).join("blocks");
+    std::fs::create_dir_all(&blocks).unwrap();
+    let victim = d.tmp.path().join("victim");
+    std::fs::write(&victim, "precious").unwrap();
+    std::os::unix::fs::symlink(&victim, blocks.join(format!("{id:016x}"))).unwrap();
+    let got = nfs.read(&fh, 0, 4096).await;
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+    match got {
+        Ok((data, _)) => assert_eq!(data, b"contents of public.img\n"),
+        Err(s) => assert_eq!(s, nfsstat3::NFS3ERR_IO, "a clear error if not served"),
+    }
+}
