@@ -217,8 +217,8 @@ pub async fn connect(remote: &Remote) -> Result<Connection> {
                         return Err(Error::Config("--ssh-command is empty".into()));
                     }
                     let prog = argv.remove(0);
+                    // `… -- host command`: ssh_args ends the options before the host.
                     argv.extend(target.ssh_args());
-                    argv.push("--".into());
                     argv.push(command);
                     process::spawn(prog.as_ref(), &argv)
                 }

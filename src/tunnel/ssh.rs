@@ -69,6 +69,11 @@ impl SshTarget {
         if host.is_empty() || path.is_empty() {
             return Err(bad());
         }
+        // A host or user starting with '-' would be an option to a system ssh (issue 11,
+        // item 5): no real one does, so refuse it outright.
+        if host.starts_with('-') || user.as_deref().is_some_and(|u| u.starts_with('-')) {
+            return Err(bad());
+        }
         Ok(Self {
             user,
             host: host.to_string(),
@@ -84,6 +89,8 @@ impl SshTarget {
             a.push("-l".into());
             a.push(u.clone());
         }
+        // Options end before the destination, whatever it looks like.
+        a.push("--".into());
         a.push(self.host.clone());
         a
     }
@@ -202,11 +209,18 @@ impl HostKeyCheck {
         let fp = key.fingerprint(HashAlg::Sha256);
         let alg = key.algorithm();
         let global = Path::new("/etc/ssh/ssh_known_hosts");
+        // Key types the host is already known by, for the downgrade check below.
+        let mut known_algs: Vec<String> = Vec::new();
         for file in [self.file.as_path(), global] {
             let known = russh::keys::known_hosts::known_host_keys_path(host, port, file)
                 .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
             for (line, k) in known {
                 if k.algorithm() != alg {
+                    known_algs.push(format!(
+                        "{} ({} line {line})",
+                        k.algorithm(),
+                        file.display()
+                    ));
                     continue;
                 }
                 if &k == key {
@@ -220,6 +234,19 @@ impl HostKeyCheck {
                     file.display()
                 ));
             }
+        }
+        if !known_algs.is_empty() {
+            // Known, but by another type of key: recording this one would let whoever
+            // answers with a type we never saw (perhaps a weaker one) in. OpenSSH treats
+            // it the same way. Refused even with --accept-new-host-key.
+            return Err(format!(
+                "the host key of {shown} has CHANGED type: the server presented {alg} {fp}, but the host is known by \
+                 {}. Someone may be intercepting the connection. If the store really has a new key, check its \
+                 fingerprint with the store's administrator, remove the old entry with `ssh-keygen -R '{shown}' -f {}`, \
+                 and connect again",
+                known_algs.join(", "),
+                self.file.display()
+            ));
         }
         if !self.accept_new {
             return Err(format!(

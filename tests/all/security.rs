@@ -407,7 +407,10 @@ fn one_client_per_cache_directory() {
     let first = start(&d, &[]);
     let err = refused_to_start(&d);
     assert!(
-        err.contains(&format!("in use by another gridvfs process (pid {})", first.child.id())),
+        err.contains(&format!(
+            "in use by another gridvfs process (pid {})",
+            first.child.id()
+        )),
         "{err}"
     );
     // The first one is unharmed: its control socket still answers.

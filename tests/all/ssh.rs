@@ -175,6 +175,51 @@ fn ssh_refusals_say_what_is_wrong() {
     let e = refused(&remote, &d.cache, &flags);
     assert!(e.contains("CHANGED") && e.contains("ssh-keygen -R"), "{e}");
 
+    // Issue 11, item 5: the host is known by an ECDSA key and the server offers Ed25519.
+    // Recording the new type would be a downgrade path: refused as a changed key, even
+    // with --accept-new-host-key, and nothing is added to known_hosts.
+    let ecdsa = d.tmp.path().join("ecdsa");
+    assert!(
+        Command::new("ssh-keygen")
+            .args(["-q", "-t", "ecdsa", "-N", "", "-f"])
+            .arg(&ecdsa)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let ecdsa_pub = std::fs::read_to_string(ecdsa.with_extension("pub")).unwrap();
+    let known = format!(
+        "[127.0.0.1]:{} {}\n",
+        sshd.port,
+        ecdsa_pub
+            .split_whitespace()
+            .take(2)
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    std::fs::write(&kh, &known).unwrap();
+    let e = refused(&remote, &d.cache, &flags);
+    assert!(e.contains("CHANGED type") && e.contains("ecdsa"), "{e}");
+    assert_eq!(
+        std::fs::read_to_string(&kh).unwrap(),
+        known,
+        "nothing recorded"
+    );
+
+    // Issue 11, item 5: a host that would be an option to the system ssh.
+    let e = refused(
+        &format!("ssh://-oProxyCommand=touch%20/tmp/pwned:{}/x", sshd.port),
+        &d.cache,
+        &["--ssh-command".into(), "ssh".into()],
+    );
+    assert!(e.contains("bad remote"), "{e}");
+    let e = refused(
+        "u@-oProxyCommand=sh:/x",
+        &d.cache,
+        &["--ssh-command".into(), "ssh".into()],
+    );
+    assert!(e.contains("bad remote"), "{e}");
+
     // A user key the store does not know.
     let kh2 = d.tmp.path().join("kh2");
     let flags = vec![
