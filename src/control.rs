@@ -50,6 +50,12 @@ pub struct Status {
     pub dirty_bytes: u64,
     pub uploaded_bytes: u64,
     pub upload_errors: u64,
+    /// Write-back entries the store refused for good, kept in the journal (retried at
+    /// the next start).
+    #[serde(default)]
+    pub quarantined_entries: u64,
+    #[serde(default)]
+    pub quarantined_bytes: u64,
     /// Write-back: writes acknowledged and the journal syncs they took (group commit).
     #[serde(default)]
     pub journal_writes: u64,
@@ -121,6 +127,8 @@ impl Sources {
                 .map_or(0, |p| p.1),
             uploaded_bytes: self.writeback.as_ref().map_or(0, |w| l(&w.uploaded_bytes)),
             upload_errors: self.writeback.as_ref().map_or(0, |w| l(&w.upload_errors)),
+            quarantined_entries: self.writeback.as_ref().map_or(0, |w| w.quarantined().0),
+            quarantined_bytes: self.writeback.as_ref().map_or(0, |w| w.quarantined().1),
             journal_writes: self.writeback.as_ref().map_or(0, |w| l(&w.journal_writes)),
             journal_syncs: self.writeback.as_ref().map_or(0, |w| l(&w.journal_syncs)),
             files: self.files(),
@@ -234,7 +242,8 @@ pub fn serve(export_dir: &Path, sources: Sources) -> std::io::Result<tokio::task
                     let st = sources.snapshot();
                     let mut line = serde_json::to_vec(&st).unwrap_or_default();
                     line.push(b'\n');
-                    if w.write_all(&line).await.is_err() || !flush || st.dirty_entries == 0 {
+                    let done = st.dirty_entries <= st.quarantined_entries;
+                    if w.write_all(&line).await.is_err() || !flush || done {
                         return;
                     }
                     if let Some(wb) = &sources.writeback {
@@ -279,6 +288,13 @@ pub async fn flush(export_dir: &Path, mut progress: impl FnMut(&Status)) -> std:
         progress(&st);
         if st.dirty_entries == 0 {
             return Ok(());
+        }
+        if st.dirty_entries <= st.quarantined_entries {
+            return Err(std::io::Error::other(format!(
+                "{} write-back entries ({} bytes) were refused by the store and are kept in \
+                 the journal (see `status`); fix the store and restart the client to retry them",
+                st.quarantined_entries, st.quarantined_bytes
+            )));
         }
     }
     Err(std::io::Error::other(

@@ -42,6 +42,11 @@ pub enum Error {
     Index(String),
     #[error("configuration: {0}")]
     Config(String),
+    /// Write-back data the store refused for good is kept in the journal, not uploaded.
+    #[error(
+        "{entries} write-back entries ({bytes} bytes) were refused by the store and are kept in the journal; see `gridvfs-client status`, fix the store, and restart the client to retry them"
+    )]
+    WriteBackRefused { entries: u64, bytes: u64 },
     #[error(transparent)]
     Io(#[from] std::io::Error),
 }

@@ -443,6 +443,13 @@ async fn status(cache_dir: &std::path::Path, json: bool) -> anyhow::Result<()> {
                 mib(st.hint_zero_bytes),
                 mib(st.zero_bytes)
             );
+            if st.quarantined_entries > 0 {
+                println!(
+                    "  REFUSED  {:.1} MiB of write-back data in {} entries refused by the store, kept in the journal (retried at the next start; the files' writes fail with EIO until then)",
+                    mib(st.quarantined_bytes),
+                    st.quarantined_entries
+                );
+            }
             if st.dirty_bytes > 0 {
                 println!(
                     "  write-back {:.1} MiB pending in {} entries",

@@ -14,6 +14,16 @@
 //! Reads see acknowledged data before it reaches the store: dirty entries are laid over
 //! what the cache or the store returns, and a file's size is the larger of the store's and
 //! the furthest dirty byte.
+//!
+//! An entry the store refuses for good (a read-only store, a permission, a file gone
+//! behind the mount) is **quarantined** (issue 11, items 9 and 10), never dropped and never
+//! retried in a loop that blocks the rest: its bytes stay in the journal, later entries of
+//! the same file join it (so an older one can never land over a newer one), the other
+//! files' entries go on, `status` reports it, and later WRITE/COMMIT/truncate of that file
+//! fail with EIO so the VM learns of it. The quarantine is retried at the next start.
+//!
+//! Lock order: `retire` (tokio) → `journal` → the index's connection; `quarantine` and
+//! `changed` are leaves, never held while taking another lock.
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
@@ -81,6 +91,41 @@ pub struct WriteBack {
     pub retire: tokio::sync::RwLock<()>,
     /// Files whose uploaded data retired entries since their attributes were cached.
     changed: Mutex<std::collections::HashSet<u64>>,
+    /// Entries the store refused for good, kept until the next start.
+    quarantine: Mutex<Quarantine>,
+}
+
+/// Entries kept back from upload: by seq, and per file why.
+#[derive(Default)]
+struct Quarantine {
+    seqs: std::collections::HashSet<u64>,
+    /// file -> (the store's answer, entries, bytes).
+    files: std::collections::HashMap<u64, (String, u64, u64)>,
+}
+
+/// What became of one entry's upload.
+enum Upload {
+    /// On the store (COMMIT still due).
+    Landed(FileRef),
+    /// Its file was removed through the mount: nothing to write to.
+    Removed,
+    /// Refused for good: kept back.
+    Refused(String),
+}
+
+/// Store answers that no retry will change.
+fn permanent(s: Status) -> bool {
+    matches!(
+        s,
+        Status::RoFs
+            | Status::Access
+            | Status::Perm
+            | Status::Escape
+            | Status::FBig
+            | Status::Inval
+            | Status::IsDir
+            | Status::NotDir
+    )
 }
 
 impl WriteBack {
@@ -117,6 +162,7 @@ impl WriteBack {
             journal_writes: AtomicU64::new(0),
             journal_syncs: AtomicU64::new(0),
             dirty_bytes: AtomicU64::new(dirty),
+            quarantine: Mutex::default(),
             full_warned: std::sync::atomic::AtomicBool::new(false),
             retire: tokio::sync::RwLock::new(()),
             changed: Mutex::default(),
@@ -248,11 +294,33 @@ impl WriteBack {
         }
     }
 
-    /// Wait until everything acknowledged so far is on the store.
+    /// (entries, bytes) kept back because the store refused them.
+    pub fn quarantined(&self) -> (u64, u64) {
+        let q = self.quarantine.lock().expect("quarantine lock");
+        q.files
+            .values()
+            .fold((0, 0), |(n, b), (_, en, eb)| (n + en, b + eb))
+    }
+
+    /// Why the store refuses `file`'s write-back data, if it does.
+    pub fn refused(&self, file: u64) -> Option<String> {
+        let q = self.quarantine.lock().expect("quarantine lock");
+        q.files.get(&file).map(|(why, _, _)| why.clone())
+    }
+
+    /// Wait until everything acknowledged so far is on the store, or kept back in the
+    /// quarantine (then an error says how much).
     pub async fn drain(&self) -> Result<()> {
         loop {
             let notified = self.progress.notified();
-            if self.pending()?.0 == 0 {
+            let (kept, kept_bytes) = self.quarantined();
+            if self.pending()?.0 <= kept {
+                if kept > 0 {
+                    return Err(Error::WriteBackRefused {
+                        entries: kept,
+                        bytes: kept_bytes,
+                    });
+                }
                 return Ok(());
             }
             self.work.notify_one();
@@ -287,7 +355,19 @@ impl WriteBack {
 
     /// Upload the oldest entries in order; returns how many landed.
     async fn upload_batch(self: &Arc<Self>, remote: &Arc<RemoteStore>) -> Result<usize> {
-        let entries = self.index.dirty_oldest(BATCH)?;
+        let kept = self
+            .quarantine
+            .lock()
+            .expect("quarantine lock")
+            .seqs
+            .clone();
+        let entries: Vec<Dirty> = self
+            .index
+            .dirty_oldest(BATCH + kept.len() as u64)?
+            .into_iter()
+            .filter(|e| !kept.contains(&e.seq))
+            .take(BATCH as usize)
+            .collect();
         if entries.is_empty() {
             return Ok(0);
         }
@@ -298,10 +378,15 @@ impl WriteBack {
                 a.file == b.file && a.offset < b.offset + b.len && b.offset < a.offset + a.len
             })
         });
-        let mut targets: Vec<Option<FileRef>> = Vec::with_capacity(entries.len());
+        let mut targets: Vec<Upload> = Vec::with_capacity(entries.len());
         if overlapping {
             for e in &entries {
-                targets.push(self.upload(remote, e).await?);
+                let u = self.upload(remote, e).await?;
+                if let Upload::Refused(why) = &u {
+                    // At once: the next entries of this file must not overtake it.
+                    self.keep_back(e, why.clone());
+                }
+                targets.push(u);
             }
         } else {
             for chunk in entries.chunks(PARALLEL_UPLOADS) {
@@ -310,8 +395,7 @@ impl WriteBack {
                     let (this, remote) = (self.clone(), remote.clone());
                     set.spawn(async move { (i, this.upload(&remote, &e).await) });
                 }
-                let mut got: Vec<Option<Result<Option<FileRef>>>> =
-                    (0..chunk.len()).map(|_| None).collect();
+                let mut got: Vec<Option<Result<Upload>>> = (0..chunk.len()).map(|_| None).collect();
                 while let Some(joined) = set.join_next().await {
                     let (i, r) =
                         joined.map_err(|e| Error::Protocol(format!("upload task: {e}")))?;
@@ -323,20 +407,27 @@ impl WriteBack {
             }
         }
         let mut done = Vec::new();
+        let mut retired = Vec::new();
         let mut touched: Vec<(u64, FileRef)> = Vec::new();
         for (e, target) in entries.iter().zip(targets) {
             match target {
-                Some(f) if !touched.iter().any(|(id, _)| *id == e.file) => {
+                Upload::Landed(f) if !touched.iter().any(|(id, _)| *id == e.file) => {
                     touched.push((e.file, f))
                 }
-                Some(_) => {}
-                None => tracing::warn!(
+                Upload::Landed(_) => {}
+                Upload::Removed => tracing::warn!(
                     file = e.file,
-                    "dropping write-back data of a file removed from the store"
+                    "dropping write-back data of a file removed through the mount"
                 ),
+                Upload::Refused(why) => {
+                    self.keep_back(e, why);
+                    continue;
+                }
             }
             done.push(e.seq);
+            retired.push(*e);
         }
+        let entries = retired;
         let ids: Vec<u64> = touched.iter().map(|(id, _)| *id).collect();
         for (_, f) in touched {
             remote
@@ -358,9 +449,36 @@ impl WriteBack {
         Ok(done.len())
     }
 
-    /// Send one entry. `None` if its file no longer exists (removed through the mount, so
-    /// its name is gone from the map): nothing to write to.
-    async fn upload(&self, remote: &RemoteStore, e: &Dirty) -> Result<Option<FileRef>> {
+    /// Put `e` in the quarantine (its bytes stay in the journal), loudly the first time
+    /// for its file.
+    fn keep_back(&self, e: &Dirty, why: String) {
+        let mut q = self.quarantine.lock().expect("quarantine lock");
+        if !q.seqs.insert(e.seq) {
+            return;
+        }
+        let first = !q.files.contains_key(&e.file);
+        let slot = q.files.entry(e.file).or_insert((why.clone(), 0, 0));
+        slot.1 += 1;
+        slot.2 += e.len;
+        drop(q);
+        if first {
+            tracing::error!(
+                file = e.file,
+                "the store refuses write-back data ({why}); it is kept in the journal, \
+                 reported by `status`, and retried at the next start. Later writes to this \
+                 file fail with EIO until then"
+            );
+        }
+    }
+
+    /// Send one entry: landed, its file removed through the mount (its name is gone from
+    /// the map: nothing to write to), or refused for good. `Err` for what may pass (the
+    /// link, a full store): the batch is retried with back-off.
+    async fn upload(&self, remote: &RemoteStore, e: &Dirty) -> Result<Upload> {
+        if let Some(why) = self.refused(e.file) {
+            // An older entry of this file is kept back: this one may not overtake it.
+            return Ok(Upload::Refused(why));
+        }
         let mut data = vec![0u8; e.len as usize];
         self.journal
             .lock()
@@ -370,7 +488,7 @@ impl WriteBack {
         let data = Bytes::from(data);
         for _ in 0..5 {
             let Some((path, ident)) = self.index.get(e.file)? else {
-                return Ok(None);
+                return Ok(Upload::Removed);
             };
             let file = FileRef {
                 path,
@@ -387,24 +505,24 @@ impl WriteBack {
                 )
                 .await
             {
-                Ok(_) => return Ok(Some(file)),
+                Ok(_) => return Ok(Upload::Landed(file)),
                 // A rename may have moved it between reading the map and the write: look
                 // the path up again (the entry is kept until the store has it).
                 Err(Error::Status(Status::NoEnt | Status::Stale)) => {
                     tokio::time::sleep(Duration::from_millis(50)).await
                 }
+                Err(Error::Status(s)) if permanent(s) => {
+                    return Ok(Upload::Refused(format!("{s:?}")));
+                }
                 Err(e) => return Err(e),
             }
         }
-        // Still gone at the same path: the file was removed or replaced on the store behind
-        // the mount. Its data has nowhere to go; say so loudly rather than block the queue.
-        tracing::error!(
-            file = e.file,
-            offset = e.offset,
-            len = e.len,
-            "write-back target vanished on the store; data dropped"
-        );
-        Ok(None)
+        // Still gone though the map has a name for it: removed or replaced on the store
+        // behind the mount (or a rename still settling). Never dropped while its row
+        // exists (issue 11, item 10): kept back, and retried at the next start.
+        Ok(Upload::Refused(
+            "the file is gone from the store under the name the mount knows".into(),
+        ))
     }
 
     /// Give the disk space of uploaded entries back (punch their journal ranges), so a

@@ -37,6 +37,11 @@ const DOTDOT_COOKIE: u64 = 2;
 const DIR_PAGE: u32 = 1024;
 /// Attribute-cache size at which expired entries are swept out.
 const ATTR_CACHE_SWEEP: usize = 65_536;
+/// How long a truncate waits for older write-back data before the kernel is told to
+/// retry (NFS3ERR_JUKEBOX): the uploader may be waiting out a link outage.
+const DRAIN_DEADLINE: Duration = Duration::from_secs(30);
+/// Largest file offset a write may reach: what `off_t` holds (Linux's own limit).
+const MAX_FILE_SIZE: u64 = i64::MAX as u64;
 /// Largest READ passed to the store: the rtmax we advertise.
 const MAX_READ: u32 = 1 << 20;
 
@@ -314,6 +319,18 @@ impl Front {
 
     pub fn read_only(&self) -> bool {
         self.read_only
+    }
+
+    /// EIO for a file whose write-back data the store refused (it is kept back; the VM
+    /// must learn its writes are not reaching the store).
+    fn write_allowed(&self, id: u64) -> Result<(), nfsstat3> {
+        match self.data.writeback.as_ref().and_then(|wb| wb.refused(id)) {
+            Some(why) => {
+                tracing::debug!(id, "write refused: earlier write-back data refused ({why})");
+                Err(nfsstat3::NFS3ERR_IO)
+            }
+            None => Ok(()),
+        }
     }
 }
 
@@ -603,6 +620,15 @@ impl NfsFileSystem for Front {
         data: &[u8],
         stable: stable_how,
     ) -> Result<(fattr3, stable_how), nfsstat3> {
+        // Issue 11, item 9: offset + len must not wrap (or pass what a file can hold):
+        // unchecked, it wrapped in the journal's arithmetic and wedged write-back.
+        if offset
+            .checked_add(data.len() as u64)
+            .is_none_or(|end| end > MAX_FILE_SIZE)
+        {
+            return Err(nfsstat3::NFS3ERR_FBIG);
+        }
+        self.write_allowed(id.as_u64())?;
         // A write-back cache full of data not yet uploaded makes the write wait; not while
         // holding the namespace lock, which a queued RENAME would turn into a stall of all.
         self.data.wait_for_room(data.len() as u64).await;
@@ -748,6 +774,7 @@ impl NfsFileSystem for Front {
     }
 
     async fn commit(&self, id: &FileHandleU64, _offset: u64, _count: u32) -> Result<(), nfsstat3> {
+        self.write_allowed(id.as_u64())?;
         let _ns = self.ns.read().await;
         let file = self.file_ref(id.as_u64())?;
         match self.data.commit(file).await {
@@ -766,12 +793,22 @@ impl Front {
         set: SetAttr,
         guard: Option<Time>,
     ) -> Result<Attr, nfsstat3> {
+        if set.size.is_some_and(|s| s > MAX_FILE_SIZE) {
+            return Err(nfsstat3::NFS3ERR_FBIG);
+        }
+        if set.size.is_some() {
+            // A truncate must not be overtaken by older writes still in the journal. Not
+            // under the namespace lock (a queued RENAME would stall every call behind the
+            // drain), and not for ever: past the deadline the kernel is told to retry.
+            self.write_allowed(id)?;
+            match tokio::time::timeout(DRAIN_DEADLINE, self.data.drain()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(map_err(e)),
+                Err(_) => return Err(nfsstat3::NFS3ERR_JUKEBOX),
+            }
+        }
         let _ns = self.ns.read().await;
         let file = self.file_ref(id)?;
-        if set.size.is_some() {
-            // A truncate must not be overtaken by older writes still in the journal.
-            self.data.drain().await.map_err(map_err)?;
-        }
         match self
             .call_on(id, Request::Setattr { file, set, guard })
             .await

@@ -249,3 +249,132 @@ async fn unuploaded_data_is_held_to_the_cache_size() {
     flush(&d.cache);
     assert!(std::fs::read(d.export.join("redo.log")).unwrap() == data);
 }
+
+/// Issue 11, items 9 and 10: entries the store refuses for good (here: it came back
+/// read-only) are kept back, not dropped and not retried in a loop that blocks
+/// everything: the mount answers, reads still see the data, later writes and truncates of
+/// those files fail with EIO, `status` and `flush` report it, and after the store is
+/// fixed a restart uploads every byte. Before: the uploader retried the batch for ever and
+/// a truncate (which drains) hung, holding the namespace lock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_upload_is_kept_back_and_wedges_nothing() {
+    let d = dirs();
+    let flag = d.tmp.path().join("store-is-read-only");
+    let remote = format!(
+        "exec:if [ -e {flag} ]; then ro=--read-only; fi; exec {server} serve --stdio --export {export} $ro",
+        flag = flag.display(),
+        server = bin("gridvfs-server").display(),
+        export = d.export.display()
+    );
+    let flags = ["--write-policy", "back", "--attr-timeout", "3600"];
+    let mut client = ClientProc::start_remote(&remote, &d.export, &d.cache, 0, &flags);
+    let mut nfs = Nfs::mount(client.port).await;
+    let root = nfs.root.clone();
+    let how = || createhow3::UNCHECKED(attrs(Some(0o644)));
+    let a = nfs.create(&root, "a", how()).await.unwrap();
+    nfs.write(&a, 0, b"first", stable_how::FILE_SYNC)
+        .await
+        .unwrap();
+    flush(&d.cache);
+    // The store comes back read-only.
+    std::fs::write(&flag, "").unwrap();
+    for pid in client.server_pids() {
+        let _ = std::process::Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status();
+    }
+    nfs.write(&a, 0, b"SECOND", stable_how::FILE_SYNC)
+        .await
+        .expect("acknowledged: it is in the journal");
+    let t = std::time::Instant::now();
+    loop {
+        let st = status_json(&d.cache);
+        if n(&st, "quarantined_entries") >= 1 {
+            assert_eq!(n(&st, "quarantined_bytes"), 6, "{st}");
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "never kept back: {st}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The mount answers; reads see the acknowledged bytes; the file's later writes and
+    // truncates fail instead of hanging.
+    assert_eq!(nfs.read(&a, 0, 100).await.unwrap().0, b"SECOND");
+    assert!(nfs.lookup(&root, "a").await.is_ok());
+    assert_eq!(
+        nfs.write(&a, 6, b"third", stable_how::FILE_SYNC)
+            .await
+            .err(),
+        Some(nfsstat3::NFS3ERR_IO)
+    );
+    let truncate = sattr3 {
+        size: Nfs3Option::Some(0),
+        ..Default::default()
+    };
+    assert_eq!(
+        nfs.setattr(&a, truncate, None).await.err(),
+        Some(nfsstat3::NFS3ERR_IO)
+    );
+    let out = std::process::Command::new(bin("gridvfs-client"))
+        .args(["flush", "--cache-dir"])
+        .arg(&d.cache)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "flush cannot succeed");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("refused by the store"), "{err}");
+    assert_eq!(std::fs::read(d.export.join("a")).unwrap(), b"first");
+    // The store is fixed; a restart retries what was kept back, and it lands.
+    drop(nfs);
+    std::fs::remove_file(&flag).unwrap();
+    client.restart();
+    flush(&d.cache);
+    assert_eq!(std::fs::read(d.export.join("a")).unwrap(), b"SECOND");
+}
+
+/// Issue 11, item 9: a WRITE whose offset + length wraps or passes what a file can hold
+/// is refused (FBIG) at the front, under both policies; before, write-back journaled it
+/// and the uploader's offset arithmetic wrapped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_past_the_largest_offset_are_refused() {
+    for policy in ["through", "back"] {
+        let d = dirs();
+        let client = ClientProc::start(&d.export, &d.cache, 0, &["--write-policy", policy]);
+        let mut nfs = Nfs::mount(client.port).await;
+        let root = nfs.root.clone();
+        let f = nfs
+            .create(&root, "f", createhow3::UNCHECKED(attrs(Some(0o644))))
+            .await
+            .unwrap();
+        for offset in [u64::MAX - 10, (1u64 << 63) - 10, 1u64 << 63] {
+            assert_eq!(
+                nfs.write(&f, offset, &[7u8; 100], stable_how::FILE_SYNC)
+                    .await
+                    .err(),
+                Some(nfsstat3::NFS3ERR_FBIG),
+                "{policy}: offset {offset}"
+            );
+        }
+        let huge = sattr3 {
+            size: Nfs3Option::Some(u64::MAX),
+            ..Default::default()
+        };
+        assert_eq!(
+            nfs.setattr(&f, huge, None).await.err(),
+            Some(nfsstat3::NFS3ERR_FBIG)
+        );
+        nfs.write(&f, 0, b"fine", stable_how::FILE_SYNC)
+            .await
+            .unwrap();
+        if policy == "back" {
+            flush(&d.cache);
+        }
+        assert_eq!(
+            std::fs::read(d.export.join("f")).unwrap(),
+            b"fine",
+            "{policy}"
+        );
+    }
+}
