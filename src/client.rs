@@ -69,7 +69,16 @@ impl Client {
         let drain = data.clone();
         let stats = data.stats.clone();
         let front = Front::new(index.clone(), store.clone(), data, cfg.attr_timeout).await?;
-        let mut nfs = NfsFront::bind(front, generation, cfg.listen, cfg.access.clone()).await?;
+        let boot = store.clone();
+        let store_boot = Arc::new(move || boot.boot_id());
+        let mut nfs = NfsFront::bind(
+            front,
+            generation,
+            cfg.listen,
+            cfg.access.clone(),
+            store_boot,
+        )
+        .await?;
         if let Some(pm) = cfg.portmapper {
             nfs = nfs.with_portmapper(pm).await?;
         }

@@ -671,12 +671,20 @@ impl DataPath {
     /// when the server can, plain otherwise.
     async fn fetch(&self, file: FileRef, offset: u64, len: u64) -> Result<(Bytes, Attr)> {
         let len = len as u32;
+        let asked = len as usize;
         if self.remote.welcome().features & FEATURE_PACKED_READ == 0 {
             return match self
                 .remote
                 .call(Request::Read { file, offset, len }, Bytes::new())
                 .await?
             {
+                // Never more than asked for (issue 11, item 17): callers slice by it.
+                (Response::Read { .. }, data) if data.len() > asked => {
+                    Err(Error::Protocol(format!(
+                        "the store answered a {len}-byte read with {} bytes",
+                        data.len()
+                    )))
+                }
                 (Response::Read { attr, .. }, data) => Ok((data, attr)),
                 (other, _) => Err(unexpected(&other)),
             };
@@ -702,7 +710,7 @@ impl DataPath {
                     compressed,
                     payload: payload.to_vec(),
                 };
-                let data = pack::unpack(&p)
+                let data = pack::unpack(&p, asked)
                     .map_err(|e| Error::Protocol(format!("bad packed read: {e}")))?;
                 self.stats
                     .zero_bytes

@@ -34,17 +34,26 @@ pub struct NfsFront {
 
 impl NfsFront {
     /// Bind the kernel-facing socket at `listen`; the dispatcher gets no socket at all.
+    /// WRITE and COMMIT replies carry `generation ^ store_boot()` as their verifier, so it
+    /// changes when the store machine reboots (its unsynced writes are gone; the kernel
+    /// must resend what it has not committed) and not when either proxy restarts.
     pub async fn bind(
         front: Front,
         generation: u64,
         listen: SocketAddr,
         policy: AccessPolicy,
+        store_boot: Arc<dyn Fn() -> u64 + Send + Sync>,
     ) -> std::io::Result<Self> {
         policy
             .check_listen(listen)
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::PermissionDenied, e))?;
         let front = Arc::new(front);
-        let dispatcher = Arc::new(NFSStreamServer::new(SharedFront(front.clone()), generation));
+        let verifier = Arc::new(move || generation ^ store_boot());
+        let dispatcher = Arc::new(NFSStreamServer::new(
+            SharedFront(front.clone()),
+            generation,
+            verifier,
+        ));
         let listener = TcpListener::bind(listen).await?;
         let public_port = listener.local_addr()?.port();
         let gate = Arc::new(Gate {

@@ -27,6 +27,16 @@ pub struct Welcome {
     pub read_only: bool,
 }
 
+/// The data part of the Welcome frame: facts that may differ from one connection to the
+/// next. Older clients ignore frame data; older servers send none (then every field is
+/// its default).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WelcomeExt {
+    /// Changes when the store machine reboots (a hash of its kernel boot id): UNSTABLE
+    /// writes it had not synced are gone, so the NFS write verifier must change too.
+    pub boot_id: u64,
+}
+
 /// A path under the export plus, optionally, the identity ([`Attr::ident`]) of the file the
 /// client expects there.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -24,6 +24,9 @@ pub enum UnpackError {
     ZeroMap { got: usize, pages: usize },
     #[error("payload does not decompress to the {0} bytes of non-zero pages")]
     Payload(usize),
+    /// More bytes than were asked for: never allocated (issue 11, item 17).
+    #[error("{got} bytes claimed for a read of at most {asked}")]
+    TooLong { got: usize, asked: usize },
 }
 
 fn pages(len: usize) -> usize {
@@ -56,8 +59,11 @@ pub fn pack(data: &[u8]) -> Packed {
 
 /// Unpack into the original bytes. Never allocates more than `len` (a hostile peer cannot
 /// make it expand a small payload into gigabytes).
-pub fn unpack(p: &Packed) -> Result<Vec<u8>, UnpackError> {
+pub fn unpack(p: &Packed, asked: usize) -> Result<Vec<u8>, UnpackError> {
     let len = p.len as usize;
+    if len > asked {
+        return Err(UnpackError::TooLong { got: len, asked });
+    }
     let n = pages(len);
     if p.zero.len() != n.div_ceil(8) {
         return Err(UnpackError::ZeroMap {
@@ -112,17 +118,33 @@ mod tests {
         assert!(p.compressed);
         assert!(p.payload.len() < 300, "{}", p.payload.len());
         assert_eq!(zero_bytes(&p), 63 * 4096);
-        assert_eq!(unpack(&p).unwrap(), data);
+        assert_eq!(unpack(&p, data.len()).unwrap(), data);
     }
 
     #[test]
     fn lies_are_errors() {
         let mut p = pack(&[1u8; 10_000]);
         p.len = 100_000; // claims more pages than the payload holds
-        assert!(unpack(&p).is_err());
+        assert!(unpack(&p, 1 << 20).is_err());
         let mut p = pack(&[7u8; 8192]);
         p.zero.push(0);
-        assert!(unpack(&p).is_err());
+        assert!(unpack(&p, 1 << 20).is_err());
+        // Issue 11, item 17: a reply claiming 4 GiB of zero pages (a valid zero map, an
+        // empty payload) for a 4 KiB read is refused before anything is allocated.
+        let pages = (u32::MAX as usize).div_ceil(PACK_PAGE);
+        let lie = Packed {
+            len: u32::MAX,
+            zero: vec![0xff; pages.div_ceil(8)],
+            compressed: false,
+            payload: Vec::new(),
+        };
+        assert_eq!(
+            unpack(&lie, 4096),
+            Err(UnpackError::TooLong {
+                got: u32::MAX as usize,
+                asked: 4096
+            })
+        );
     }
 
     proptest! {
@@ -137,7 +159,7 @@ mod tests {
                 }
             }
             let p = pack(&data);
-            prop_assert_eq!(unpack(&p).unwrap(), data);
+            prop_assert_eq!(unpack(&p, data.len()).unwrap(), data);
         }
     }
 }

@@ -16,7 +16,9 @@ use bytes::{Bytes, BytesMut};
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 
 use crate::error::{Error, Result};
-use crate::proto::{FrameKind, Hello, PROTOCOL_VERSION, Reply, Request, Response, Welcome};
+use crate::proto::{
+    FrameKind, Hello, PROTOCOL_VERSION, Reply, Request, Response, Welcome, WelcomeExt,
+};
 use crate::server::{Outgoing, read_frame, write_frames};
 use crate::tunnel::{self, Connection, Exit, Remote};
 
@@ -45,6 +47,8 @@ struct Session {
     /// Stops the transport (kills the server or ssh process, closes the SSH link) when the
     /// session is replaced, and with the session.
     stop: Mutex<Option<oneshot::Sender<()>>>,
+    /// The store's boot at this session's handshake ([`WelcomeExt::boot_id`]).
+    boot_id: u64,
 }
 
 /// The store, reached through a (re)connectable tunnel.
@@ -54,6 +58,8 @@ pub struct RemoteStore {
     session: tokio::sync::Mutex<Option<Arc<Session>>>,
     reconnect_timeout: Duration,
     pub counters: Arc<Counters>,
+    /// The store's boot as of the latest handshake: part of the NFS write verifier.
+    boot_id: AtomicU64,
 }
 
 impl RemoteStore {
@@ -62,6 +68,7 @@ impl RemoteStore {
         let counters = Arc::new(Counters::default());
         let (session, welcome) = Session::open(&remote, counters.clone()).await?;
         Ok(Self {
+            boot_id: AtomicU64::new(session.boot_id),
             remote,
             welcome,
             session: tokio::sync::Mutex::new(Some(Arc::new(session))),
@@ -73,6 +80,11 @@ impl RemoteStore {
     /// What the server said about itself at the first handshake.
     pub fn welcome(&self) -> &Welcome {
         &self.welcome
+    }
+
+    /// The store machine's boot as of the latest handshake (changes when it reboots).
+    pub fn boot_id(&self) -> u64 {
+        self.boot_id.load(Ordering::SeqCst)
     }
 
     /// The live session, or a new one. Any failure here happened before the request was
@@ -107,6 +119,12 @@ impl RemoteStore {
         }
         self.counters.reconnects.fetch_add(1, Ordering::Relaxed);
         tracing::info!("reconnected to the store");
+        if self.boot_id.swap(session.boot_id, Ordering::SeqCst) != session.boot_id {
+            tracing::warn!(
+                "the store rebooted: writes it had not synced are lost, so the NFS write \
+                 verifier changes and clients resend what they have not committed"
+            );
+        }
         let s = Arc::new(session);
         *guard = Some(s.clone());
         Ok(s)
@@ -192,9 +210,17 @@ impl Session {
             .await
             .map_err(|_| Error::Disconnected("server exited before the handshake".into()))?;
         let mut buf = BytesMut::with_capacity(1 << 20);
-        let welcome = match read_frame(&mut output, &mut buf).await? {
-            Some(f) if f.kind == FrameKind::Welcome => postcard::from_bytes::<Welcome>(&f.control)
-                .map_err(|e| Error::Protocol(format!("bad Welcome: {e}")))?,
+        let (welcome, ext) = match read_frame(&mut output, &mut buf).await? {
+            Some(f) if f.kind == FrameKind::Welcome => (
+                postcard::from_bytes::<Welcome>(&f.control)
+                    .map_err(|e| Error::Protocol(format!("bad Welcome: {e}")))?,
+                if f.data.is_empty() {
+                    WelcomeExt::default()
+                } else {
+                    postcard::from_bytes::<WelcomeExt>(&f.data)
+                        .map_err(|e| Error::Protocol(format!("bad Welcome data: {e}")))?
+                },
+            ),
             Some(f) => {
                 return Err(Error::Protocol(format!(
                     "expected Welcome, got {:?}",
@@ -268,6 +294,7 @@ impl Session {
             slots: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
             next_id: AtomicU64::new(1),
             stop: Mutex::new(stop.take()),
+            boot_id: ext.boot_id,
         };
         Ok((session, welcome))
     }

@@ -24,6 +24,18 @@ use crate::proto::{self, Frame, FrameKind, Hello, PROTOCOL_VERSION, Request, Wel
 /// Requests carried out at once; bounds memory (each may hold a 4 MiB read).
 pub const MAX_IN_FLIGHT: usize = 64;
 
+/// This machine's boot, as a number: a hash of the kernel's boot id (new at every boot).
+/// `GRIDVFS_BOOT_ID` stands in for it where the kernel's cannot tell (tests simulate a
+/// store reboot with it).
+pub fn boot_id() -> u64 {
+    let id = std::env::var("GRIDVFS_BOOT_ID")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok())
+        .unwrap_or_default();
+    let h = blake3::hash(id.trim().as_bytes());
+    u64::from_le_bytes(h.as_bytes()[..8].try_into().expect("8 bytes"))
+}
+
 /// Read frames from `input` until it closes, answering on `output`.
 pub async fn serve<R, W>(export: Arc<Export>, mut input: R, output: W) -> Result<(), Error>
 where
@@ -47,9 +59,9 @@ where
         read_only: export.read_only(),
     };
     let ctl = postcard::to_stdvec(&welcome).expect("Welcome serializes");
-    let _ = tx
-        .send((FrameKind::Welcome, 0, ctl, Bytes::new(), None))
-        .await;
+    let ext = proto::WelcomeExt { boot_id: boot_id() };
+    let ext = Bytes::from(postcard::to_stdvec(&ext).expect("WelcomeExt serializes"));
+    let _ = tx.send((FrameKind::Welcome, 0, ctl, ext, None)).await;
     if hello.version != PROTOCOL_VERSION {
         drop(tx);
         let _ = writer.await;

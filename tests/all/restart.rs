@@ -91,3 +91,78 @@ async fn server_proxy_restart_is_a_delay_not_an_error() {
     assert!(d.export.join("made-after").is_dir());
     assert_eq!(nfs.getattr(&f).await.unwrap().size, 3 << 20);
 }
+
+/// Issue 11, item 13: the write verifier changes when the store machine reboots (its
+/// unsynced UNSTABLE writes are gone, so the kernel must see a new verifier at COMMIT and
+/// resend), and stays when only the server process restarts (its writes were in the
+/// store's page cache, nothing to resend). Before, the verifier was the handle
+/// generation alone: a store reboot between WRITE and COMMIT lost data silently.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_verifier_follows_the_store_boot() {
+    let d = dirs();
+    let boot = d.tmp.path().join("boot_id");
+    std::fs::write(&boot, "boot-one").unwrap();
+    let remote = format!(
+        "exec:GRIDVFS_BOOT_ID=$(cat {boot}) exec {server} serve --stdio --export {export}",
+        boot = boot.display(),
+        server = bin("gridvfs-server").display(),
+        export = d.export.display()
+    );
+    let client = ClientProc::start_remote(&remote, &d.export, &d.cache, 0, &[]);
+    let mut nfs = Nfs::mount(client.port).await;
+    let root = nfs.root.clone();
+    let f = nfs
+        .create(&root, "disk.img", createhow3::UNCHECKED(attrs(Some(0o644))))
+        .await
+        .unwrap();
+    async fn verf(nfs: &mut Nfs, fh: &nfs_fh3) -> ([u8; 8], [u8; 8]) {
+        {
+            let w = nfs
+                .write(fh, 0, b"unstable", stable_how::UNSTABLE)
+                .await
+                .unwrap();
+            let c = match nfs
+                .c
+                .commit(&COMMIT3args {
+                    file: fh.clone(),
+                    offset: 0,
+                    count: 0,
+                })
+                .await
+                .expect("rpc")
+            {
+                Nfs3Result::Ok(ok) => ok.verf,
+                Nfs3Result::Err((s, _)) => panic!("COMMIT: {s:?}"),
+            };
+            (w.verf.0, c.0)
+        }
+    }
+    let kill_server = || {
+        for pid in client.server_pids() {
+            let _ = std::process::Command::new("kill")
+                .args(["-9", &pid.to_string()])
+                .status();
+        }
+    };
+    let (w1, c1) = verf(&mut nfs, &f).await;
+    assert_eq!(w1, c1, "one boot, one verifier");
+    // The server process restarts on the same machine: same verifier.
+    kill_server();
+    let (w2, c2) = verf(&mut nfs, &f).await;
+    assert_eq!((w2, c2), (w1, c1), "a server restart is not a store reboot");
+    // The store machine reboots between a WRITE and its COMMIT.
+    let w3 = nfs
+        .write(&f, 0, b"lost?", stable_how::UNSTABLE)
+        .await
+        .unwrap()
+        .verf
+        .0;
+    std::fs::write(&boot, "boot-two").unwrap();
+    kill_server();
+    let (_, c3) = verf(&mut nfs, &f).await;
+    assert_eq!(w3, w1);
+    assert_ne!(
+        c3, w3,
+        "COMMIT after a store reboot must show a new verifier"
+    );
+}

@@ -16,6 +16,19 @@ pub struct RPCContext<T: crate::vfs::NfsFileSystem> {
     pub export_name: Arc<String>,
     pub transaction_tracker: Arc<TransactionTracker>,
     pub(crate) file_handle_converter: FileHandleConverter,
+    /// gridvfs patch: where WRITE and COMMIT take their verifier from (else the handle
+    /// generation), so it can change when the store behind the file system reboots.
+    pub(crate) write_verifier: Option<Arc<dyn Fn() -> u64 + Send + Sync>>,
+}
+
+impl<T: crate::vfs::NfsFileSystem> RPCContext<T> {
+    /// The write verifier now (gridvfs patch).
+    pub(crate) fn verf(&self) -> nfs3_types::nfs3::writeverf3 {
+        match &self.write_verifier {
+            Some(f) => nfs3_types::nfs3::writeverf3(f().to_le_bytes()),
+            None => self.file_handle_converter.verf(),
+        }
+    }
 }
 
 #[allow(clippy::missing_fields_in_debug)]
@@ -49,6 +62,7 @@ where
             export_name: Arc::clone(&self.export_name),
             transaction_tracker: Arc::clone(&self.transaction_tracker),
             file_handle_converter: self.file_handle_converter,
+            write_verifier: self.write_verifier.clone(),
         }
     }
 }
@@ -73,6 +87,7 @@ where
                 1024,
             )),
             file_handle_converter: FileHandleConverter::new(),
+            write_verifier: None,
         }
     }
     #[must_use]

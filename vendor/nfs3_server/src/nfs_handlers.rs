@@ -543,6 +543,9 @@ where
     let before = get_wcc_attr(&context, &id)
         .await
         .map_or(pre_op_attr::None, pre_op_attr::Some);
+    // gridvfs patch: the verifier as the write is sent, so a reboot of the store after it
+    // shows as a different verifier at COMMIT.
+    let verf = context.verf();
 
     match context
         .vfs
@@ -558,7 +561,7 @@ where
                 },
                 count: write3args.count,
                 committed,
-                verf: context.file_handle_converter.verf(),
+                verf,
             })
         }
         Err(stat) => {
@@ -601,7 +604,7 @@ where
             debug!("commit success {xid}");
             COMMIT3res::Ok(COMMIT3resok {
                 file_wcc: wcc_data { before, after },
-                verf: context.file_handle_converter.verf(),
+                verf: context.verf(),
             })
         }
         Err(stat) => {

@@ -306,6 +306,7 @@ impl<T: NfsFileSystem + 'static> NFSTcp for NFSTcpListener<T> {
                 export_name: self.export_name.clone(),
                 transaction_tracker: self.transaction_tracker.clone(),
                 file_handle_converter: self.file_handle_converter,
+                write_verifier: None,
             };
             info!("Accepting connection from {}", context.client_addr);
             debug!("Accepting socket {:?} {:?}", socket, context);
@@ -326,6 +327,7 @@ pub struct NFSStreamServer<T: NfsFileSystem + 'static> {
     transaction_tracker: Arc<TransactionTracker>,
     file_handle_converter: crate::vfs::handle::FileHandleConverter,
     stop_notify: Arc<tokio::sync::Notify>,
+    write_verifier: Arc<dyn Fn() -> u64 + Send + Sync>,
 }
 
 impl<T: NfsFileSystem + 'static> Drop for NFSStreamServer<T> {
@@ -335,9 +337,15 @@ impl<T: NfsFileSystem + 'static> Drop for NFSStreamServer<T> {
 }
 
 impl<T: NfsFileSystem + 'static> NFSStreamServer<T> {
-    /// A dispatcher for `fs` whose handles carry `generation_number`. Must be called
-    /// inside a tokio runtime (it starts the duplicate-request tracker's cleaner).
-    pub fn new(fs: T, generation_number: u64) -> Self {
+    /// A dispatcher for `fs` whose handles carry `generation_number` and whose WRITE and
+    /// COMMIT replies carry `write_verifier()` (taken before a WRITE is carried out and
+    /// after a COMMIT, so a change in between is always seen). Must be called inside a
+    /// tokio runtime (it starts the duplicate-request tracker's cleaner).
+    pub fn new(
+        fs: T,
+        generation_number: u64,
+        write_verifier: Arc<dyn Fn() -> u64 + Send + Sync>,
+    ) -> Self {
         let stop_notify = Arc::new(tokio::sync::Notify::new());
         let transaction_tracker = NFSTcpListener::<T>::new_transaction_tracker();
         tokio::spawn(
@@ -355,6 +363,7 @@ impl<T: NfsFileSystem + 'static> NFSStreamServer<T> {
             file_handle_converter:
                 crate::vfs::handle::FileHandleConverter::with_generation_number(generation_number),
             stop_notify,
+            write_verifier,
         }
     }
 
@@ -372,6 +381,7 @@ impl<T: NfsFileSystem + 'static> NFSStreamServer<T> {
             export_name: self.export_name.clone(),
             transaction_tracker: self.transaction_tracker.clone(),
             file_handle_converter: self.file_handle_converter,
+            write_verifier: Some(self.write_verifier.clone()),
         };
         process_socket(io, context).await
     }
