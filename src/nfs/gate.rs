@@ -35,6 +35,15 @@ use super::procs::{
     MNT, MOUNT_PROC, PMAP_GETPORT, PMAP_NULL, PMAP_PROC, Procedures, answered_here, nfsproc::*,
 };
 use super::record::{auth_error, frame_record, is_call, nfs_error, read_record, xid_of};
+use super::replay::{self, ReplayCache, Seen};
+
+/// The changes answered here whose retransmission must not be carried out twice.
+fn changes_here(proc_: u32) -> bool {
+    matches!(
+        proc_,
+        SETATTR | CREATE | MKDIR | MKNOD | REMOVE | RMDIR | LINK
+    )
+}
 
 /// Calls being worked on per kernel connection (the dispatcher's own limit is 256).
 pub const MAX_CALLS_PER_CONNECTION: usize = 128;
@@ -55,6 +64,8 @@ pub struct Gate {
     pub procs: Procedures,
     pub policy: AccessPolicy,
     pub dispatcher: Box<dyn Dispatcher>,
+    /// Replies of the non-idempotent calls answered here, for retransmissions.
+    pub replay: ReplayCache,
 }
 
 /// What to do with one record from the kernel.
@@ -185,6 +196,20 @@ impl Gate {
                         (reply_tx.clone(), fwd_tx.clone(), forwarded.clone());
                     tokio::spawn(async move {
                         let args = &body[args_at..];
+                        // A retransmission of a change answered here is not made twice.
+                        let replay_key = changes_here(proc_)
+                            .then(|| replay::Key::new(peer.ip(), xid, proc_, args));
+                        if let Some(key) = replay_key {
+                            match gate.replay.begin(key) {
+                                Seen::New => {}
+                                Seen::InProgress => return,
+                                Seen::Replay(reply) => {
+                                    tracing::debug!(xid, proc_, "retransmission answered again");
+                                    let _ = reply_tx.send(frame_record(&reply)).await;
+                                    return;
+                                }
+                            }
+                        }
                         let special = proc_ & (MOUNT_PROC | PMAP_PROC) != 0;
                         let checked = if caller.unchecked || special {
                             Ok(())
@@ -194,9 +219,15 @@ impl Gate {
                         if let Err(status) = checked {
                             tracing::debug!(xid, proc_, uid = caller.uid, ?status, "refused");
                             let rec = nfs_error(xid, proc_, status as u32);
+                            if let Some(key) = replay_key {
+                                gate.replay.finish(key, &rec);
+                            }
                             let _ = reply_tx.send(frame_record(&rec)).await;
                         } else if special || answered_here(proc_) {
                             let reply = gate.procs.answer(xid, proc_, args, &caller).await;
+                            if let Some(key) = replay_key {
+                                gate.replay.finish(key, &reply);
+                            }
                             let _ = reply_tx.send(frame_record(&reply)).await;
                         } else {
                             hold_slot(&forwarded, &body, permit);

@@ -11,6 +11,7 @@ pub mod fs;
 pub mod gate;
 pub mod procs;
 pub mod record;
+pub mod replay;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -64,6 +65,7 @@ impl NfsFront {
             },
             policy,
             dispatcher: Box::new(InProcess(dispatcher)),
+            replay: Default::default(),
         });
         Ok(Self {
             listener,

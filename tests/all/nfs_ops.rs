@@ -549,3 +549,107 @@ async fn oversized_reads_are_clamped_and_setgid_directories_keep_their_group_bit
     nfs.rename(&root, "big", &root, "big").await.unwrap();
     assert_eq!(nfs.getattr(&big).await.unwrap().size, 3 << 20);
 }
+
+/// One RPC call with a chosen xid on a fresh connection (as a kernel retransmits after a
+/// reconnect); the reply's NFS status word.
+async fn raw_call(
+    port: u16,
+    xid: u32,
+    proc_: u32,
+    args: &impl nfs3_client::nfs3_types::xdr_codec::Pack,
+) -> u32 {
+    use nfs3_client::nfs3_types::rpc::{call_body, msg_body, opaque_auth, rpc_msg};
+    use nfs3_client::nfs3_types::xdr_codec::Pack;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let msg = rpc_msg {
+        xid,
+        body: msg_body::CALL(call_body {
+            rpcvers: 2,
+            prog: 100_003,
+            vers: 3,
+            proc: proc_,
+            cred: auth_sys(0, 0, &[]),
+            verf: opaque_auth::default(),
+        }),
+    };
+    let mut body = Vec::new();
+    msg.pack(&mut body).unwrap();
+    args.pack(&mut body).unwrap();
+    let mut rec = (0x8000_0000u32 | body.len() as u32).to_be_bytes().to_vec();
+    rec.extend_from_slice(&body);
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    s.write_all(&rec).await.unwrap();
+    let mut mark = [0u8; 4];
+    s.read_exact(&mut mark).await.unwrap();
+    let mut reply = vec![0u8; (u32::from_be_bytes(mark) & 0x7fff_ffff) as usize];
+    s.read_exact(&mut reply).await.unwrap();
+    assert_eq!(u32::from_be_bytes(reply[..4].try_into().unwrap()), xid);
+    // xid, REPLY, MSG_ACCEPTED, verifier (flavor, empty body), SUCCESS, then the status.
+    u32::from_be_bytes(reply[24..28].try_into().unwrap())
+}
+
+/// Issue 11, item 18: a kernel's retransmission of REMOVE, CREATE (guarded), MKDIR or LINK
+/// (same xid, new connection) gets the first reply again instead of NOENT/EXIST.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retransmitted_changes_are_answered_once() {
+    let d = dirs();
+    std::fs::write(d.export.join("victim"), b"x").unwrap();
+    let client = ClientProc::start(&d.export, &d.cache, 0, &[]);
+    let mut nfs = Nfs::mount(client.port).await;
+    let root = nfs.root.clone();
+    let file = nfs.lookup(&root, "victim").await.unwrap();
+    let remove = REMOVE3args {
+        object: dirop(&root, "victim"),
+    };
+    let create = CREATE3args {
+        where_: dirop(&root, "new"),
+        how: createhow3::GUARDED(attrs(Some(0o644))),
+    };
+    let mkdir = MKDIR3args {
+        where_: dirop(&root, "dir"),
+        attributes: attrs(Some(0o755)),
+    };
+    let link = LINK3args {
+        file: file.clone(),
+        link: dirop(&root, "hard"),
+    };
+    let ok = nfsstat3::NFS3_OK as u32;
+    for (xid, proc_, name) in [(9001, 15, "LINK"), (9002, 8, "CREATE"), (9003, 9, "MKDIR")] {
+        let first = match proc_ {
+            15 => raw_call(client.port, xid, proc_, &link).await,
+            8 => raw_call(client.port, xid, proc_, &create).await,
+            _ => raw_call(client.port, xid, proc_, &mkdir).await,
+        };
+        assert_eq!(first, ok, "{name}");
+        let again = match proc_ {
+            15 => raw_call(client.port, xid, proc_, &link).await,
+            8 => raw_call(client.port, xid, proc_, &create).await,
+            _ => raw_call(client.port, xid, proc_, &mkdir).await,
+        };
+        assert_eq!(again, ok, "retransmitted {name} carried out twice");
+        // A new call (new xid) is carried out and fails as it should.
+        let fresh = match proc_ {
+            15 => raw_call(client.port, xid + 100, proc_, &link).await,
+            8 => raw_call(client.port, xid + 100, proc_, &create).await,
+            _ => raw_call(client.port, xid + 100, proc_, &mkdir).await,
+        };
+        assert_eq!(
+            fresh,
+            nfsstat3::NFS3ERR_EXIST as u32,
+            "{name} with a new xid"
+        );
+    }
+    assert_eq!(raw_call(client.port, 9004, 12, &remove).await, ok);
+    assert_eq!(
+        raw_call(client.port, 9004, 12, &remove).await,
+        ok,
+        "retransmitted REMOVE"
+    );
+    assert_eq!(
+        raw_call(client.port, 9005, 12, &remove).await,
+        nfsstat3::NFS3ERR_NOENT as u32
+    );
+    assert!(!d.export.join("victim").exists() && d.export.join("hard").exists());
+}
