@@ -19,6 +19,7 @@ pub mod client;
 pub mod control;
 pub mod error;
 pub mod nfs;
+pub mod process;
 pub mod proto;
 pub mod remote;
 pub mod server;

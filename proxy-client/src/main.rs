@@ -317,6 +317,7 @@ async fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
+    gridvfs::process::raise_open_files_limit();
     match Cli::parse().cmd {
         Cmd::Serve(a) => {
             let cfg = config(&a)?;

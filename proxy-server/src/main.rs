@@ -102,6 +102,7 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    gridvfs::process::raise_open_files_limit();
     match cli.cmd {
         Cmd::Serve {
             stdio,

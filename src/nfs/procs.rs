@@ -66,6 +66,11 @@ pub const PMAP_PROC: u32 = 0x2000;
 pub const PMAP_NULL: u32 = 0;
 pub const PMAP_GETPORT: u32 = 3;
 
+/// Largest READDIR reply built, whatever `count` the client asks for (issue 11, item 21):
+/// as the 1 MiB we advertise for reads, so a huge count cannot make the gate collect a
+/// whole directory in memory.
+const MAX_READDIR_REPLY: usize = 1 << 20;
+
 /// The NFS procedures answered here.
 pub fn answered_here(proc_: u32) -> bool {
     matches!(
@@ -411,7 +416,9 @@ impl Procedures {
         let dir_attributes = self.post(self.front.pre_attr(dir).await);
         // Reply header, attributes, verifier, "no more entries" and eof.
         let mut used = 4 + dir_attributes.packed_size() + 8 + 4 + 4;
-        if used > a.count as usize {
+        // The client's count, bounded: a reply must stay well inside one record.
+        let count = (a.count as usize).min(MAX_READDIR_REPLY);
+        if used > count {
             return READDIR3res::Err((
                 nfsstat3::NFS3ERR_TOOSMALL,
                 READDIR3resfail { dir_attributes },
@@ -432,7 +439,7 @@ impl Procedures {
                         cookie: e.cookie,
                     };
                     let size = 4 + entry.packed_size();
-                    if used + size > a.count as usize {
+                    if used + size > count {
                         break false;
                     }
                     used += size;

@@ -124,25 +124,31 @@ impl HintFile {
 /// Sorted, disjoint (offset, length) runs.
 pub type Extents = Vec<(u64, u64)>;
 
-/// Scan `f` (of `size` bytes): zero extents at page granularity and per-block hashes.
+/// Scan `f` (of `size` bytes): zero extents at page granularity and per-block hashes
+/// (at most [`MAX_SUMS`]: more are never sent, and a huge sparse file must not make a
+/// client's `SaveProfile` allocate size/block entries, issue 11 item 6).
 pub fn scan(f: &File, size: u64, block_size: u32) -> std::io::Result<(Extents, Vec<[u8; 16]>)> {
     let bs = u64::from(block_size);
     let mut extents: Vec<(u64, u64)> = Vec::new();
-    let mut sums = Vec::with_capacity(size.div_ceil(bs) as usize);
+    let mut sums = Vec::with_capacity((size.div_ceil(bs) as usize).min(MAX_SUMS));
     let mut buf = vec![0u8; bs as usize];
     let mut off = 0;
     while off < size {
         let n = (size - off).min(bs) as usize;
         f.read_exact_at(&mut buf[..n], off)?;
         let block = &buf[..n];
-        let mut h = [0u8; 16];
-        h.copy_from_slice(&blake3::hash(block).as_bytes()[..16]);
-        sums.push(h);
+        if sums.len() < MAX_SUMS {
+            let mut h = [0u8; 16];
+            h.copy_from_slice(&blake3::hash(block).as_bytes()[..16]);
+            sums.push(h);
+        }
         for (i, page) in block.chunks(PAGE as usize).enumerate() {
             if page.iter().all(|&b| b == 0) {
                 let at = off + i as u64 * PAGE;
+                let full = extents.len() >= MAX_EXTENTS;
                 match extents.last_mut() {
                     Some((s, l)) if *s + *l == at => *l += page.len() as u64,
+                    _ if full => {}
                     _ => extents.push((at, page.len() as u64)),
                 }
             }

@@ -85,15 +85,106 @@ pub async fn listen(cfg: ListenConfig) -> Result<()> {
     let socket = tokio::net::TcpListener::bind(cfg.addr).await?;
     let mut server = Listener {
         authorized_keys: cfg.authorized_keys,
+        sessions: Arc::default(),
     };
-    server
-        .run_on_socket(Arc::new(config), &socket)
-        .await
-        .map_err(Error::Io)
+    let config = Arc::new(config);
+    let open = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    // Our own accept loop, not russh's run_on_socket, which returns (ending the daemon)
+    // on the first failed accept (EMFILE under a connection flood).
+    loop {
+        let (sock, peer) = match socket.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!("accept failed (retrying): {e}");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+                continue;
+            }
+        };
+        let Ok(permit) = open.clone().try_acquire_owned() else {
+            tracing::warn!("{peer}: refused, {MAX_CONNECTIONS} connections already open");
+            continue;
+        };
+        let (authed_tx, authed_rx) = tokio::sync::oneshot::channel();
+        let mut handler = server.new_client(Some(peer));
+        handler.authed = Some(authed_tx);
+        let config = config.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let _ = sock.set_nodelay(true);
+            // OpenSSH's LoginGraceTime: a connection that has not logged in by then is
+            // closed, so idle or slow handshakes cannot hold slots for ever.
+            let grace = async {
+                match tokio::time::timeout(LOGIN_GRACE, authed_rx).await {
+                    Ok(Ok(())) => std::future::pending::<()>().await,
+                    _ => {}
+                }
+            };
+            tokio::select! {
+                r = async {
+                    match russh::server::run_stream(config, sock, handler).await {
+                        Ok(session) => session.await,
+                        Err(e) => Err(e),
+                    }
+                } => {
+                    if let Err(e) = r {
+                        tracing::debug!("{peer}: connection ended: {e}");
+                    }
+                }
+                () = grace => tracing::info!("{peer}: no login within {LOGIN_GRACE:?}; closed"),
+            }
+        });
+    }
 }
+
+/// Connections open at once, logged in or not (OpenSSH's MaxStartups covers only the
+/// latter; a gridvfs store has a handful of VM hosts, not thousands).
+const MAX_CONNECTIONS: usize = 256;
+/// Time to log in (OpenSSH's LoginGraceTime defaults to 120 s).
+const LOGIN_GRACE: Duration = Duration::from_secs(30);
+/// Sessions (exec channels) per connection (OpenSSH's MaxSessions is 10).
+const MAX_CHANNELS_PER_CONNECTION: usize = 10;
+/// Sessions one key may hold at once over all its connections.
+const MAX_SESSIONS_PER_KEY: usize = 32;
+/// Pause after a failed accept.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 struct Listener {
     authorized_keys: PathBuf,
+    /// Sessions being served, per key fingerprint.
+    sessions: Arc<std::sync::Mutex<HashMap<String, usize>>>,
+}
+
+/// One session counted against its key while it lives.
+struct SessionSlot {
+    sessions: Arc<std::sync::Mutex<HashMap<String, usize>>>,
+    key: String,
+}
+
+impl SessionSlot {
+    fn take(sessions: &Arc<std::sync::Mutex<HashMap<String, usize>>>, key: &str) -> Option<Self> {
+        let mut map = sessions.lock().expect("sessions lock");
+        let n = map.entry(key.to_string()).or_insert(0);
+        if *n >= MAX_SESSIONS_PER_KEY {
+            return None;
+        }
+        *n += 1;
+        Some(Self {
+            sessions: sessions.clone(),
+            key: key.to_string(),
+        })
+    }
+}
+
+impl Drop for SessionSlot {
+    fn drop(&mut self) {
+        let mut map = self.sessions.lock().expect("sessions lock");
+        if let Some(n) = map.get_mut(&self.key) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                map.remove(&self.key);
+            }
+        }
+    }
 }
 
 impl russh::server::Server for Listener {
@@ -123,6 +214,10 @@ impl russh::server::Server for Listener {
             grants,
             granted: Vec::new(),
             channels: HashMap::new(),
+            authed: None,
+            key: None,
+            sessions: self.sessions.clone(),
+            serving: Arc::default(),
         }
     }
 }
@@ -134,6 +229,13 @@ struct Connection {
     /// What the authenticated key may reach.
     granted: Vec<Grant>,
     channels: HashMap<ChannelId, Channel<Msg>>,
+    /// Told once the key is accepted (ends the login grace timer).
+    authed: Option<tokio::sync::oneshot::Sender<()>>,
+    /// The accepted key's fingerprint.
+    key: Option<String>,
+    sessions: Arc<std::sync::Mutex<HashMap<String, usize>>>,
+    /// Sessions of this connection being served now.
+    serving: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// What an exec request asks for: `… serve --stdio --export DIR [--read-only]`.
@@ -173,6 +275,10 @@ impl Connection {
             return Auth::reject();
         }
         self.granted = granted;
+        self.key = Some(key.fingerprint(HashAlg::Sha256).to_string());
+        if let Some(tx) = self.authed.take() {
+            let _ = tx.send(());
+        }
         Auth::Accept
     }
 
@@ -236,6 +342,14 @@ impl russh::server::Handler for Connection {
         reply: ChannelOpenHandle,
         _session: &mut Session,
     ) -> std::result::Result<(), Self::Error> {
+        let open = self.channels.len() + self.serving.load(std::sync::atomic::Ordering::SeqCst);
+        if open >= MAX_CHANNELS_PER_CONNECTION {
+            tracing::info!("{:?}: refused a channel: {open} open", self.peer);
+            reply
+                .reject(russh::ChannelOpenFailure::ResourceShortage)
+                .await;
+            return Ok(());
+        }
         self.channels.insert(channel.id(), channel);
         reply.accept().await;
         Ok(())
@@ -253,9 +367,21 @@ impl russh::server::Handler for Connection {
         };
         session.channel_success(id)?;
         let handle = session.handle();
-        let grant = self.authorize(command);
+        let slot = self
+            .key
+            .as_deref()
+            .and_then(|k| SessionSlot::take(&self.sessions, k));
+        let grant = match slot {
+            Some(_) => self.authorize(command),
+            None => Err(format!(
+                "this key already holds {MAX_SESSIONS_PER_KEY} sessions; close some first"
+            )),
+        };
         let peer = self.peer;
+        let serving = self.serving.clone();
+        serving.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         tokio::spawn(async move {
+            let _slot = slot;
             let status = match grant {
                 Err(why) => {
                     tracing::info!("{peer:?}: {why}");
@@ -313,6 +439,7 @@ impl russh::server::Handler for Connection {
             let _ = handle.exit_status_request(id, status).await;
             let _ = handle.eof(id).await;
             let _ = handle.close(id).await;
+            serving.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
         });
         Ok(())
     }

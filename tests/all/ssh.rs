@@ -408,3 +408,81 @@ fn link_cuts_are_a_delay_not_an_error() {
         "expected a reconnect per cut during the read, saw {reconnects}"
     );
 }
+
+/// Issue 11, items 6 and 15: a flood of connections that exhausts the listener's file
+/// descriptors (EMFILE on accept) does not end `gridvfs-server listen`; once the flood
+/// is gone a key logs in and reads as before. Before, russh's accept loop returned on the
+/// first failed accept and the daemon exited.
+#[test]
+fn embedded_listener_survives_a_connection_flood() {
+    let d = dirs();
+    let keys = d.tmp.path().join("keys");
+    std::fs::create_dir(&keys).unwrap();
+    std::fs::write(d.export.join("a.txt"), b"still here\n").unwrap();
+    let ak = keys.join("authorized_keys");
+    assert!(
+        Command::new(bin("gridvfs-server"))
+            .args(["session-key", "--export"])
+            .arg(&d.export)
+            .arg("--out")
+            .arg(keys.join("a.key"))
+            .arg("--authorized-keys")
+            .arg(&ak)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    // Few descriptors, so the flood below runs the listener out of them.
+    let mut listener = Command::new("prlimit")
+        .arg("--nofile=48:48")
+        .arg(bin("gridvfs-server"))
+        .args([
+            "listen",
+            "--addr",
+            &format!("127.0.0.1:{port}"),
+            "--host-key",
+        ])
+        .arg(keys.join("host_key"))
+        .arg("--authorized-keys")
+        .arg(&ak)
+        .spawn()
+        .expect("prlimit (util-linux)");
+    wait_for_port(port);
+    let flood: Vec<std::net::TcpStream> = (0..80)
+        .filter_map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).ok())
+        .collect();
+    std::thread::sleep(Duration::from_millis(800));
+    assert!(
+        listener.try_wait().unwrap().is_none(),
+        "the listener died under {} connections",
+        flood.len()
+    );
+    drop(flood);
+    std::thread::sleep(Duration::from_millis(300));
+    let flags = vec![
+        "-i".to_string(),
+        keys.join("a.key").display().to_string(),
+        "--known-hosts".into(),
+        keys.join("known_hosts").display().to_string(),
+        "--accept-new-host-key".into(),
+    ];
+    let client = start(
+        &format!("ssh://127.0.0.1:{port}{}", d.export.display()),
+        &d,
+        &flags,
+    );
+    rt().block_on(async {
+        let mut nfs = Nfs::mount(client.port).await;
+        let root = nfs.root.clone();
+        let fh = nfs.lookup(&root, "a.txt").await.unwrap();
+        assert_eq!(nfs.read_all(&fh, 4096).await.unwrap(), b"still here\n");
+    });
+    drop(client);
+    let _ = listener.kill();
+    let _ = listener.wait();
+}
