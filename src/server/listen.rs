@@ -114,9 +114,8 @@ pub async fn listen(cfg: ListenConfig) -> Result<()> {
             // OpenSSH's LoginGraceTime: a connection that has not logged in by then is
             // closed, so idle or slow handshakes cannot hold slots for ever.
             let grace = async {
-                match tokio::time::timeout(LOGIN_GRACE, authed_rx).await {
-                    Ok(Ok(())) => std::future::pending::<()>().await,
-                    _ => {}
+                if let Ok(Ok(())) = tokio::time::timeout(LOGIN_GRACE, authed_rx).await {
+                    std::future::pending::<()>().await
                 }
             };
             tokio::select! {
