@@ -313,3 +313,63 @@ md5sum out.img
     assert!(text.contains(&md5_hex(&up)), "write md5: {text}");
     assert!(std::fs::read(d.export.join("out.img")).unwrap() == up);
 }
+
+/// Issue 11, item 1, through the real kernel client with the client's default access
+/// options: root is squashed (it cannot read a root-owned 0600 image nor write a 0644
+/// one), `nobody` reads only what is world-readable, and the kernel enforces modes at
+/// open(2) from the gate's ACCESS answers. Before, both `cat`s of the 0600 image worked
+/// (checked: with `--insecure` this test fails).
+#[test]
+fn kernel_client_enforces_modes_and_root_squash() {
+    let d = dirs();
+    let share = d.tmp.path().join("share");
+    std::fs::create_dir(&share).unwrap();
+    for (name, mode) in [("secret.img", 0o600), ("public.img", 0o644)] {
+        std::fs::write(d.export.join(name), format!("{name} bytes\n")).unwrap();
+        std::fs::set_permissions(d.export.join(name), std::fs::Permissions::from_mode(mode))
+            .unwrap();
+    }
+    std::fs::set_permissions(&d.export, std::fs::Permissions::from_mode(0o755)).unwrap();
+    // QEMU's user-mode network rewrites the guest's reserved source port to an
+    // unprivileged one, so that check (tested in security.rs) is off here; everything
+    // else is the default.
+    let client = ClientProc::start(&d.export, &d.cache, 0, &["--allow-unprivileged-ports"]);
+    let script = r#"
+grep -q '^nobody:' /etc/passwd 2>/dev/null || echo 'nobody:x:65534:65534:nobody:/:/bin/sh' >> /etc/passwd
+grep -q '^nogroup:' /etc/group 2>/dev/null || echo 'nogroup:x:65534:' >> /etc/group
+as_nobody() { su -s /bin/sh nobody -c "$*"; }
+[ "$(as_nobody id -u)" = 65534 ] && echo runs-as-nobody
+cat public.img
+cat secret.img 2>/dev/null && echo ROOT-READ-SECRET || echo root-denied-secret
+echo x 2>/dev/null >> public.img && echo ROOT-WROTE || echo root-denied-write
+as_nobody cat public.img >/dev/null && echo nobody-read-public
+as_nobody cat secret.img 2>/dev/null && echo NOBODY-READ-SECRET || echo nobody-denied-secret
+as_nobody 'echo x > new.img' 2>/dev/null && echo NOBODY-CREATED || echo nobody-denied-create
+echo done
+"#;
+    let out = guest_cmd(client.port, &share, script).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    println!("{}", show(&out));
+    assert!(out.status.success(), "{}", show(&out));
+    for want in [
+        "runs-as-nobody",
+        "public.img bytes",
+        "root-denied-secret",
+        "root-denied-write",
+        "nobody-read-public",
+        "nobody-denied-secret",
+        "nobody-denied-create",
+        "done",
+    ] {
+        assert!(text.contains(want), "missing {want:?}: {text}");
+    }
+    assert!(
+        !text.contains("ROOT-") && !text.contains("NOBODY-"),
+        "{text}"
+    );
+    assert_eq!(
+        std::fs::read(d.export.join("public.img")).unwrap(),
+        b"public.img bytes\n"
+    );
+    assert!(!d.export.join("new.img").exists());
+}
