@@ -174,6 +174,19 @@ impl Index {
         tx.commit().map_err(db)
     }
 
+    /// The identity (`Attr::ident`) recorded for `path`, if the map has it.
+    pub fn ident_of(&self, path: &[u8]) -> Result<Option<u64>> {
+        self.lock()
+            .query_row(
+                "SELECT ino FROM names_v1 WHERE path = ?1",
+                params![path],
+                |r| r.get::<_, i64>(0),
+            )
+            .optional()
+            .map(|v| v.map(from_sql))
+            .map_err(db)
+    }
+
     /// Forget one id (its file was replaced or vanished on the store).
     pub fn forget_id(&self, id: u64) -> Result<()> {
         if id == ROOT_ID {

@@ -145,6 +145,18 @@ impl Front {
         self.attrs.lock().expect("attr lock").remove(&id);
     }
 
+    /// A namespace change touched the file whose identity is `ident`: its link count and
+    /// ctime changed for every name it has (hard links are separate ids here), so none of
+    /// their cached attributes may be served again (issue 11, item 19).
+    fn forget_file(&self, ident: Option<u64>) {
+        if let Some(ident) = ident {
+            self.attrs
+                .lock()
+                .expect("attr lock")
+                .retain(|_, (a, _)| a.ident != ident);
+        }
+    }
+
     /// Under write-back: hold off the uploader retiring entries while this caller combines
     /// the store's attributes with the journal, and drop attributes an upload made stale.
     async fn write_back_view(&self, id: u64) -> Option<tokio::sync::RwLockReadGuard<'_, ()>> {
@@ -291,6 +303,7 @@ impl Front {
             .change(&[dirid], req)
             .await?
             .ok_or(nfsstat3::NFS3ERR_SERVERFAULT)?;
+        self.forget_file(Some(a.ident));
         self.child_id(&dir, name, &a)?;
         self.remember(fileid, a);
         Ok(a)
@@ -744,7 +757,13 @@ impl NfsFileSystem for Front {
             to_dir,
             to_name: to_filename.0.to_vec(),
         };
+        let (moved, replaced) = (
+            self.index.ident_of(&from).map_err(map_err)?,
+            self.index.ident_of(&to).map_err(map_err)?,
+        );
         self.change(&[fd, td], req).await?;
+        self.forget_file(moved);
+        self.forget_file(replaced);
         self.index.rename(&from, &to).map_err(map_err)?;
         Ok(())
     }
@@ -838,7 +857,9 @@ impl Front {
         } else {
             Request::Remove { dir, name }
         };
+        let removed = self.index.ident_of(&path).map_err(map_err)?;
         self.change(&[dirid], req).await?;
+        self.forget_file(removed);
         tracing::debug!(path = %String::from_utf8_lossy(&path), "removed; forgetting its ids");
         self.index.forget(&path).map_err(map_err)
     }

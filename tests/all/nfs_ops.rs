@@ -653,3 +653,47 @@ async fn retransmitted_changes_are_answered_once() {
     );
     assert!(!d.export.join("victim").exists() && d.export.join("hard").exists());
 }
+
+/// Issue 11, item 19: every namespace change refreshes the attributes of the file it
+/// touched under all its names. With attributes cached for an hour, `ln a b; rm b` used
+/// to leave `a` at two links (and the kernel's `stat -c %h a` printed 2).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hard_link_counts_follow_link_remove_and_rename() {
+    let d = dirs();
+    std::fs::write(d.export.join("a"), b"x").unwrap();
+    std::fs::write(d.export.join("other"), b"y").unwrap();
+    let client = ClientProc::start(&d.export, &d.cache, 0, &["--attr-timeout", "3600"]);
+    let mut nfs = Nfs::mount(client.port).await;
+    let root = nfs.root.clone();
+    let a = nfs.lookup(&root, "a").await.unwrap();
+    assert_eq!(nfs.getattr(&a).await.unwrap().nlink, 1);
+    let link = LINK3args {
+        file: a.clone(),
+        link: dirop(&root, "b"),
+    };
+    assert!(matches!(
+        nfs.c.link(&link).await.unwrap(),
+        Nfs3Result::Ok(_)
+    ));
+    let b = nfs.lookup(&root, "b").await.unwrap();
+    assert_eq!(nfs.getattr(&b).await.unwrap().nlink, 2);
+    assert_eq!(nfs.getattr(&a).await.unwrap().nlink, 2, "after LINK");
+    nfs.remove(&root, "b").await.unwrap();
+    assert_eq!(
+        nfs.getattr(&a).await.unwrap().nlink,
+        1,
+        "after REMOVE of the other name"
+    );
+    // A rename over a second name of `a` drops a link too.
+    assert!(matches!(
+        nfs.c.link(&link).await.unwrap(),
+        Nfs3Result::Ok(_)
+    ));
+    assert_eq!(nfs.getattr(&a).await.unwrap().nlink, 2);
+    nfs.rename(&root, "other", &root, "b").await.unwrap();
+    assert_eq!(
+        nfs.getattr(&a).await.unwrap().nlink,
+        1,
+        "after RENAME over it"
+    );
+}
