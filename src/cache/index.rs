@@ -16,6 +16,7 @@
 //!
 //! - `dirty_v1(seq, file, offset, len, log_offset)`: write-back data acknowledged to NFS
 //!   and not yet on the store, in order; the bytes are in the journal at `log_offset`.
+//!   `dirty_sum_v1(seq, sum)`: the blake3 of those bytes, checked before upload.
 //!
 //! One connection behind a std `Mutex` (SQLite has one writer anyway; every statement is
 //! microseconds, so async callers hold it briefly). WAL with `synchronous=NORMAL`: a
@@ -80,7 +81,10 @@ impl Index {
                  offset INTEGER NOT NULL,
                  len INTEGER NOT NULL,
                  log_offset INTEGER NOT NULL);
-             CREATE INDEX IF NOT EXISTS dirty_v1_file ON dirty_v1 (file, offset);",
+             CREATE INDEX IF NOT EXISTS dirty_v1_file ON dirty_v1 (file, offset);
+             CREATE TABLE IF NOT EXISTS dirty_sum_v1 (
+                 seq INTEGER PRIMARY KEY,
+                 sum BLOB NOT NULL);",
         )
         .map_err(db)?;
         conn.execute(
@@ -463,6 +467,17 @@ fn dirty_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Dirty> {
     })
 }
 
+/// An acknowledged write as the journal holds it: where it goes, where its bytes are in
+/// the journal, and the blake3 (first 16 bytes) of those bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DirtyRow {
+    pub file: u64,
+    pub offset: u64,
+    pub len: u64,
+    pub log_offset: u64,
+    pub sum: [u8; 16],
+}
+
 /// Write-back statements.
 impl Index {
     /// Record acknowledged writes (already in the journal and synced), in order, in one
@@ -473,7 +488,7 @@ impl Index {
     /// one commit runs with `synchronous=FULL` (the WAL is fsynced at commit, which also
     /// covers every earlier commit in it); the other statements keep NORMAL, since a
     /// block row lost to a power cut only costs a refetch.
-    pub fn add_dirty_batch(&self, rows: &[(u64, u64, u64, u64)]) -> Result<()> {
+    pub fn add_dirty_batch(&self, rows: &[DirtyRow]) -> Result<()> {
         let mut conn = self.lock();
         conn.pragma_update(None, "synchronous", "FULL")
             .map_err(db)?;
@@ -485,7 +500,7 @@ impl Index {
     }
 
     /// The rows of [`Self::add_dirty_batch`], committed; the connection's lock is held.
-    fn insert_dirty_locked(conn: &mut Connection, rows: &[(u64, u64, u64, u64)]) -> Result<()> {
+    fn insert_dirty_locked(conn: &mut Connection, rows: &[DirtyRow]) -> Result<()> {
         let tx = conn.transaction().map_err(db)?;
         {
             let mut st = tx
@@ -493,17 +508,51 @@ impl Index {
                     "INSERT INTO dirty_v1 (file, offset, len, log_offset) VALUES (?1, ?2, ?3, ?4)",
                 )
                 .map_err(db)?;
-            for &(file, offset, len, at) in rows {
+            let mut sum = tx
+                .prepare_cached("INSERT INTO dirty_sum_v1 (seq, sum) VALUES (?1, ?2)")
+                .map_err(db)?;
+            for r in rows {
                 st.execute(params![
-                    to_sql(file),
-                    to_sql(offset),
-                    to_sql(len),
-                    to_sql(at)
+                    to_sql(r.file),
+                    to_sql(r.offset),
+                    to_sql(r.len),
+                    to_sql(r.log_offset)
                 ])
                 .map_err(db)?;
+                sum.execute(params![tx.last_insert_rowid(), &r.sum[..]])
+                    .map_err(db)?;
             }
         }
         tx.commit().map_err(db)
+    }
+
+    /// The checksum recorded with entry `seq` (none for entries older than the table).
+    pub fn dirty_sum(&self, seq: u64) -> Result<Option<[u8; 16]>> {
+        let v: Option<Vec<u8>> = self
+            .lock()
+            .query_row(
+                "SELECT sum FROM dirty_sum_v1 WHERE seq = ?1",
+                params![to_sql(seq)],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(db)?;
+        Ok(v.and_then(|b| b.try_into().ok()))
+    }
+
+    /// Entries whose bytes would lie past `journal_len`: the journal lost them.
+    pub fn dirty_beyond(&self, journal_len: u64) -> Result<Vec<Dirty>> {
+        let conn = self.lock();
+        let mut st = conn
+            .prepare_cached(
+                "SELECT seq, file, offset, len, log_offset FROM dirty_v1
+                 WHERE log_offset + len > ?1 ORDER BY seq",
+            )
+            .map_err(db)?;
+        st.query_map(params![to_sql(journal_len)], dirty_row)
+            .map_err(db)?
+            .collect::<Result<_, _>>()
+            .map_err(db)
     }
 
     /// The oldest `n` entries, in order.
@@ -566,8 +615,12 @@ impl Index {
             let mut st = tx
                 .prepare_cached("DELETE FROM dirty_v1 WHERE seq = ?1")
                 .map_err(db)?;
+            let mut sum = tx
+                .prepare_cached("DELETE FROM dirty_sum_v1 WHERE seq = ?1")
+                .map_err(db)?;
             for s in seqs {
                 st.execute(params![to_sql(*s)]).map_err(db)?;
+                sum.execute(params![to_sql(*s)]).map_err(db)?;
             }
         }
         tx.commit().map_err(db)

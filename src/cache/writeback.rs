@@ -35,7 +35,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::Notify;
 
-use super::index::{Dirty, Index};
+use super::index::{Dirty, DirtyRow, Index};
 use crate::error::{Error, Result};
 use crate::proto::{FileRef, Request, Status};
 use crate::remote::RemoteStore;
@@ -56,8 +56,8 @@ struct Journal {
     synced: u64,
     /// A writer is syncing now.
     leader: bool,
-    /// Appended, not yet synced: (file, offset, len, journal offset).
-    pending: Vec<(u64, u64, u64, u64)>,
+    /// Appended, not yet synced.
+    pending: Vec<DirtyRow>,
     /// Failed syncs: tickets in (lo, hi] were not made durable. Kept (they are rare) so a
     /// writer that wakes late still learns its write failed.
     failures: Vec<(u64, u64, String)>,
@@ -139,10 +139,19 @@ impl WriteBack {
             .mode(0o600)
             .custom_flags(super::dir::no_follow())
             .open(dir.join("journal.log"))?;
-        let end = f.metadata()?.len();
+        let journal_len = f.metadata()?.len();
         let sync_fd = Arc::new(f.try_clone()?);
         let dirty = index.dirty_pending()?.1;
-        Ok(Self {
+        // Issue 11, item 12: rows pointing past the journal's end (a journal deleted or
+        // truncated behind our back) can never be uploaded: report them, keep them back.
+        let lost = index.dirty_beyond(journal_len)?;
+        // New appends go after every byte a row points at, so no later write lands where
+        // a lost entry's bytes were (a stale row must never match new data).
+        let end = lost
+            .iter()
+            .map(|e| e.log_offset + e.len)
+            .fold(journal_len, u64::max);
+        let wb = Self {
             journal: Mutex::new(Journal {
                 file: f,
                 end,
@@ -166,18 +175,39 @@ impl WriteBack {
             full_warned: std::sync::atomic::AtomicBool::new(false),
             retire: tokio::sync::RwLock::new(()),
             changed: Mutex::default(),
-        })
+        };
+        if !lost.is_empty() {
+            tracing::error!(
+                "{} write-back entries point past the end of {} ({journal_len} bytes): the journal \
+                 was deleted or truncated outside gridvfs. Their data is lost to us; they are \
+                 kept back (never uploaded as garbage) and shown by `status`",
+                lost.len(),
+                dir.join("journal.log").display()
+            );
+        }
+        for e in &lost {
+            wb.keep_back(e, "its bytes are missing from the journal".into());
+        }
+        Ok(wb)
     }
 
     /// Make a write durable locally; returns once it is safe to acknowledge.
     pub async fn append(&self, file: u64, offset: u64, data: &[u8]) -> Result<()> {
+        let mut sum = [0u8; 16];
+        sum.copy_from_slice(&blake3::hash(data).as_bytes()[..16]);
         let ticket = {
             let mut j = self.journal.lock().expect("journal lock");
             let at = j.end;
             j.file.write_all_at(data, at)?;
             j.end = at + data.len() as u64;
             j.written += 1;
-            j.pending.push((file, offset, data.len() as u64, at));
+            j.pending.push(DirtyRow {
+                file,
+                offset,
+                len: data.len() as u64,
+                log_offset: at,
+                sum,
+            });
             j.written
         };
         loop {
@@ -212,7 +242,7 @@ impl WriteBack {
                 continue;
             };
             self.journal_syncs.fetch_add(1, Ordering::Relaxed);
-            let bytes: u64 = rows.iter().map(|r| r.2).sum();
+            let bytes: u64 = rows.iter().map(|r| r.len).sum();
             let (fd, index) = (self.sync_fd.clone(), self.index.clone());
             let done = tokio::task::spawn_blocking(move || -> Result<()> {
                 fd.sync_data()?;
@@ -464,7 +494,7 @@ impl WriteBack {
         if first {
             tracing::error!(
                 file = e.file,
-                "the store refuses write-back data ({why}); it is kept in the journal, \
+                "write-back data cannot be uploaded ({why}); it is kept in the journal, \
                  reported by `status`, and retried at the next start. Later writes to this \
                  file fail with EIO until then"
             );
@@ -485,6 +515,14 @@ impl WriteBack {
             .expect("journal lock")
             .file
             .read_exact_at(&mut data, e.log_offset)?;
+        // Issue 11, item 12: the bytes must be the ones acknowledged, never garbage.
+        if let Some(sum) = self.index.dirty_sum(e.seq)?
+            && blake3::hash(&data).as_bytes()[..16] != sum
+        {
+            return Ok(Upload::Refused(
+                "its bytes in the journal are damaged (checksum mismatch)".into(),
+            ));
+        }
         let data = Bytes::from(data);
         for _ in 0..5 {
             let Some((path, ident)) = self.index.get(e.file)? else {
@@ -512,7 +550,7 @@ impl WriteBack {
                     tokio::time::sleep(Duration::from_millis(50)).await
                 }
                 Err(Error::Status(s)) if permanent(s) => {
-                    return Ok(Upload::Refused(format!("{s:?}")));
+                    return Ok(Upload::Refused(format!("the store answers {s:?}")));
                 }
                 Err(e) => return Err(e),
             }

@@ -378,3 +378,80 @@ async fn writes_past_the_largest_offset_are_refused() {
         );
     }
 }
+
+/// Issue 11, item 12: journal bytes damaged or lost outside gridvfs are detected and
+/// reported, never uploaded: a flipped byte fails the entry's checksum, a deleted journal
+/// leaves rows pointing past its end; either way the entry is kept back and the store
+/// keeps its old bytes. Before, the garbage (or zeros) was uploaded as acknowledged data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn damaged_or_lost_journal_entries_are_never_uploaded() {
+    for damage in ["flip a byte", "delete the journal"] {
+        let d = dirs();
+        std::fs::write(d.export.join("disk.img"), b"old bytes").unwrap();
+        let flag = d.tmp.path().join("store-is-read-only");
+        let remote = format!(
+            "exec:if [ -e {flag} ]; then ro=--read-only; fi; exec {server} serve --stdio --export {export} $ro",
+            flag = flag.display(),
+            server = bin("gridvfs-server").display(),
+            export = d.export.display()
+        );
+        let flags = ["--write-policy", "back", "--attr-timeout", "3600"];
+        let mut client = ClientProc::start_remote(&remote, &d.export, &d.cache, 0, &flags);
+        {
+            let mut nfs = Nfs::mount(client.port).await;
+            let root = nfs.root.clone();
+            let f = nfs.lookup(&root, "disk.img").await.unwrap();
+            nfs.getattr(&f).await.unwrap();
+            // The store comes back read-only, so the entry stays in the journal.
+            std::fs::write(&flag, "").unwrap();
+            for pid in client.server_pids() {
+                let _ = std::process::Command::new("kill")
+                    .args(["-9", &pid.to_string()])
+                    .status();
+            }
+            nfs.write(&f, 0, b"NEW BYTES", stable_how::FILE_SYNC)
+                .await
+                .unwrap();
+            let t = std::time::Instant::now();
+            while n(&status_json(&d.cache), "quarantined_entries") == 0 {
+                assert!(t.elapsed() < Duration::from_secs(30));
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        client.kill();
+        let export_dir = std::fs::read_dir(&d.cache)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.join("journal.log").exists())
+            .expect("a journal");
+        let journal = export_dir.join("journal.log");
+        if damage == "flip a byte" {
+            let mut bytes = std::fs::read(&journal).unwrap();
+            let at = bytes
+                .windows(9)
+                .position(|w| w == b"NEW BYTES")
+                .expect("entry in the journal");
+            bytes[at] ^= 0x20;
+            std::fs::write(&journal, &bytes).unwrap();
+        } else {
+            std::fs::remove_file(&journal).unwrap();
+        }
+        std::fs::remove_file(&flag).unwrap();
+        client.restart();
+        let t = std::time::Instant::now();
+        loop {
+            let st = status_json(&d.cache);
+            if n(&st, "quarantined_entries") == 1 {
+                break;
+            }
+            assert!(t.elapsed() < Duration::from_secs(30), "{damage}: {st}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(
+            std::fs::read(d.export.join("disk.img")).unwrap(),
+            b"old bytes",
+            "{damage}: nothing damaged reached the store"
+        );
+    }
+}
