@@ -20,6 +20,8 @@ pub struct ClientConfig {
     pub cache_dir: PathBuf,
     pub attr_timeout: Duration,
     pub reconnect_timeout: Duration,
+    /// How long the store may stay silent with requests waiting (zero: forever).
+    pub request_timeout: Duration,
     /// Also serve a portmapper here (e.g. `127.0.0.1:111`) for qemu's `nfs://` driver.
     pub portmapper: Option<SocketAddr>,
     /// Cache block size in bytes (power of two, 4 KiB to 4 MiB).
@@ -47,8 +49,14 @@ pub struct Client {
 impl Client {
     /// Connect to the store, open this export's index, bind the NFS socket.
     pub async fn start(cfg: &ClientConfig) -> Result<Self> {
-        let store =
-            Arc::new(RemoteStore::connect(cfg.remote.clone(), cfg.reconnect_timeout).await?);
+        let store = Arc::new(
+            RemoteStore::connect_with(
+                cfg.remote.clone(),
+                cfg.reconnect_timeout,
+                cfg.request_timeout,
+            )
+            .await?,
+        );
         let root = crate::cache::dir::CacheRoot::open(&cfg.cache_dir)?;
         let export = root.export(&store.welcome().export_id)?;
         let export_dir = export.path().to_path_buf();

@@ -16,6 +16,10 @@ pub enum Error {
     /// The tunnel to the server is gone (server exited, SSH dropped).
     #[error("tunnel closed: {0}")]
     Disconnected(String),
+    /// The store stopped answering (the session's watchdog gave up on it): the request
+    /// may or may not have been carried out.
+    #[error("store not answering: {0}")]
+    Stalled(String),
     /// The tunnel was found closed before the request was sent: safe to send again.
     #[error("tunnel closed before sending: {0}")]
     Unsent(String),

@@ -18,6 +18,8 @@ pub mod cache;
 pub mod client;
 pub mod control;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod nfs;
 pub mod process;
 pub mod proto;

@@ -74,6 +74,7 @@ pub async fn run() -> anyhow::Result<()> {
         cache_dir: cache_dir.path().to_path_buf(),
         attr_timeout: Duration::from_secs(1),
         reconnect_timeout: Duration::from_secs(10),
+        request_timeout: gridvfs::remote::DEFAULT_REQUEST_TIMEOUT,
         portmapper: None,
         block_size: gridvfs::cache::DEFAULT_BLOCK_SIZE,
         cache_size: gridvfs::cache::DEFAULT_CACHE_SIZE,

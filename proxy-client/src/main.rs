@@ -59,6 +59,12 @@ struct ServeArgs {
     /// Seconds to keep retrying a lost store before NFS requests fail with EIO.
     #[arg(long, default_value_t = 60.0)]
     reconnect_timeout: f64,
+    /// Seconds the store may stay silent while requests wait (a stuck disk on the store,
+    /// a stopped process, a black-holed link) before the session is dropped and the
+    /// requests are retried on a new one; 0 waits forever. Any reply counts as progress,
+    /// so slow links do not trip it.
+    #[arg(long, default_value_t = 60.0)]
+    request_timeout: f64,
     /// Start the server read-only (`local:` and SSH remotes).
     #[arg(long)]
     read_only: bool,
@@ -286,6 +292,10 @@ fn config(a: &ServeArgs) -> anyhow::Result<ClientConfig> {
         a.reconnect_timeout >= 0.0,
         "--reconnect-timeout must be >= 0"
     );
+    anyhow::ensure!(
+        a.request_timeout >= 0.0 && a.request_timeout.is_finite(),
+        "--request-timeout must be >= 0"
+    );
     let access = a.access.policy()?;
     access.check_listen(a.listen).map_err(anyhow::Error::msg)?;
     if let Some(pm) = a.portmapper {
@@ -298,6 +308,7 @@ fn config(a: &ServeArgs) -> anyhow::Result<ClientConfig> {
         cache_dir: cache_dir_or_default(a.cache_dir.clone())?,
         attr_timeout: Duration::from_secs_f64(a.attr_timeout),
         reconnect_timeout: Duration::from_secs_f64(a.reconnect_timeout),
+        request_timeout: Duration::from_secs_f64(a.request_timeout),
         portmapper: a.portmapper,
         block_size: a.block_size,
         cache_size: a.cache_size,

@@ -315,6 +315,46 @@ impl Index {
         Ok(dropped)
     }
 
+    /// After an upload of write-back data to `file`: if the cache still holds version
+    /// `before` (the store's before the upload), move it to `after` (the store's after)
+    /// and drop the blocks in the inclusive `(first, last)` runs the upload rewrote, in
+    /// one transaction, so no fetch of the old bytes can slip in between. `false` if the
+    /// cache was at another version (then the next read revalidates as usual).
+    pub fn adopt_upload(
+        &self,
+        file: u64,
+        before: &[u8],
+        after: &[u8],
+        blocks: &[(u64, u64)],
+    ) -> Result<bool> {
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(db)?;
+        let now: Option<Vec<u8>> = tx
+            .prepare_cached("SELECT validator FROM files_v1 WHERE file = ?1")
+            .map_err(db)?
+            .query_row(params![to_sql(file)], |r| r.get(0))
+            .optional()
+            .map_err(db)?;
+        if now.as_deref() != Some(before) {
+            return Ok(false);
+        }
+        {
+            let mut drop = tx
+                .prepare_cached("DELETE FROM blocks_v2 WHERE file = ?1 AND block BETWEEN ?2 AND ?3")
+                .map_err(db)?;
+            for &(first, last) in blocks {
+                drop.execute(params![to_sql(file), to_sql(first), to_sql(last)])
+                    .map_err(db)?;
+            }
+        }
+        tx.prepare_cached("UPDATE files_v1 SET validator = ?2 WHERE file = ?1")
+            .map_err(db)?
+            .execute(params![to_sql(file), after])
+            .map_err(db)?;
+        tx.commit().map_err(db)?;
+        Ok(true)
+    }
+
     /// Replace the validator without touching blocks (after our own write, whose bytes
     /// the cache already reflects).
     pub fn set_validator(&self, file: u64, validator: &[u8]) -> Result<()> {
@@ -421,8 +461,42 @@ impl Index {
 
     /// Mark blocks present (their data is already in the data file), in one transaction.
     pub fn add_blocks(&self, file: u64, blocks: &[(u64, [u8; 32])]) -> Result<()> {
+        self.add_blocks_if(file, None, blocks).map(|_| ())
+    }
+
+    /// Record fetched blocks only if the file's validator is still `validator`, in the
+    /// same transaction (issue 11, item 14): a fetch that started under one version of
+    /// the file and finished after a revalidation moved the cache to the next must not
+    /// leave the old version's bytes under the new validator, where their checksums
+    /// would pass. `false` if they were not recorded.
+    pub fn add_blocks_under(
+        &self,
+        file: u64,
+        validator: &[u8],
+        blocks: &[(u64, [u8; 32])],
+    ) -> Result<bool> {
+        self.add_blocks_if(file, Some(validator), blocks)
+    }
+
+    fn add_blocks_if(
+        &self,
+        file: u64,
+        validator: Option<&[u8]>,
+        blocks: &[(u64, [u8; 32])],
+    ) -> Result<bool> {
         let mut conn = self.lock();
         let tx = conn.transaction().map_err(db)?;
+        if let Some(want) = validator {
+            let now: Option<Vec<u8>> = tx
+                .prepare_cached("SELECT validator FROM files_v1 WHERE file = ?1")
+                .map_err(db)?
+                .query_row(params![to_sql(file)], |r| r.get(0))
+                .optional()
+                .map_err(db)?;
+            if now.as_deref() != Some(want) {
+                return Ok(false);
+            }
+        }
         {
             let mut st = tx
                 .prepare_cached("INSERT OR REPLACE INTO blocks_v2 (file, block, sum, used) VALUES (?1, ?2, ?3, ?4)")
@@ -433,7 +507,8 @@ impl Index {
                     .map_err(db)?;
             }
         }
-        tx.commit().map_err(db)
+        tx.commit().map_err(db)?;
+        Ok(true)
     }
 
     /// Forget blocks (corrupt, or overwritten through this client).
@@ -485,18 +560,24 @@ impl Index {
     /// follows promises the data survives a power cut. Under the connection's usual
     /// `synchronous=NORMAL` a WAL commit is not synced, and a power loss can roll it back
     /// (SQLite's documentation says so), leaving journal bytes nothing points at. So this
-    /// one commit runs with `synchronous=FULL` (the WAL is fsynced at commit, which also
-    /// covers every earlier commit in it); the other statements keep NORMAL, since a
-    /// block row lost to a power cut only costs a refetch.
+    /// commit (and [`Self::dirty_done`]'s) runs [`Self::durably`]; the other statements
+    /// keep NORMAL, since a block row lost to a power cut only costs a refetch.
     pub fn add_dirty_batch(&self, rows: &[DirtyRow]) -> Result<()> {
+        self.durably(|conn| Self::insert_dirty_locked(conn, rows))
+    }
+
+    /// Run `f` on the connection with `synchronous=FULL`: its commit is on the disk when
+    /// this returns (the WAL is fsynced at commit, which also covers every earlier commit
+    /// in it).
+    fn durably<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T>) -> Result<T> {
         let mut conn = self.lock();
         conn.pragma_update(None, "synchronous", "FULL")
             .map_err(db)?;
-        let res = Self::insert_dirty_locked(&mut conn, rows);
+        let res = f(&mut conn);
         let back = conn
             .pragma_update(None, "synchronous", "NORMAL")
             .map_err(db);
-        res.and(back)
+        res.and_then(|v| back.map(|_| v))
     }
 
     /// The rows of [`Self::add_dirty_batch`], committed; the connection's lock is held.
@@ -607,9 +688,15 @@ impl Index {
         Ok((from_sql(n), b.map_or(0, from_sql)))
     }
 
-    /// Entries now on the store.
+    /// Entries now on the store. Durable before it returns, like [`Self::add_dirty_batch`]:
+    /// the caller then punches or truncates their journal bytes, and a deletion rolled
+    /// back by a power cut would bring back rows pointing at bytes that are gone (found by
+    /// `tests/all/power_loss.rs`: rows past the journal's end after a cut).
     pub fn dirty_done(&self, seqs: &[u64]) -> Result<()> {
-        let mut conn = self.lock();
+        self.durably(|conn| Self::delete_dirty_locked(conn, seqs))
+    }
+
+    fn delete_dirty_locked(conn: &mut Connection, seqs: &[u64]) -> Result<()> {
         let tx = conn.transaction().map_err(db)?;
         {
             let mut st = tx
@@ -730,6 +817,25 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let idx = Index::open(&dir.path().join("index.sqlite")).unwrap();
         (dir, idx)
+    }
+
+    /// Issue 11, item 14: blocks fetched under a validator that revalidation has since
+    /// replaced are not recorded (they would pass their checksums as the new version).
+    #[test]
+    fn blocks_of_a_replaced_version_are_not_recorded() {
+        let (_d, idx) = index();
+        let f = idx.id_for(b"vm.img", 10).unwrap();
+        idx.reset_file(f, b"v1").unwrap();
+        // A fetch starts under v1; revalidation moves the file to v2 meanwhile.
+        idx.reset_file(f, b"v2").unwrap();
+        assert!(!idx.add_blocks_under(f, b"v1", &[(0, [1; 32])]).unwrap());
+        assert!(idx.blocks(f, 0, 10).unwrap().is_empty());
+        // A fetch under the current version is recorded.
+        assert!(idx.add_blocks_under(f, b"v2", &[(0, [2; 32])]).unwrap());
+        assert_eq!(idx.blocks(f, 0, 10).unwrap().len(), 1);
+        // A file never revalidated has no validator: nothing to record blocks under.
+        let g = idx.id_for(b"other", 11).unwrap();
+        assert!(!idx.add_blocks_under(g, b"v1", &[(0, [3; 32])]).unwrap());
     }
 
     #[test]

@@ -149,8 +149,9 @@ pub struct DataPath {
     /// Files whose hint prefetch is running: read-ahead stays off for them (the profile
     /// knows what will be read; guessing past it only sends bytes nobody reads).
     prefetching: Mutex<std::collections::HashSet<u64>>,
-    /// Held while a changed file's blocks are revalidated.
-    revalidating: tokio::sync::Mutex<()>,
+    /// Per file, held while its changed blocks are revalidated (issue 11, item 20: one
+    /// file's BlockSums, a remote call that may hash gigabytes, never delays another's).
+    revalidating: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 /// `--write-policy`.
@@ -218,7 +219,9 @@ impl DataPath {
             cached_blocks: AtomicU64::new(index.block_count()?),
             touched: Mutex::default(),
             writeback: match policy {
-                WritePolicy::Back => Some(Arc::new(WriteBack::open(&dir, index.clone())?)),
+                WritePolicy::Back => {
+                    Some(Arc::new(WriteBack::open(&dir, index.clone(), block_size)?))
+                }
                 WritePolicy::Through => None,
             },
             blocks: Store::open(dir.join("blocks"))?,
@@ -226,7 +229,7 @@ impl DataPath {
             hints: hints::Hints::default(),
             recording: Mutex::new(None),
             prefetching: Mutex::default(),
-            revalidating: tokio::sync::Mutex::new(()),
+            revalidating: Mutex::default(),
         })
     }
 
@@ -503,10 +506,16 @@ impl DataPath {
                 .enumerate()
                 .map(|(i, c)| (off / bs + i as u64, *blake3::hash(c).as_bytes()))
                 .collect();
-            self.index.add_blocks(id, &sums)?;
-            self.cached_blocks
-                .fetch_add(sums.len() as u64, Ordering::Relaxed);
-            self.evict_if_full()?;
+            if self.index.add_blocks_under(id, &validator(attr), &sums)? {
+                self.cached_blocks
+                    .fetch_add(sums.len() as u64, Ordering::Relaxed);
+                self.evict_if_full()?;
+            } else {
+                tracing::debug!(
+                    file = id,
+                    "fetched under a version revalidation replaced; not cached"
+                );
+            }
         }
         Ok((data, fetched))
     }

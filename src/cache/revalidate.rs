@@ -1,6 +1,7 @@
 //! A file changed on the store: its cached blocks are checked against the store's block
 //! hashes (delta revalidation) and only the changed ones are dropped.
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
@@ -18,9 +19,30 @@ impl DataPath {
         if self.index.validator(id)?.as_deref() == Some(&v[..]) {
             return Ok(());
         }
-        // One revalidation at a time (they are rare): a second reader of the changed file
-        // waits, then finds the work done instead of redoing it with a stale block list.
-        let _one = self.revalidating.lock().await;
+        // One revalidation per file at a time: a second reader of the changed file waits,
+        // then finds the work done instead of redoing it with a stale block list. Readers
+        // of other files go on.
+        let lock = self
+            .revalidating
+            .lock()
+            .expect("revalidating lock")
+            .entry(id)
+            .or_default()
+            .clone();
+        let result = {
+            let _one = lock.lock().await;
+            self.revalidate_locked(id, file, &v).await
+        };
+        // The last one out removes the file's lock.
+        let mut map = self.revalidating.lock().expect("revalidating lock");
+        if Arc::strong_count(&lock) == 2 {
+            map.remove(&id);
+        }
+        result
+    }
+
+    async fn revalidate_locked(&self, id: u64, file: &FileRef, v: &[u8]) -> Result<()> {
+        let v = v.to_vec();
         let old = self.index.validator(id)?;
         if old.as_deref() == Some(&v[..]) {
             return Ok(());

@@ -36,8 +36,9 @@ use bytes::Bytes;
 use tokio::sync::Notify;
 
 use super::index::{Dirty, DirtyRow, Index};
+use super::validator;
 use crate::error::{Error, Result};
-use crate::proto::{FileRef, Request, Status};
+use crate::proto::{Attr, FileRef, Request, Response, Status};
 use crate::remote::RemoteStore;
 
 /// Entries uploaded per round (then one COMMIT per file and one index transaction).
@@ -93,6 +94,7 @@ pub struct WriteBack {
     changed: Mutex<std::collections::HashSet<u64>>,
     /// Entries the store refused for good, kept until the next start.
     quarantine: Mutex<Quarantine>,
+    block_size: u64,
 }
 
 /// Entries kept back from upload: by seq, and per file why.
@@ -105,8 +107,8 @@ struct Quarantine {
 
 /// What became of one entry's upload.
 enum Upload {
-    /// On the store (COMMIT still due).
-    Landed(FileRef),
+    /// On the store (COMMIT still due), with the file's attributes after this write.
+    Landed(FileRef, Attr),
     /// Its file was removed through the mount: nothing to write to.
     Removed,
     /// Refused for good: kept back.
@@ -129,7 +131,9 @@ fn permanent(s: Status) -> bool {
 }
 
 impl WriteBack {
-    pub fn open(dir: &Path, index: Arc<Index>) -> Result<Self> {
+    /// The journal in `dir`; `block_size` is the cache's (for the blocks an upload makes
+    /// stale).
+    pub fn open(dir: &Path, index: Arc<Index>, block_size: u64) -> Result<Self> {
         use std::os::unix::fs::OpenOptionsExt;
         let f = OpenOptions::new()
             .read(true)
@@ -175,6 +179,7 @@ impl WriteBack {
             full_warned: std::sync::atomic::AtomicBool::new(false),
             retire: tokio::sync::RwLock::new(()),
             changed: Mutex::default(),
+            block_size,
         };
         if !lost.is_empty() {
             tracing::error!(
@@ -408,6 +413,7 @@ impl WriteBack {
                 a.file == b.file && a.offset < b.offset + b.len && b.offset < a.offset + a.len
             })
         });
+        let before = self.store_versions(remote, &entries).await;
         let mut targets: Vec<Upload> = Vec::with_capacity(entries.len());
         if overlapping {
             for e in &entries {
@@ -438,13 +444,20 @@ impl WriteBack {
         }
         let mut done = Vec::new();
         let mut retired = Vec::new();
-        let mut touched: Vec<(u64, FileRef)> = Vec::new();
+        // Per file: where to COMMIT, and the attributes after its last write here.
+        let mut touched: Vec<(u64, FileRef, Attr)> = Vec::new();
         for (e, target) in entries.iter().zip(targets) {
             match target {
-                Upload::Landed(f) if !touched.iter().any(|(id, _)| *id == e.file) => {
-                    touched.push((e.file, f))
-                }
-                Upload::Landed(_) => {}
+                Upload::Landed(f, a) => match touched.iter_mut().find(|(id, ..)| *id == e.file) {
+                    // Parallel writes land in any order: the last one has the latest
+                    // change time (and the largest size).
+                    Some((_, _, last)) => {
+                        if (a.ctime, a.size) > (last.ctime, last.size) {
+                            *last = a;
+                        }
+                    }
+                    None => touched.push((e.file, f, a)),
+                },
                 Upload::Removed => tracing::warn!(
                     file = e.file,
                     "dropping write-back data of a file removed through the mount"
@@ -458,13 +471,46 @@ impl WriteBack {
             retired.push(*e);
         }
         let entries = retired;
-        let ids: Vec<u64> = touched.iter().map(|(id, _)| *id).collect();
-        for (_, f) in touched {
+        let ids: Vec<u64> = touched.iter().map(|(id, ..)| *id).collect();
+        for (_, f, _) in &touched {
             remote
-                .call(Request::Commit { file: f }, Bytes::new())
+                .call(Request::Commit { file: f.clone() }, Bytes::new())
                 .await?;
         }
         let _retiring = self.retire.write().await;
+        // Issue 11, item 20: the store's new version of each file is the one this upload
+        // made, so the cache moves to it without asking the store to hash the file again
+        // (a 20 GiB image per batch). Only where the cache matched the store before the
+        // upload, and with the uploaded ranges dropped: they may hold the store's old
+        // bytes, fetched by reads that overlaid the journal on them.
+        for (id, _, after) in &touched {
+            let Some(Some(pre)) = before.get(id) else {
+                continue;
+            };
+            let ranges: Vec<(u64, u64)> = entries
+                .iter()
+                .filter(|e| e.file == *id)
+                .map(|e| (e.offset, e.len))
+                .collect();
+            let blocks: Vec<(u64, u64)> = ranges
+                .iter()
+                .map(|&(off, len)| {
+                    (
+                        off / self.block_size,
+                        (off + len.max(1) - 1) / self.block_size,
+                    )
+                })
+                .collect();
+            if let Err(err) = self
+                .index
+                .adopt_upload(*id, pre, &validator(after), &blocks)
+            {
+                tracing::debug!(
+                    file = id,
+                    "cannot move the cache to the uploaded version: {err}"
+                );
+            }
+        }
         self.changed.lock().expect("changed lock").extend(ids);
         self.index.dirty_done(&done)?;
         let gone: u64 = entries.iter().map(|e| e.len).sum();
@@ -477,6 +523,38 @@ impl WriteBack {
         self.uploaded_bytes
             .fetch_add(entries.iter().map(|e| e.len).sum(), Ordering::Relaxed);
         Ok(done.len())
+    }
+
+    /// For each file of `entries` with cached blocks: the store's version of it now, if
+    /// the cache holds that same version (`None` where it does not, or the store cannot
+    /// say). Taken before the upload, to tell whether the cache may follow it.
+    async fn store_versions(
+        &self,
+        remote: &RemoteStore,
+        entries: &[Dirty],
+    ) -> std::collections::HashMap<u64, Option<Vec<u8>>> {
+        let mut out = std::collections::HashMap::new();
+        for e in entries {
+            if out.contains_key(&e.file) {
+                continue;
+            }
+            let cached = self.index.validator(e.file).ok().flatten();
+            let now = match (&cached, self.index.get(e.file)) {
+                (Some(_), Ok(Some((path, ident)))) => {
+                    let file = FileRef {
+                        path,
+                        ident: Some(ident),
+                    };
+                    match remote.call(Request::Getattr { file }, Bytes::new()).await {
+                        Ok((Response::Attr(a), _)) => Some(validator(&a)),
+                        _ => None,
+                    }
+                }
+                _ => None,
+            };
+            out.insert(e.file, now.filter(|v| cached.as_ref() == Some(v)));
+        }
+        out
     }
 
     /// Put `e` in the quarantine (its bytes stay in the journal), loudly the first time
@@ -543,7 +621,10 @@ impl WriteBack {
                 )
                 .await
             {
-                Ok(_) => return Ok(Upload::Landed(file)),
+                Ok((Response::Write { attr, .. }, _)) => return Ok(Upload::Landed(file, attr)),
+                Ok((other, _)) => {
+                    return Err(Error::Protocol(format!("WRITE answered with {other:?}")));
+                }
                 // A rename may have moved it between reading the map and the write: look
                 // the path up again (the entry is kept until the store has it).
                 Err(Error::Status(Status::NoEnt | Status::Stale)) => {

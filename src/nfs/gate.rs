@@ -69,7 +69,7 @@ pub struct Gate {
 }
 
 /// What to do with one record from the kernel.
-enum Route {
+pub(crate) enum Route {
     /// Not a call (or no xid to answer to): dropped.
     Drop,
     /// Refused at once with this reply body.
@@ -174,7 +174,7 @@ impl Gate {
                 },
                 _ = &mut up_reader => break Err(dispatcher_gone()),
             };
-            match self.route(&body, peer, client_ro, &mut warned) {
+            match route(&self.policy, &body, peer, client_ro, &mut warned) {
                 Route::Drop => {}
                 Route::Refuse(rec) => {
                     let _ = reply_tx.send(frame_record(&rec)).await;
@@ -245,85 +245,6 @@ impl Gate {
         drop(reply_tx);
         let _ = writer.await;
         result
-    }
-
-    /// Decide what happens to one record: the policy's connection and credential checks.
-    fn route(&self, body: &[u8], peer: SocketAddr, client_ro: bool, warned: &mut bool) -> Route {
-        let mut cur = Cursor::new(body);
-        let Ok((msg, _)) = rpc_msg::unpack(&mut cur) else {
-            // A call whose header does not decode (an unknown credential flavor among
-            // them) is never passed on.
-            return match xid_of(body) {
-                Some(xid) if is_call(body) => {
-                    Route::Refuse(auth_error(xid, auth_stat::AUTH_BADCRED))
-                }
-                _ => Route::Drop,
-            };
-        };
-        let msg_body::CALL(call) = msg.body else {
-            return Route::Drop;
-        };
-        let (xid, args_at) = (msg.xid, cur.position() as usize);
-        tracing::trace!(
-            xid,
-            prog = call.prog,
-            vers = call.vers,
-            proc_ = call.proc,
-            "RPC call"
-        );
-        if call.prog == portmap::PROGRAM && call.vers == portmap::VERSION {
-            // Port numbers only: answered to anyone allowed to connect.
-            return match call.proc {
-                PMAP_NULL | PMAP_GETPORT => Route::Call {
-                    xid,
-                    proc_: PMAP_PROC | call.proc,
-                    args_at,
-                    caller: Caller::anonymous(),
-                },
-                _ => Route::Forward,
-            };
-        }
-        let ours = call.prog == mount::PROGRAM || call.prog == n::PROGRAM;
-        if !ours || call.proc == NULL {
-            return Route::Forward;
-        }
-        let caller = match self.policy.caller(peer, &call.cred, client_ro) {
-            Ok(c) => c,
-            Err(refusal) => {
-                let why = if self.policy.require_privileged_port && peer.port() >= 1024 {
-                    "unprivileged source port (pass --allow-unprivileged-ports to accept)"
-                } else {
-                    "credential refused (AUTH_SYS required; uid not on --allow-uid?)"
-                };
-                if !std::mem::replace(warned, true) {
-                    tracing::warn!("NFS calls from {peer} refused: {why}");
-                } else {
-                    tracing::debug!(xid, "NFS call from {peer} refused: {why}");
-                }
-                return Route::Refuse(auth_error(xid, refusal.auth_stat()));
-            }
-        };
-        if call.prog == mount::PROGRAM {
-            return if call.vers == mount::VERSION && call.proc == MNT {
-                Route::Call {
-                    xid,
-                    proc_: MOUNT_PROC | MNT,
-                    args_at,
-                    caller,
-                }
-            } else {
-                Route::Forward
-            };
-        }
-        if call.vers != n::VERSION {
-            return Route::Forward;
-        }
-        Route::Call {
-            xid,
-            proc_: call.proc,
-            args_at,
-            caller,
-        }
     }
 
     /// Whether `caller` may make NFS call `proc_` with these arguments. Arguments that do
@@ -399,6 +320,89 @@ impl Gate {
         } else {
             Err(nfsstat3::NFS3ERR_ACCES)
         }
+    }
+}
+
+/// Decide what happens to one record: the policy's connection and credential checks.
+pub(crate) fn route(
+    policy: &AccessPolicy,
+    body: &[u8],
+    peer: SocketAddr,
+    client_ro: bool,
+    warned: &mut bool,
+) -> Route {
+    let mut cur = Cursor::new(body);
+    let Ok((msg, _)) = rpc_msg::unpack(&mut cur) else {
+        // A call whose header does not decode (an unknown credential flavor among
+        // them) is never passed on.
+        return match xid_of(body) {
+            Some(xid) if is_call(body) => Route::Refuse(auth_error(xid, auth_stat::AUTH_BADCRED)),
+            _ => Route::Drop,
+        };
+    };
+    let msg_body::CALL(call) = msg.body else {
+        return Route::Drop;
+    };
+    let (xid, args_at) = (msg.xid, cur.position() as usize);
+    tracing::trace!(
+        xid,
+        prog = call.prog,
+        vers = call.vers,
+        proc_ = call.proc,
+        "RPC call"
+    );
+    if call.prog == portmap::PROGRAM && call.vers == portmap::VERSION {
+        // Port numbers only: answered to anyone allowed to connect.
+        return match call.proc {
+            PMAP_NULL | PMAP_GETPORT => Route::Call {
+                xid,
+                proc_: PMAP_PROC | call.proc,
+                args_at,
+                caller: Caller::anonymous(),
+            },
+            _ => Route::Forward,
+        };
+    }
+    let ours = call.prog == mount::PROGRAM || call.prog == n::PROGRAM;
+    if !ours || call.proc == NULL {
+        return Route::Forward;
+    }
+    let caller = match policy.caller(peer, &call.cred, client_ro) {
+        Ok(c) => c,
+        Err(refusal) => {
+            let why = if policy.require_privileged_port && peer.port() >= 1024 {
+                "unprivileged source port (pass --allow-unprivileged-ports to accept)"
+            } else {
+                "credential refused (AUTH_SYS required; uid not on --allow-uid?)"
+            };
+            if !std::mem::replace(warned, true) {
+                tracing::warn!("NFS calls from {peer} refused: {why}");
+            } else {
+                tracing::debug!(xid, "NFS call from {peer} refused: {why}");
+            }
+            return Route::Refuse(auth_error(xid, refusal.auth_stat()));
+        }
+    };
+    if call.prog == mount::PROGRAM {
+        return if call.vers == mount::VERSION && call.proc == MNT {
+            Route::Call {
+                xid,
+                proc_: MOUNT_PROC | MNT,
+                args_at,
+                caller,
+            }
+        } else {
+            Route::Forward
+        };
+    }
+    if call.vers != n::VERSION {
+        return Route::Forward;
+    }
+    Route::Call {
+        xid,
+        proc_: call.proc,
+        args_at,
+        caller,
     }
 }
 

@@ -4,6 +4,12 @@
 //! [`RemoteStore`] owns the current session and replaces it when it dies: idempotent
 //! requests are retried on the new session (with back-off, for up to `reconnect_timeout`),
 //! so a restarted server proxy is a delay to the NFS client, not an error.
+//!
+//! A session can also hang without dying: a store thread stuck in D state, a stopped
+//! process, a link that black-holes while SSH keepalives still pass. Each session has a
+//! watchdog (issue 11, item 16): when requests are waiting and nothing at all has come
+//! back for `request_timeout`, the session is dropped and its requests are retried on a
+//! new one, as if the link had gone.
 
 mod settle;
 
@@ -25,7 +31,23 @@ use crate::tunnel::{self, Connection, Exit, Remote};
 /// Requests in flight on one session; past this, callers wait (back-pressure).
 const MAX_IN_FLIGHT: usize = 256;
 
-type Pending = Arc<Mutex<Option<HashMap<u64, oneshot::Sender<(Reply, Bytes)>>>>>;
+/// Waiters by request id, with when each was sent and whether it may legitimately take
+/// long (the store hashes or scans a whole file for it).
+type Pending = Arc<Mutex<Option<HashMap<u64, Waiter>>>>;
+
+struct Waiter {
+    done: oneshot::Sender<(Reply, Bytes)>,
+    sent: Instant,
+    long: bool,
+}
+
+/// How long the store may keep quiet while requests wait; `Duration::ZERO` turns the
+/// watchdog off. Slow links are fine: any reply counts as life.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How many request timeouts a whole-file request (BlockSums hashing a 20 GiB image at
+/// disk speed) may take.
+const LONG_REQUEST_FACTOR: u32 = 10;
 
 /// Byte counters, shared with `status` later.
 #[derive(Debug, Default)]
@@ -46,9 +68,13 @@ struct Session {
     counters: Arc<Counters>,
     /// Stops the transport (kills the server or ssh process, closes the SSH link) when the
     /// session is replaced, and with the session.
-    stop: Mutex<Option<oneshot::Sender<()>>>,
+    stop: Arc<Mutex<Option<oneshot::Sender<()>>>>,
     /// The store's boot at this session's handshake ([`WelcomeExt::boot_id`]).
     boot_id: u64,
+    /// When the last reply arrived (or the session opened): the watchdog's clock.
+    last_reply: Arc<Mutex<Instant>>,
+    /// Set by the watchdog before it wakes the waiters.
+    stalled: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// The store, reached through a (re)connectable tunnel.
@@ -57,6 +83,7 @@ pub struct RemoteStore {
     welcome: Welcome,
     session: tokio::sync::Mutex<Option<Arc<Session>>>,
     reconnect_timeout: Duration,
+    request_timeout: Duration,
     pub counters: Arc<Counters>,
     /// The store's boot as of the latest handshake: part of the NFS write verifier.
     boot_id: AtomicU64,
@@ -65,14 +92,24 @@ pub struct RemoteStore {
 impl RemoteStore {
     /// Connect and handshake once, so a wrong export or a missing server fails at start.
     pub async fn connect(remote: Remote, reconnect_timeout: Duration) -> Result<Self> {
+        Self::connect_with(remote, reconnect_timeout, DEFAULT_REQUEST_TIMEOUT).await
+    }
+
+    /// [`Self::connect`] with the watchdog's `request_timeout` (zero: no watchdog).
+    pub async fn connect_with(
+        remote: Remote,
+        reconnect_timeout: Duration,
+        request_timeout: Duration,
+    ) -> Result<Self> {
         let counters = Arc::new(Counters::default());
-        let (session, welcome) = Session::open(&remote, counters.clone()).await?;
+        let (session, welcome) = Session::open(&remote, counters.clone(), request_timeout).await?;
         Ok(Self {
             boot_id: AtomicU64::new(session.boot_id),
             remote,
             welcome,
             session: tokio::sync::Mutex::new(Some(Arc::new(session))),
             reconnect_timeout,
+            request_timeout,
             counters,
         })
     }
@@ -99,7 +136,7 @@ impl RemoteStore {
             // Its server may still be running a request; stop it before starting another.
             dead.kill();
         }
-        let open = Session::open(&self.remote, self.counters.clone());
+        let open = Session::open(&self.remote, self.counters.clone(), self.request_timeout);
         let (session, welcome) = match tokio::time::timeout_at(deadline.into(), open).await {
             Ok(Ok(sw)) => sw,
             // The store will not take us back: waiting longer cannot help.
@@ -135,7 +172,9 @@ impl RemoteStore {
     /// the others with their outcome checked (`settle.rs`), so a dropped link is a delay to
     /// the NFS client, not an error, until `reconnect_timeout`.
     pub async fn call(&self, req: Request, data: Bytes) -> Result<(Response, Bytes)> {
-        let deadline = Instant::now() + self.reconnect_timeout;
+        let mut deadline = Instant::now() + self.reconnect_timeout;
+        // A request that waited out the watchdog gets its retries counted from then.
+        let mut extended = false;
         let mut backoff = Duration::from_millis(50);
         // Set once an attempt may have been carried out without us hearing back.
         let mut in_doubt = false;
@@ -150,9 +189,18 @@ impl RemoteStore {
                     return self.settle(&req, status).await.map(|r| (r, Bytes::new()));
                 }
                 Ok((Err(status), _)) => return Err(Error::Status(status)),
-                Err(e @ (Error::Disconnected(_) | Error::Io(_) | Error::Unsent(_)))
-                    if Instant::now() < deadline =>
-                {
+                Err(Error::Stalled(why)) if !extended => {
+                    extended = true;
+                    in_doubt = true;
+                    deadline = deadline.max(Instant::now() + self.reconnect_timeout);
+                    tracing::warn!("{why}; retrying on a new session");
+                }
+                Err(
+                    e @ (Error::Disconnected(_)
+                    | Error::Io(_)
+                    | Error::Unsent(_)
+                    | Error::Stalled(_)),
+                ) if Instant::now() < deadline => {
                     in_doubt |= !matches!(e, Error::Unsent(_));
                     tracing::warn!("store unreachable ({e}); retrying in {backoff:?}");
                     tokio::time::sleep(backoff).await;
@@ -171,13 +219,18 @@ impl RemoteStore {
 }
 
 impl Session {
-    async fn open(remote: &Remote, counters: Arc<Counters>) -> Result<(Self, Welcome)> {
+    async fn open(
+        remote: &Remote,
+        counters: Arc<Counters>,
+        request_timeout: Duration,
+    ) -> Result<(Self, Welcome)> {
         let conn = tunnel::connect(remote).await?;
         let mut exit = conn.exit;
         // Held here until the handshake is done, so a failed start is not reported as
         // "closed by the client" before the store's exit status arrives.
         let mut stop = Some(conn.stop);
-        match Self::handshake(conn.input, conn.output, &mut stop, exit.clone(), counters).await {
+        let hs = Self::handshake(conn.input, conn.output, &mut stop, exit.clone(), counters);
+        match hs.await.map(|(s, w)| (s.watched(request_timeout), w)) {
             Ok(sw) => Ok(sw),
             // The store's side ended before answering: its exit status and stderr say why
             // (no gridvfs-server there, a refused export, ...).
@@ -250,6 +303,8 @@ impl Session {
         }
         let pending: Pending = Arc::new(Mutex::new(Some(HashMap::new())));
         let reader_pending = pending.clone();
+        let last_reply = Arc::new(Mutex::new(Instant::now()));
+        let reader_last = last_reply.clone();
         let counters_for_calls = counters.clone();
         let mut exit_for_log = exit;
         tokio::spawn(async move {
@@ -264,13 +319,14 @@ impl Session {
                             Ok(r) => r,
                             Err(e) => break format!("malformed reply {}: {e}", f.id),
                         };
+                        *reader_last.lock().expect("last reply lock") = Instant::now();
                         let waiter = reader_pending
                             .lock()
                             .expect("pending lock")
                             .as_mut()
                             .and_then(|m| m.remove(&f.id));
                         if let Some(w) = waiter {
-                            let _ = w.send((reply, f.data));
+                            let _ = w.done.send((reply, f.data));
                         }
                     }
                     Ok(Some(f)) => break format!("unexpected {:?} frame", f.kind),
@@ -293,10 +349,75 @@ impl Session {
             pending,
             slots: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
             next_id: AtomicU64::new(1),
-            stop: Mutex::new(stop.take()),
+            stop: Arc::new(Mutex::new(stop.take())),
             boot_id: ext.boot_id,
+            last_reply,
+            stalled: Arc::default(),
         };
         Ok((session, welcome))
+    }
+
+    /// Start the watchdog: past `timeout` with requests waiting and no reply at all,
+    /// every waiter is woken with [`Error::Stalled`] and the transport is stopped. Requests
+    /// the store may take long over (`long`) get [`LONG_REQUEST_FACTOR`] times as long
+    /// before they count on their own (if the store is stuck, the short requests next to
+    /// them show it sooner).
+    fn watched(self, timeout: Duration) -> Self {
+        if timeout.is_zero() {
+            return self;
+        }
+        let (pending, last, stop, stalled) = (
+            Arc::downgrade(&self.pending),
+            self.last_reply.clone(),
+            self.stop.clone(),
+            self.stalled.clone(),
+        );
+        let tick = (timeout / 4).clamp(Duration::from_millis(100), Duration::from_secs(5));
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(tick).await;
+                let Some(pending) = pending.upgrade() else {
+                    return;
+                };
+                let mut guard = pending.lock().expect("pending lock");
+                let Some(map) = guard.as_ref() else { return };
+                let quiet = last.lock().expect("last reply lock").elapsed();
+                let overdue = map.values().any(|w| {
+                    w.sent.elapsed()
+                        >= if w.long {
+                            timeout * LONG_REQUEST_FACTOR
+                        } else {
+                            timeout
+                        }
+                });
+                if !overdue || quiet < timeout {
+                    continue;
+                }
+                let oldest = map
+                    .values()
+                    .map(|w| w.sent.elapsed())
+                    .max()
+                    .unwrap_or_default();
+                let waiting = map.len();
+                stalled.store(true, Ordering::Relaxed);
+                let map = guard.take().expect("checked above");
+                drop(guard);
+                let why = format!(
+                    "the store has not answered for {:.0?} with {waiting} requests waiting (the \
+                     oldest for {:.0?}): dropping the session",
+                    quiet, oldest
+                );
+                tracing::warn!("{why}");
+                for (_, w) in map {
+                    drop(w.done); // each waiter sees the channel closed
+                }
+                if let Some(s) = stop.lock().expect("stop lock").take() {
+                    let _ = s.send(());
+                }
+                return;
+            }
+        });
+        self
     }
 
     fn kill(&self) {
@@ -313,9 +434,18 @@ impl Session {
         let _slot = self.slots.acquire().await.expect("never closed");
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (done_tx, done_rx) = oneshot::channel();
+        // The store hashes (BlockSums) or scans (SaveProfile) a whole file for these.
+        let long = matches!(req, Request::BlockSums { .. } | Request::SaveProfile { .. });
         match self.pending.lock().expect("pending lock").as_mut() {
             Some(m) => {
-                m.insert(id, done_tx);
+                m.insert(
+                    id,
+                    Waiter {
+                        done: done_tx,
+                        sent: Instant::now(),
+                        long,
+                    },
+                );
             }
             None => return Err(Error::Unsent("tunnel closed".into())),
         }
@@ -332,8 +462,13 @@ impl Session {
         {
             return Err(Error::Unsent("tunnel writer stopped".into()));
         }
-        done_rx
-            .await
-            .map_err(|_| Error::Disconnected("tunnel closed with the request in flight".into()))
+        let stalled = self.stalled.clone();
+        done_rx.await.map_err(|_| {
+            if stalled.load(Ordering::Relaxed) {
+                Error::Stalled("the store stopped answering with the request in flight".into())
+            } else {
+                Error::Disconnected("tunnel closed with the request in flight".into())
+            }
+        })
     }
 }

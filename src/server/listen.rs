@@ -238,7 +238,7 @@ struct Connection {
 }
 
 /// What an exec request asks for: `… serve --stdio --export DIR [--read-only]`.
-fn requested_export(command: &[u8]) -> std::result::Result<(PathBuf, bool), String> {
+pub(crate) fn requested_export(command: &[u8]) -> std::result::Result<(PathBuf, bool), String> {
     let text = std::str::from_utf8(command).map_err(|_| "command is not UTF-8".to_string())?;
     let words = shell_words::split(text).map_err(|e| format!("cannot parse `{text}`: {e}"))?;
     let usage = || {

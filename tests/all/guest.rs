@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use crate::harness::*;
 
-fn harness() -> &'static str {
+pub(crate) fn harness() -> &'static str {
     concat!(env!("CARGO_MANIFEST_DIR"), "/tests/guest/run-in-guest")
 }
 

@@ -2,6 +2,8 @@
 
 use nfs3_client::nfs3_types::nfs3::*;
 
+use std::time::Duration;
+
 use crate::harness::*;
 
 #[tokio::test]
@@ -164,5 +166,51 @@ async fn write_verifier_follows_the_store_boot() {
     assert_ne!(
         c3, w3,
         "COMMIT after a store reboot must show a new verifier"
+    );
+}
+
+/// Issue 11, item 16: a store that stops answering (its process stopped, as a store
+/// thread stuck in D state would be) does not hang NFS forever: past --request-timeout
+/// of silence the session is dropped and the request is answered through a new one.
+/// Before, the request waited on the silent session for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_stops_answering_is_left_for_a_new_session() {
+    let d = dirs();
+    let data = noise(95, 2 << 20);
+    std::fs::write(d.export.join("disk.img"), &data).unwrap();
+    let client = ClientProc::start(&d.export, &d.cache, 0, &["--request-timeout", "2"]);
+    let mut nfs = Nfs::mount(client.port).await;
+    let root = nfs.root.clone();
+    let f = nfs.lookup(&root, "disk.img").await.unwrap();
+    let stopped = client.server_pids();
+    assert!(!stopped.is_empty(), "the store's process");
+    for pid in &stopped {
+        rustix::process::kill_process(
+            rustix::process::Pid::from_raw(*pid as i32).unwrap(),
+            rustix::process::Signal::STOP,
+        )
+        .unwrap();
+    }
+    let started = std::time::Instant::now();
+    let read = tokio::time::timeout(Duration::from_secs(60), nfs.read_all(&f, 1 << 20)).await;
+    for pid in &stopped {
+        let _ = rustix::process::kill_process(
+            rustix::process::Pid::from_raw(*pid as i32).unwrap(),
+            rustix::process::Signal::KILL,
+        );
+    }
+    let got = read
+        .expect("the read still hangs on a silent store after 60 s")
+        .expect("read through a new session");
+    assert!(got == data, "the bytes through the new session");
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "answered before the timeout: the store was not stopped?"
+    );
+    let st = status_json(&d.cache);
+    assert!(n(&st, "reconnects") >= 1, "{st}");
+    assert!(
+        !client.server_pids().iter().any(|p| stopped.contains(p)),
+        "the silent store's process is gone"
     );
 }

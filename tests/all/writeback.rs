@@ -455,3 +455,40 @@ async fn damaged_or_lost_journal_entries_are_never_uploaded() {
         );
     }
 }
+
+/// Issue 11, item 20: an upload moves the cache to the store's new version of the file
+/// (from the upload's own attributes), so the blocks it did not rewrite stay cached and
+/// the store is not asked to hash the whole file again (delta revalidation) per batch;
+/// the rewritten block is fetched anew, with the uploaded bytes.
+#[tokio::test]
+async fn an_upload_keeps_the_rest_of_the_file_cached() {
+    let d = dirs();
+    let mut model = noise(90, 4 << 20);
+    std::fs::write(d.export.join("vm.img"), &model).unwrap();
+    let client = ClientProc::start(&d.export, &d.cache, 0, &["--write-policy", "back"]);
+    let mut nfs = Nfs::mount(client.port).await;
+    let f = nfs.lookup(&nfs.root.clone(), "vm.img").await.unwrap();
+    assert!(nfs.read_all(&f, 1 << 20).await.unwrap() == model);
+    let before = status_json(&d.cache);
+    let patch = noise(91, 4096);
+    let at = (1 << 20) + 100;
+    nfs.write(&f, at as u64, &patch, stable_how::FILE_SYNC)
+        .await
+        .unwrap();
+    model[at..at + patch.len()].copy_from_slice(&patch);
+    flush(&d.cache);
+    assert!(std::fs::read(d.export.join("vm.img")).unwrap() == model);
+    assert!(
+        nfs.read_all(&f, 1 << 20).await.unwrap() == model,
+        "reads after the upload"
+    );
+    let after = status_json(&d.cache);
+    for k in ["invalidations", "delta_kept_blocks"] {
+        assert_eq!(n(&after, k), n(&before, k), "{k}: {after}");
+    }
+    assert_eq!(
+        n(&after, "block_misses") - n(&before, "block_misses"),
+        1,
+        "only the rewritten block is fetched again: {after}"
+    );
+}
