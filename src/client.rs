@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::cache::{CacheStats, DataPath, Index};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::nfs::{Front, NfsFront};
 use crate::remote::RemoteStore;
 use crate::tunnel::Remote;
@@ -19,9 +19,10 @@ pub struct ClientConfig {
     /// Root of the cache directory; each export gets its own subdirectory.
     pub cache_dir: PathBuf,
     pub attr_timeout: Duration,
-    pub reconnect_timeout: Duration,
-    /// How long the store may stay silent with requests waiting (zero: forever).
-    pub request_timeout: Duration,
+    /// Reconnecting, the request watchdog, and what to do while the store is unreachable.
+    pub timeouts: crate::remote::Timeouts,
+    /// Make the cache of this earlier export id the current export's first.
+    pub adopt_export: Option<String>,
     /// Also serve a portmapper here (e.g. `127.0.0.1:111`) for qemu's `nfs://` driver.
     pub portmapper: Option<SocketAddr>,
     /// Cache block size in bytes (power of two, 4 KiB to 4 MiB).
@@ -49,16 +50,23 @@ pub struct Client {
 impl Client {
     /// Connect to the store, open this export's index, bind the NFS socket.
     pub async fn start(cfg: &ClientConfig) -> Result<Self> {
-        let store = Arc::new(
-            RemoteStore::connect_with(
-                cfg.remote.clone(),
-                cfg.reconnect_timeout,
-                cfg.request_timeout,
-            )
-            .await?,
-        );
+        let store = RemoteStore::connect_with(cfg.remote.clone(), cfg.timeouts).await?;
         let root = crate::cache::dir::CacheRoot::open(&cfg.cache_dir)?;
-        let export = root.export(&store.welcome().export_id)?;
+        let id = &store.welcome().export_id;
+        let key = cfg.remote.store_key();
+        if let Some(old) = &cfg.adopt_export {
+            root.adopt(old, id)?;
+        }
+        // Issue 11, item 11: write-back data left in a cache of this same store under an
+        // older export id would never be uploaded; say so rather than start beside it.
+        if let Some((old, n, bytes)) = root.stranded(&key, id)?.into_iter().next() {
+            return Err(Error::Config(format!(
+                "the cache of an earlier export id of this store, {}, still holds {n} write-back                  entries ({bytes} bytes) not on the store; the store now answers as export {id}.                  If it is the same export (moved, or its device renumbered), start once with                  `--adopt-export {old}` to upload them; otherwise move that directory away",
+                root.path().join(&old).display()
+            )));
+        }
+        let export = root.export(id)?;
+        export.note_store(&key)?;
         let export_dir = export.path().to_path_buf();
         let index = Arc::new(Index::open(&export.index())?);
         let generation = index.generation()?;
@@ -96,6 +104,7 @@ impl Client {
             data: drain.clone(),
             block_size: cfg.block_size,
             tunnel: store.counters.clone(),
+            store: store.clone(),
             cache: stats.clone(),
             writeback: drain.writeback.clone(),
         };

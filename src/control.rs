@@ -26,6 +26,14 @@ pub struct Status {
     pub tunnel_bytes_sent: u64,
     pub tunnel_bytes_received: u64,
     pub reconnects: u64,
+    /// Seconds the store has been unreachable, while the client is offline (issue 16).
+    #[serde(default)]
+    pub offline_seconds: Option<f64>,
+    /// Outages that made the client go offline, and requests asked to wait meanwhile.
+    #[serde(default)]
+    pub outages: u64,
+    #[serde(default)]
+    pub offline_refused: u64,
     pub block_hits: u64,
     pub block_misses: u64,
     /// File bytes fetched from the store into the cache.
@@ -86,6 +94,7 @@ pub struct Sources {
     pub index: Arc<crate::cache::Index>,
     pub block_size: u64,
     pub tunnel: Arc<Counters>,
+    pub store: Arc<crate::remote::RemoteStore>,
     pub cache: Arc<CacheStats>,
     pub writeback: Option<Arc<WriteBack>>,
 }
@@ -102,6 +111,9 @@ impl Sources {
             tunnel_bytes_sent: l(&t.bytes_sent),
             tunnel_bytes_received: l(&t.bytes_received),
             reconnects: l(&t.reconnects),
+            offline_seconds: self.store.offline_for().map(|d| d.as_secs_f64()),
+            outages: l(&t.outages),
+            offline_refused: l(&t.offline_refused),
             block_hits: l(&c.block_hits),
             block_misses: l(&c.block_misses),
             bytes_fetched: l(&c.bytes_fetched),

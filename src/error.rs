@@ -20,6 +20,13 @@ pub enum Error {
     /// may or may not have been carried out.
     #[error("store not answering: {0}")]
     Stalled(String),
+    /// The store is unreachable and the client is serving from its cache: the request
+    /// needs the store and was not sent. The NFS client is told to retry later (JUKEBOX).
+    #[error("store offline for {0:?}: asked to retry later")]
+    Offline(std::time::Duration),
+    /// Offline for longer than `--offline-limit`: requests that need the store fail.
+    #[error("store unreachable for {0:.0?}, longer than --offline-limit")]
+    OfflineTooLong(std::time::Duration),
     /// The tunnel was found closed before the request was sent: safe to send again.
     #[error("tunnel closed before sending: {0}")]
     Unsent(String),

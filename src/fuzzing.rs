@@ -151,14 +151,22 @@ pub fn authorized_keys(data: &[u8]) {
 /// The command a logged-in SSH client asks the embedded server to run.
 pub fn exec_command(data: &[u8]) {
     if let Ok((export, read_only)) = crate::server::listen::requested_export(data) {
-        // Only `… serve [--stdio] --export DIR [--read-only]` is ever accepted.
+        // Only `… serve [--stdio] --export DIR [--read-only]` is ever accepted, as the
+        // shell would split it.
         let text = std::str::from_utf8(data).expect("accepted commands are UTF-8");
-        assert!(
-            text.contains("serve") && text.contains("--export"),
+        let words = shell_words::split(text).expect("accepted commands split");
+        assert_eq!(words.get(1).map(String::as_str), Some("serve"), "{text:?}");
+        assert!(words.iter().any(|w| w == "--export"), "{text:?}");
+        assert_eq!(
+            read_only,
+            words.iter().any(|w| w == "--read-only"),
             "{text:?}"
         );
-        assert!(!read_only || text.contains("--read-only"));
-        let _ = export;
+        assert!(!export.as_os_str().is_empty(), "{text:?}");
+        assert!(
+            words.iter().any(|w| std::path::Path::new(w) == export),
+            "{text:?}"
+        );
     }
 }
 

@@ -73,8 +73,11 @@ pub async fn run() -> anyhow::Result<()> {
         listen: "127.0.0.1:0".parse()?,
         cache_dir: cache_dir.path().to_path_buf(),
         attr_timeout: Duration::from_secs(1),
-        reconnect_timeout: Duration::from_secs(10),
-        request_timeout: gridvfs::remote::DEFAULT_REQUEST_TIMEOUT,
+        timeouts: gridvfs::remote::Timeouts {
+            reconnect: Duration::from_secs(10),
+            ..Default::default()
+        },
+        adopt_export: None,
         portmapper: None,
         block_size: gridvfs::cache::DEFAULT_BLOCK_SIZE,
         cache_size: gridvfs::cache::DEFAULT_CACHE_SIZE,

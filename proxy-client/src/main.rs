@@ -56,15 +56,34 @@ struct ServeArgs {
     /// Seconds attributes are reused before asking the store again.
     #[arg(long, default_value_t = 1.0)]
     attr_timeout: f64,
-    /// Seconds to keep retrying a lost store before NFS requests fail with EIO.
+    /// Seconds to keep retrying a lost store before NFS requests fail with EIO, with
+    /// `--offline fail`. Otherwise the client goes offline after a few seconds of failed
+    /// reconnects (see --offline).
     #[arg(long, default_value_t = 60.0)]
     reconnect_timeout: f64,
+    /// While the store is unreachable: `cached` answers from the cache (cached blocks,
+    /// the last attributes and names known) and asks the NFS client to retry the rest
+    /// later (JUKEBOX: the kernel waits, as on a hard mount); `wait` answers only what is
+    /// fresh and makes everything else wait; `fail` makes requests fail with EIO after
+    /// --reconnect-timeout.
+    #[arg(long, value_enum, default_value_t = Offline::Cached)]
+    offline: Offline,
+    /// Seconds offline after which requests that need the store fail with EIO instead of
+    /// waiting; by default they wait for ever (as a hard mount does).
+    #[arg(long, value_name = "SECS")]
+    offline_limit: Option<f64>,
     /// Seconds the store may stay silent while requests wait (a stuck disk on the store,
     /// a stopped process, a black-holed link) before the session is dropped and the
     /// requests are retried on a new one; 0 waits forever. Any reply counts as progress,
     /// so slow links do not trip it.
     #[arg(long, default_value_t = 60.0)]
     request_timeout: f64,
+    /// Take over the cache of an earlier export id of this store (a directory name under
+    /// the cache dir), e.g. after the export moved or its device was renumbered: its
+    /// write-back data not yet on the store is then uploaded. Refused if the current
+    /// export's cache holds write-back data of its own.
+    #[arg(long, value_name = "OLD_EXPORT_ID")]
+    adopt_export: Option<String>,
     /// Start the server read-only (`local:` and SSH remotes).
     #[arg(long)]
     read_only: bool,
@@ -161,6 +180,13 @@ impl AccessArgs {
             clients,
         })
     }
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Offline {
+    Cached,
+    Wait,
+    Fail,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -296,6 +322,10 @@ fn config(a: &ServeArgs) -> anyhow::Result<ClientConfig> {
         a.request_timeout >= 0.0 && a.request_timeout.is_finite(),
         "--request-timeout must be >= 0"
     );
+    anyhow::ensure!(
+        a.offline_limit.is_none_or(|l| l >= 0.0 && l.is_finite()),
+        "--offline-limit must be >= 0"
+    );
     let access = a.access.policy()?;
     access.check_listen(a.listen).map_err(anyhow::Error::msg)?;
     if let Some(pm) = a.portmapper {
@@ -307,8 +337,17 @@ fn config(a: &ServeArgs) -> anyhow::Result<ClientConfig> {
         listen: a.listen,
         cache_dir: cache_dir_or_default(a.cache_dir.clone())?,
         attr_timeout: Duration::from_secs_f64(a.attr_timeout),
-        reconnect_timeout: Duration::from_secs_f64(a.reconnect_timeout),
-        request_timeout: Duration::from_secs_f64(a.request_timeout),
+        timeouts: gridvfs::remote::Timeouts {
+            reconnect: Duration::from_secs_f64(a.reconnect_timeout),
+            request: Duration::from_secs_f64(a.request_timeout),
+            offline: match a.offline {
+                Offline::Cached => gridvfs::remote::OfflinePolicy::Cached,
+                Offline::Wait => gridvfs::remote::OfflinePolicy::Wait,
+                Offline::Fail => gridvfs::remote::OfflinePolicy::Fail,
+            },
+            offline_limit: a.offline_limit.map(Duration::from_secs_f64),
+        },
+        adopt_export: a.adopt_export.clone(),
         portmapper: a.portmapper,
         block_size: a.block_size,
         cache_size: a.cache_size,
@@ -353,7 +392,7 @@ async fn main() -> anyhow::Result<()> {
                 let (n, bytes) = wb.pending()?;
                 if n > 0 {
                     eprintln!("uploading {bytes} bytes of write-back data before exit ...");
-                    match tokio::time::timeout(cfg.reconnect_timeout, data.drain()).await {
+                    match tokio::time::timeout(cfg.timeouts.reconnect, data.drain()).await {
                         Ok(r) => r?,
                         Err(_) => eprintln!(
                             "not all uploaded; the rest is kept and resumes at the next start"
@@ -435,12 +474,20 @@ async fn status(cache_dir: &std::path::Path, json: bool) -> anyhow::Result<()> {
         } else {
             let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
             println!("export {} (pid {})", st.export_id, st.pid);
+            if let Some(secs) = st.offline_seconds {
+                println!(
+                    "  OFFLINE  the store has been unreachable for {secs:.0} s: serving from the \
+                     cache, {} requests asked to wait so far",
+                    st.offline_refused
+                );
+            }
             println!(
-                "  tunnel   {} requests, {:.1} MiB sent, {:.1} MiB received, {} reconnects",
+                "  tunnel   {} requests, {:.1} MiB sent, {:.1} MiB received, {} reconnects, {} outages",
                 st.tunnel_requests,
                 mib(st.tunnel_bytes_sent),
                 mib(st.tunnel_bytes_received),
-                st.reconnects
+                st.reconnects,
+                st.outages
             );
             println!(
                 "  cache    {} block hits, {} misses, {:.1} MiB fetched, {} checksum failures, {} invalidations",

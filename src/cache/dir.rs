@@ -67,6 +67,79 @@ impl CacheRoot {
         ExportDir::open(&self.path.join(export_id))
     }
 
+    /// Export caches under this root that serve the store `store_key` under an id other
+    /// than `current` and still hold write-back data not on the store: (id, entries,
+    /// bytes). Left behind when a store's export id changed (issue 11, item 11). Caches
+    /// in use by a running client are skipped.
+    pub fn stranded(&self, store_key: &str, current: &str) -> Result<Vec<(String, u64, u64)>> {
+        let mut out = Vec::new();
+        for dir in self.exports()? {
+            let id = dir
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            if id == current
+                || std::fs::read_to_string(dir.join(STORE)).ok().as_deref() != Some(store_key)
+            {
+                continue;
+            }
+            let Ok(held) = ExportDir::open(&dir) else {
+                continue;
+            };
+            match crate::cache::index::Index::open(&held.index()).and_then(|i| i.dirty_pending()) {
+                Ok((0, _)) => {}
+                Ok((n, bytes)) => out.push((id, n, bytes)),
+                Err(e) => tracing::warn!(
+                    "cannot read the cache of export {id} of this store ({e}); if it holds \
+                     write-back data, it is not uploaded"
+                ),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Make the export cache `old` the one for id `new` (`--adopt-export`): its journal is
+    /// then uploaded to the store that now answers as `new`. A cache already at `new` is
+    /// kept aside as `NEW.replaced-SECONDS` if it holds no write-back data, else refused.
+    pub fn adopt(&self, old: &str, new: &str) -> Result<()> {
+        let bad = |why: String| Error::Config(format!("--adopt-export {old}: {why}"));
+        if !crate::server::disk::identity::well_formed(old) {
+            return Err(bad(
+                "not an export id (32 hex digits, a directory name under the cache dir)".into(),
+            ));
+        }
+        let from = self.path.join(old);
+        if !from.join(INDEX).exists() {
+            return Err(bad(format!("no export cache at {}", from.display())));
+        }
+        let held = ExportDir::open(&from)?;
+        let to = self.path.join(new);
+        if to.join(INDEX).exists() {
+            let target = ExportDir::open(&to)?;
+            let (n, _) = crate::cache::index::Index::open(&target.index())?.dirty_pending()?;
+            if n > 0 {
+                return Err(bad(format!(
+                    "{} holds write-back data of its own ({n} entries); upload it first",
+                    to.display()
+                )));
+            }
+            let secs = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            let aside = self.path.join(format!("{new}.replaced-{secs}"));
+            std::fs::rename(&to, &aside)?;
+            drop(target);
+            tracing::warn!("the cache for {new} was moved aside to {}", aside.display());
+        } else if to.exists() {
+            std::fs::remove_dir_all(&to)?;
+        }
+        std::fs::rename(&from, &to)?;
+        drop(held);
+        tracing::warn!("the cache of export {old} now serves export {new}");
+        Ok(())
+    }
+
     /// The export directories under this root (those holding an index).
     pub fn exports(&self) -> Result<Vec<PathBuf>> {
         let mut out: Vec<PathBuf> = std::fs::read_dir(&self.path)?
@@ -80,6 +153,8 @@ impl CacheRoot {
 }
 
 const INDEX: &str = "index.sqlite";
+/// Which store an export cache serves ([`crate::tunnel::Remote::store_key`]).
+const STORE: &str = "store";
 const LOCK: &str = "lock";
 
 /// One export's directory, held exclusively by this process while the value lives.
@@ -116,6 +191,23 @@ impl ExportDir {
     }
     pub fn index(&self) -> PathBuf {
         self.path.join(INDEX)
+    }
+
+    /// Record which store this cache serves (for [`CacheRoot::stranded`]).
+    pub fn note_store(&self, store_key: &str) -> Result<()> {
+        let path = self.path.join(STORE);
+        if std::fs::read_to_string(&path).ok().as_deref() == Some(store_key) {
+            return Ok(());
+        }
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .custom_flags(no_follow())
+            .open(&path)?;
+        f.write_all(store_key.as_bytes())?;
+        Ok(())
     }
     pub fn blocks(&self) -> PathBuf {
         self.path.join("blocks")

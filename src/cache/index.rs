@@ -191,6 +191,20 @@ impl Index {
             .map_err(db)
     }
 
+    /// The id recorded for `path`, without making one (answering LOOKUP while the store
+    /// is unreachable).
+    pub fn id_at(&self, path: &[u8]) -> Result<Option<u64>> {
+        self.lock()
+            .query_row(
+                "SELECT id FROM names_v1 WHERE path = ?1",
+                params![path],
+                |r| r.get::<_, i64>(0),
+            )
+            .optional()
+            .map(|v| v.map(from_sql))
+            .map_err(db)
+    }
+
     /// Forget one id (its file was replaced or vanished on the store).
     pub fn forget_id(&self, id: u64) -> Result<()> {
         if id == ROOT_ID {

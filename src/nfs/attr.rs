@@ -119,6 +119,9 @@ pub fn nfs_error(e: &Error) -> nfsstat3 {
     match e {
         Error::Status(s) => nfs_status(*s),
         Error::Index(_) => nfsstat3::NFS3ERR_SERVERFAULT,
+        // Offline (issue 16): the kernel retries after a delay; the VM waits, as on a hard
+        // mount, instead of seeing an I/O error on its disk.
+        Error::Offline(_) => nfsstat3::NFS3ERR_JUKEBOX,
         _ => {
             tracing::warn!("store request failed: {e}");
             nfsstat3::NFS3ERR_IO

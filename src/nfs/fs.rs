@@ -27,7 +27,7 @@ use crate::error::Error;
 use crate::proto::{
     Attr, CreateHow, DirEntry, FileRef, FsStat, Request, Response, SetAttr, Status, Time,
 };
-use crate::remote::RemoteStore;
+use crate::remote::{OfflinePolicy, RemoteStore};
 use crate::server::disk::join;
 
 /// `.` and `..` cookies in READDIR; the store's own cookies start at 16.
@@ -177,9 +177,29 @@ impl Front {
             .map(|(a, _)| *a)
     }
 
+    /// The last attributes known for `id`, while the store has been offline for `down`:
+    /// served under `--offline cached`; otherwise (or if none are known) the caller waits.
+    fn offline_attr(&self, id: u64, down: Duration) -> Result<Attr, nfsstat3> {
+        if self.store.offline_policy() == OfflinePolicy::Cached
+            && let Some((a, _)) = self.attrs.lock().expect("attr lock").get(&id)
+        {
+            return Ok(*a);
+        }
+        Err(map_err(self.store.offline_error(down)))
+    }
+
     /// A request about one handle's own object: a NOENT/STALE answer means the handle is stale.
     async fn call_on(&self, id: u64, req: Request) -> Result<(Response, Bytes), nfsstat3> {
-        match self.store.call(req, Bytes::new()).await {
+        let res = self.store.call(req, Bytes::new()).await;
+        self.on_own_object(id, res)
+    }
+
+    fn on_own_object(
+        &self,
+        id: u64,
+        res: crate::Result<(Response, Bytes)>,
+    ) -> Result<(Response, Bytes), nfsstat3> {
+        match res {
             Err(Error::Status(Status::NoEnt | Status::Stale)) => {
                 self.forget_attr(id);
                 let _ = self.index.forget_id(id);
@@ -189,7 +209,8 @@ impl Front {
         }
     }
 
-    /// Attributes of a handle's object, from the cache if fresh.
+    /// Attributes of a handle's object, from the cache if fresh — or, while the store is
+    /// offline and the policy is `cached`, the last ones known, of any age (issue 16).
     pub async fn attr(&self, id: u64) -> Result<Attr, nfsstat3> {
         // The map first: a handle whose name was removed is stale even if its
         // attributes are still cached.
@@ -197,7 +218,17 @@ impl Front {
         if let Some(a) = self.cached(id) {
             return Ok(a);
         }
-        match self.call_on(id, Request::Getattr { file }).await? {
+        let answer = match self
+            .store
+            .call(Request::Getattr { file }, Bytes::new())
+            .await
+        {
+            Err(Error::Offline(down) | Error::OfflineTooLong(down)) => {
+                return self.offline_attr(id, down);
+            }
+            other => self.on_own_object(id, other)?,
+        };
+        match answer {
             (Response::Attr(a), _) => {
                 self.remember(id, a);
                 Ok(a)
@@ -374,12 +405,18 @@ impl NfsReadFileSystem for Front {
             if parent.is_empty() {
                 return Ok(FileHandleU64::new(ROOT_ID));
             }
-            let a = self
+            let a = match self
                 .call_dir_lookup(&FileRef {
                     path: parent.clone(),
                     ident: None,
                 })
-                .await?;
+                .await
+            {
+                Err(Error::Offline(down) | Error::OfflineTooLong(down)) => {
+                    return self.offline_lookup(&parent, down);
+                }
+                other => other.map_err(map_err)?,
+            };
             return Ok(FileHandleU64::new(
                 self.index.id_for(&parent, a.ident).map_err(map_err)?,
             ));
@@ -392,6 +429,9 @@ impl NfsReadFileSystem for Front {
             Ok((Response::Attr(a), _)) => Ok(FileHandleU64::new(self.child_id(&dir, name, &a)?)),
             Ok((other, _)) => Err(map_err(unexpected(&other))),
             Err(Error::Status(Status::Stale)) => Err(nfsstat3::NFS3ERR_STALE),
+            Err(Error::Offline(down) | Error::OfflineTooLong(down)) => {
+                self.offline_lookup(&join(&dir.path, name), down)
+            }
             Err(e) => Err(map_err(e)),
         }
     }
@@ -476,16 +516,27 @@ impl NfsReadFileSystem for Front {
 }
 
 impl Front {
-    async fn call_dir_lookup(&self, dir: &FileRef) -> Result<Attr, nfsstat3> {
+    async fn call_dir_lookup(&self, dir: &FileRef) -> crate::Result<Attr> {
         match self
             .store
             .call(Request::Getattr { file: dir.clone() }, Bytes::new())
-            .await
+            .await?
         {
-            Ok((Response::Attr(a), _)) => Ok(a),
-            Ok((other, _)) => Err(map_err(unexpected(&other))),
-            Err(e) => Err(map_err(e)),
+            (Response::Attr(a), _) => Ok(a),
+            (other, _) => Err(unexpected(&other)),
         }
+    }
+
+    /// LOOKUP while the store is offline: the id the name had when last seen, if its
+    /// attributes are known (a name never seen waits: it may exist).
+    fn offline_lookup(&self, path: &[u8], down: Duration) -> Result<FileHandleU64, nfsstat3> {
+        if self.store.offline_policy() == OfflinePolicy::Cached
+            && let Ok(Some(id)) = self.index.id_at(path)
+            && self.attrs.lock().expect("attr lock").contains_key(&id)
+        {
+            return Ok(FileHandleU64::new(id));
+        }
+        Err(map_err(self.store.offline_error(down)))
     }
 }
 
@@ -583,7 +634,7 @@ impl ReadDirPlusIterator<FileHandleU64> for DirIter<'_> {
                         Ok(id) => (id, a),
                         Err(e) => return NextResult::Err(map_err(e)),
                     },
-                    Err(s) => return NextResult::Err(s),
+                    Err(e) => return NextResult::Err(map_err(e)),
                 }
             };
             return NextResult::Ok(self.dot_entry(b"..", DOTDOT_COOKIE, pid, &pa));

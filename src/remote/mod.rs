@@ -10,6 +10,11 @@
 //! watchdog (issue 11, item 16): when requests are waiting and nothing at all has come
 //! back for `request_timeout`, the session is dropped and its requests are retried on a
 //! new one, as if the link had gone.
+//!
+//! When the store cannot be reached again for [`OFFLINE_GRACE`], the client is offline
+//! (issue 16): calls fail at once with [`Error::Offline`] (the NFS front answers from its
+//! cache what it can and JUKEBOX for the rest, so the kernel waits as on a hard mount)
+//! while one background task keeps reconnecting. `--offline-limit` bounds how long.
 
 mod settle;
 
@@ -35,6 +40,14 @@ const MAX_IN_FLIGHT: usize = 256;
 /// long (the store hashes or scans a whole file for it).
 type Pending = Arc<Mutex<Option<HashMap<u64, Waiter>>>>;
 
+#[derive(Debug, Default)]
+struct Outage {
+    /// The first failed reconnect of this outage.
+    down_since: Option<Instant>,
+    /// Set once the outage outlasted [`OFFLINE_GRACE`]: requests fail fast.
+    offline: bool,
+}
+
 struct Waiter {
     done: oneshot::Sender<(Reply, Bytes)>,
     sent: Instant,
@@ -44,6 +57,46 @@ struct Waiter {
 /// How long the store may keep quiet while requests wait; `Duration::ZERO` turns the
 /// watchdog off. Slow links are fine: any reply counts as life.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long the store may be unreachable (reconnects failing) before the client counts
+/// as offline; shorter outages (a restarted server process) are retried through.
+pub const OFFLINE_GRACE: Duration = Duration::from_secs(2);
+
+/// What to do while the store is unreachable (`--offline`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OfflinePolicy {
+    /// Serve cached data and last-known attributes; everything else waits (JUKEBOX).
+    #[default]
+    Cached,
+    /// Serve only what is fresh (attributes within --attr-timeout); everything else waits.
+    Wait,
+    /// No offline state: requests fail with EIO after --reconnect-timeout (as before).
+    Fail,
+}
+
+/// How the store copes with outages.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// Retrying a lost store before a request fails (with `OfflinePolicy::Fail`), or
+    /// before the client goes offline at the latest.
+    pub reconnect: Duration,
+    /// The watchdog's allowance of silence (zero: none).
+    pub request: Duration,
+    pub offline: OfflinePolicy,
+    /// Offline longer than this, requests fail with EIO (`None`: they wait for ever).
+    pub offline_limit: Option<Duration>,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            reconnect: Duration::from_secs(60),
+            request: DEFAULT_REQUEST_TIMEOUT,
+            offline: OfflinePolicy::Cached,
+            offline_limit: None,
+        }
+    }
+}
 
 /// How many request timeouts a whole-file request (BlockSums hashing a 20 GiB image at
 /// disk speed) may take.
@@ -56,6 +109,9 @@ pub struct Counters {
     pub bytes_sent: AtomicU64,
     pub bytes_received: AtomicU64,
     pub reconnects: AtomicU64,
+    /// Requests turned away while offline (JUKEBOX), and outages so far.
+    pub offline_refused: AtomicU64,
+    pub outages: AtomicU64,
 }
 
 /// One live transport connection.
@@ -82,8 +138,11 @@ pub struct RemoteStore {
     remote: Remote,
     welcome: Welcome,
     session: tokio::sync::Mutex<Option<Arc<Session>>>,
-    reconnect_timeout: Duration,
-    request_timeout: Duration,
+    timeouts: Timeouts,
+    /// Since when reconnects have been failing, and whether that made us offline.
+    outage: Mutex<Outage>,
+    /// This store, for the reconnecting task it starts when it goes offline.
+    me: std::sync::Weak<RemoteStore>,
     pub counters: Arc<Counters>,
     /// The store's boot as of the latest handshake: part of the NFS write verifier.
     boot_id: AtomicU64,
@@ -91,27 +150,125 @@ pub struct RemoteStore {
 
 impl RemoteStore {
     /// Connect and handshake once, so a wrong export or a missing server fails at start.
-    pub async fn connect(remote: Remote, reconnect_timeout: Duration) -> Result<Self> {
-        Self::connect_with(remote, reconnect_timeout, DEFAULT_REQUEST_TIMEOUT).await
+    pub async fn connect(remote: Remote, reconnect_timeout: Duration) -> Result<Arc<Self>> {
+        let t = Timeouts {
+            reconnect: reconnect_timeout,
+            ..Timeouts::default()
+        };
+        Self::connect_with(remote, t).await
     }
 
-    /// [`Self::connect`] with the watchdog's `request_timeout` (zero: no watchdog).
-    pub async fn connect_with(
-        remote: Remote,
-        reconnect_timeout: Duration,
-        request_timeout: Duration,
-    ) -> Result<Self> {
+    /// [`Self::connect`] with every outage setting.
+    pub async fn connect_with(remote: Remote, timeouts: Timeouts) -> Result<Arc<Self>> {
         let counters = Arc::new(Counters::default());
-        let (session, welcome) = Session::open(&remote, counters.clone(), request_timeout).await?;
-        Ok(Self {
+        let (session, welcome) = Session::open(&remote, counters.clone(), timeouts.request).await?;
+        Ok(Arc::new_cyclic(|me| Self {
             boot_id: AtomicU64::new(session.boot_id),
             remote,
             welcome,
             session: tokio::sync::Mutex::new(Some(Arc::new(session))),
-            reconnect_timeout,
-            request_timeout,
+            timeouts,
+            outage: Mutex::default(),
+            me: me.clone(),
             counters,
-        })
+        }))
+    }
+
+    /// How long the store has been unreachable, if the client is offline.
+    pub fn offline_for(&self) -> Option<Duration> {
+        let o = self.outage.lock().expect("outage lock");
+        o.offline
+            .then(|| o.down_since.map(|t| t.elapsed()))
+            .flatten()
+    }
+
+    pub fn offline_policy(&self) -> OfflinePolicy {
+        self.timeouts.offline
+    }
+
+    /// A call cannot go out: count the outage, and go offline past the grace. The time
+    /// offline if so.
+    fn note_unreachable(&self) -> Option<Duration> {
+        if self.timeouts.offline == OfflinePolicy::Fail {
+            return None;
+        }
+        let mut o = self.outage.lock().expect("outage lock");
+        let since = *o.down_since.get_or_insert_with(Instant::now);
+        if o.offline || since.elapsed() < OFFLINE_GRACE.min(self.timeouts.reconnect) {
+            return o.offline.then(|| since.elapsed());
+        }
+        o.offline = true;
+        drop(o);
+        self.counters.outages.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(
+            "the store is unreachable: serving what the cache holds; requests that need the \
+             store are asked to retry later (NFS JUKEBOX){}",
+            match self.timeouts.offline_limit {
+                Some(l) => format!(", for at most {l:?} (--offline-limit)"),
+                None => String::new(),
+            }
+        );
+        if let Some(this) = self.me.upgrade() {
+            tokio::spawn(async move { this.reconnect_while_offline().await });
+        }
+        Some(since.elapsed())
+    }
+
+    /// Offline: one task reconnects, with back-off, until the store answers again.
+    async fn reconnect_while_offline(self: Arc<Self>) {
+        let mut backoff = Duration::from_millis(500);
+        loop {
+            tokio::time::sleep(backoff).await;
+            let deadline = Instant::now() + Duration::from_secs(30);
+            match self.current(deadline).await {
+                Ok(_) => break,
+                Err(e) => tracing::debug!("store still unreachable: {e}"),
+            }
+            // Short: the kernel retries a JUKEBOX every 5 s; each reconnect is one attempt.
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
+        let was = std::mem::take(&mut *self.outage.lock().expect("outage lock"));
+        let lasted = was.down_since.map(|t| t.elapsed()).unwrap_or_default();
+        tracing::warn!(
+            "the store is reachable again after {lasted:.1?}; {} requests were asked to wait \
+             so far; attributes served meanwhile are checked again as they expire",
+            self.counters.offline_refused.load(Ordering::Relaxed)
+        );
+    }
+
+    /// A reconnect worked: an outage too short to go offline is over.
+    fn reachable(&self) {
+        let mut o = self.outage.lock().expect("outage lock");
+        if !o.offline {
+            o.down_since = None;
+        }
+    }
+
+    /// What a request that needs the store gets after `down` offline, without counting it.
+    pub fn offline_error(&self, down: Duration) -> Error {
+        match self.timeouts.offline_limit {
+            Some(limit) if down > limit => Error::OfflineTooLong(down),
+            _ => Error::Offline(down),
+        }
+    }
+
+    /// The answer to a call while offline: wait (JUKEBOX), or past --offline-limit, fail.
+    fn refuse_offline(&self, down: Duration) -> Error {
+        match self.timeouts.offline_limit {
+            Some(limit) if down > limit => {
+                tracing::warn!(
+                    "the store has been unreachable for {down:.0?}, longer than --offline-limit \
+                     {limit:?}: failing a request that needs it"
+                );
+                Error::OfflineTooLong(down)
+            }
+            _ => {
+                self.counters
+                    .offline_refused
+                    .fetch_add(1, Ordering::Relaxed);
+                Error::Offline(down)
+            }
+        }
     }
 
     /// What the server said about itself at the first handshake.
@@ -136,7 +293,7 @@ impl RemoteStore {
             // Its server may still be running a request; stop it before starting another.
             dead.kill();
         }
-        let open = Session::open(&self.remote, self.counters.clone(), self.request_timeout);
+        let open = Session::open(&self.remote, self.counters.clone(), self.timeouts.request);
         let (session, welcome) = match tokio::time::timeout_at(deadline.into(), open).await {
             Ok(Ok(sw)) => sw,
             // The store will not take us back: waiting longer cannot help.
@@ -156,6 +313,7 @@ impl RemoteStore {
         }
         self.counters.reconnects.fetch_add(1, Ordering::Relaxed);
         tracing::info!("reconnected to the store");
+        self.reachable();
         if self.boot_id.swap(session.boot_id, Ordering::SeqCst) != session.boot_id {
             tracing::warn!(
                 "the store rebooted: writes it had not synced are lost, so the NFS write \
@@ -172,7 +330,10 @@ impl RemoteStore {
     /// the others with their outcome checked (`settle.rs`), so a dropped link is a delay to
     /// the NFS client, not an error, until `reconnect_timeout`.
     pub async fn call(&self, req: Request, data: Bytes) -> Result<(Response, Bytes)> {
-        let mut deadline = Instant::now() + self.reconnect_timeout;
+        if let Some(down) = self.offline_for() {
+            return Err(self.refuse_offline(down));
+        }
+        let mut deadline = Instant::now() + self.timeouts.reconnect;
         // A request that waited out the watchdog gets its retries counted from then.
         let mut extended = false;
         let mut backoff = Duration::from_millis(50);
@@ -192,7 +353,7 @@ impl RemoteStore {
                 Err(Error::Stalled(why)) if !extended => {
                     extended = true;
                     in_doubt = true;
-                    deadline = deadline.max(Instant::now() + self.reconnect_timeout);
+                    deadline = deadline.max(Instant::now() + self.timeouts.reconnect);
                     tracing::warn!("{why}; retrying on a new session");
                 }
                 Err(
@@ -201,15 +362,23 @@ impl RemoteStore {
                     | Error::Unsent(_)
                     | Error::Stalled(_)),
                 ) if Instant::now() < deadline => {
+                    if matches!(e, Error::Unsent(_))
+                        && let Some(down) = self.note_unreachable()
+                    {
+                        return Err(self.refuse_offline(down));
+                    }
                     in_doubt |= !matches!(e, Error::Unsent(_));
                     tracing::warn!("store unreachable ({e}); retrying in {backoff:?}");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(2));
                 }
                 Err(Error::Unsent(why)) => {
+                    if let Some(down) = self.note_unreachable() {
+                        return Err(self.refuse_offline(down));
+                    }
                     return Err(Error::Disconnected(format!(
                         "store unreachable for {:?}: {why}",
-                        self.reconnect_timeout
+                        self.timeouts.reconnect
                     )));
                 }
                 Err(e) => return Err(e),

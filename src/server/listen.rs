@@ -259,6 +259,8 @@ pub(crate) fn requested_export(command: &[u8]) -> std::result::Result<(PathBuf, 
             _ => return Err(usage()),
         }
     }
+    // An empty `--export ''` (found by fuzzing) names no directory.
+    let export = export.filter(|p| !p.as_os_str().is_empty());
     Ok((export.ok_or_else(usage)?, read_only))
 }
 
@@ -463,6 +465,10 @@ mod tests {
             b"gridvfs-server serve --stdio",
             b"x serve --export /x --evil",
             b"\xff",
+            // Fuzzing found this accepted, with an empty export path.
+            br#"v;iv'''''''iv'''%'''''iv'''rver se''rve --stdio --export ''''''''"#,
+            // Fuzzing found this accepted, with an empty export path.
+            br#"v;iv'''''''iv'''%'''''iv'''rver se''rve --stdio --export ''''''''"#,
         ] {
             assert!(requested_export(bad).is_err(), "{bad:?}");
         }

@@ -38,6 +38,26 @@ pub enum Remote {
 }
 
 impl Remote {
+    /// Which store this names, as one line (the store path, not how it is reached): kept
+    /// beside each export's cache so a cache left behind by a changed export id is found.
+    pub fn store_key(&self) -> String {
+        match self {
+            Self::Ssh { target, .. } => format!(
+                "ssh://{}{}:{}/{}",
+                target
+                    .user
+                    .as_deref()
+                    .map(|u| format!("{u}@"))
+                    .unwrap_or_default(),
+                target.host,
+                target.port,
+                target.path.trim_start_matches('/')
+            ),
+            Self::Local { export, .. } => format!("local:{}", export.display()),
+            Self::Exec { command } => format!("exec:{command}"),
+        }
+    }
+
     /// Parse `ssh://…`, `[user@]host:path`, `local:/path` or `exec:COMMAND`.
     pub fn parse(s: &str) -> Result<Self> {
         if let Some(path) = s.strip_prefix("local:") {

@@ -373,3 +373,124 @@ echo done
     );
     assert!(!d.export.join("new.img").exists());
 }
+
+/// Issue 16: the kernel client rides out a store outage. With a warm cache, the store is
+/// cut (new connections fail, the live one dies) for `GRIDVFS_OUTAGE_SECS` (default 120)
+/// while the guest reads the cached image (md5 each time), stats and lists it; an
+/// uncached read started during the outage completes with the right bytes after the link
+/// returns (the kernel retried JUKEBOX), and a write-back write made during the outage
+/// lands afterwards. No I/O error anywhere.
+#[test]
+fn kernel_client_rides_out_a_store_outage() {
+    let outage: u64 = std::env::var("GRIDVFS_OUTAGE_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(120);
+    let d = dirs();
+    let share = d.tmp.path().join("share");
+    std::fs::create_dir(&share).unwrap();
+    std::fs::create_dir(d.export.join("vm")).unwrap();
+    let image = noise(120, 8 << 20);
+    let cold = noise(121, 2 << 20);
+    std::fs::write(d.export.join("vm/disk.img"), &image).unwrap();
+    std::fs::write(d.export.join("vm/cold.img"), &cold).unwrap();
+    std::fs::write(d.export.join("vm/redo.log"), vec![b'.'; 8192]).unwrap();
+    let flag = d.tmp.path().join("link-down");
+    let remote = format!(
+        "exec:if [ -e {flag} ]; then echo 'ssh: connect to host store: No route to host' >&2; exit 255; fi; exec {server} serve --stdio --export {export}",
+        flag = flag.display(),
+        server = bin("gridvfs-server").display(),
+        export = d.export.display()
+    );
+    let client = ClientProc::start_remote(
+        &remote,
+        &d.export,
+        &d.cache,
+        0,
+        &[
+            "--allow-unprivileged-ports",
+            "--no-root-squash",
+            "--write-policy",
+            "back",
+        ],
+    );
+    let script = r#"
+cd vm
+echo "before $(md5sum disk.img | cut -d' ' -f1)"
+ls -l >/dev/null
+touch /host/warm
+while [ ! -f /host/cut ]; do sleep 0.2; done
+(s=$(date +%s); echo "cold $(md5sum cold.img | cut -d' ' -f1) after $(( $(date +%s) - s ))s" >/host/cold.txt) &
+echo 'written during the outage' | dd of=redo.log bs=1 seek=100 conv=notrunc,fsync 2>/dev/null && echo write-acknowledged
+while [ ! -f /host/restored ]; do
+  s=$(date +%s)
+  echo "during $(md5sum disk.img | cut -d' ' -f1) $(stat -c %s disk.img) $(ls | wc -l) in $(( $(date +%s) - s ))s"
+  sleep 2
+done
+wait
+cat /host/cold.txt
+echo done
+"#;
+    let mut guest = guest_cmd(client.port, &share, script)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    while !share.join("warm").exists() {
+        assert!(
+            t.elapsed() < Duration::from_secs(300),
+            "guest never warmed the cache"
+        );
+        if let Some(st) = guest.try_wait().unwrap() {
+            panic!("guest ended early: {st:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::fs::write(&flag, "").unwrap();
+    for pid in client.server_pids() {
+        let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+    }
+    std::fs::write(share.join("cut"), "").unwrap();
+    let cut_at = Instant::now();
+    std::thread::sleep(Duration::from_secs(outage));
+    let during = status_json(&d.cache);
+    std::fs::remove_file(&flag).unwrap();
+    let restored_after = cut_at.elapsed();
+    std::fs::write(share.join("restored"), "").unwrap();
+    let out = guest.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    println!(
+        "{}\noutage {restored_after:?}; status during it: {during}",
+        show(&out)
+    );
+    assert!(out.status.success(), "{}", show(&out));
+    let md5 = md5_hex(&image);
+    assert!(text.contains(&format!("before {md5}")), "{text}");
+    let reads: Vec<&str> = text.lines().filter(|l| l.starts_with("during ")).collect();
+    assert!(
+        reads.len() as u64 >= outage / 4,
+        "the cached image was read {} times during a {outage} s outage: {text}",
+        reads.len()
+    );
+    for r in &reads {
+        assert!(
+            r.starts_with(&format!("during {md5} {} 3 in", 8 << 20)),
+            "a read during the outage: {r}"
+        );
+    }
+    assert!(text.contains("write-acknowledged"), "{text}");
+    assert!(
+        text.contains(&format!("cold {}", md5_hex(&cold))),
+        "the uncached read after the link returned: {text}"
+    );
+    assert!(during["offline_seconds"].as_f64().is_some(), "{during}");
+    client_cmd(&["flush"], &d.cache);
+    let redo = std::fs::read(d.export.join("vm/redo.log")).unwrap();
+    assert_eq!(&redo[100..126], b"written during the outage\n");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !err.contains("Input/output error") && !text.contains("Input/output error"),
+        "{err}"
+    );
+}

@@ -10,6 +10,7 @@ mod harness;
 mod hints;
 mod libnfs;
 mod nfs_ops;
+mod offline;
 mod power_loss;
 mod protocol;
 mod restart;

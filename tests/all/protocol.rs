@@ -2,7 +2,6 @@
 
 use std::io::{Read, Write};
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -106,11 +105,9 @@ async fn many_requests_in_flight_replies_matched_by_id() {
             d.export.display()
         ),
     };
-    let store = Arc::new(
-        RemoteStore::connect(remote, Duration::from_secs(5))
-            .await
-            .unwrap(),
-    );
+    let store = RemoteStore::connect(remote, Duration::from_secs(5))
+        .await
+        .unwrap();
     let mut tasks = Vec::new();
     for i in 0..256u64 {
         let store = store.clone();

@@ -214,3 +214,144 @@ async fn a_store_that_stops_answering_is_left_for_a_new_session() {
         "the silent store's process is gone"
     );
 }
+
+/// Issue 11, item 11: the export's identity is written once at its root and survives
+/// what used to change it (the export moved, or its device renumbered: the old id hashed
+/// path and st_dev): the client comes back to the same cache, warm. The id file is
+/// invisible and untouchable through the mount.
+#[tokio::test]
+async fn the_export_keeps_its_identity_when_moved() {
+    let d = dirs();
+    let data = noise(96, 1 << 20);
+    std::fs::write(d.export.join("base.img"), &data).unwrap();
+    let mut client = ClientProc::start(&d.export, &d.cache, 0, &[]);
+    let id = status_json(&d.cache)["export_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut nfs = Nfs::mount(client.port).await;
+    let root = nfs.root.clone();
+    let f = nfs.lookup(&root, "base.img").await.unwrap();
+    assert!(nfs.read_all(&f, 1 << 20).await.unwrap() == data);
+    assert_eq!(
+        std::fs::read_to_string(d.export.join(".gridvfs-export-id"))
+            .unwrap()
+            .trim(),
+        id
+    );
+    let names = nfs.readdir_names(&root, 4096).await.unwrap();
+    assert!(
+        !names.iter().any(|n| n.starts_with(b".gridvfs-export-id")),
+        "listed: {names:?}"
+    );
+    assert!(nfs.lookup(&root, ".gridvfs-export-id").await.is_err());
+    assert!(nfs.remove(&root, ".gridvfs-export-id").await.is_err());
+    assert!(
+        nfs.create(
+            &root,
+            ".gridvfs-export-id.new",
+            createhow3::UNCHECKED(attrs(Some(0o644)))
+        )
+        .await
+        .is_err()
+    );
+    client.kill();
+
+    let moved = d.tmp.path().join("moved-export");
+    std::fs::rename(&d.export, &moved).unwrap();
+    let client = ClientProc::start(&moved, &d.cache, 0, &[]);
+    let st = status_json(&d.cache);
+    assert_eq!(
+        st["export_id"].as_str().unwrap(),
+        id,
+        "same export, same id"
+    );
+    let mut nfs = Nfs::mount(client.port).await;
+    let root = nfs.root.clone();
+    let f = nfs.lookup(&root, "base.img").await.unwrap();
+    assert!(nfs.read_all(&f, 1 << 20).await.unwrap() == data);
+    let st = status_json(&d.cache);
+    assert_eq!(n(&st, "block_misses"), 0, "the old cache is in use: {st}");
+}
+
+/// Issue 11, item 11: a cache left behind with write-back data under an earlier export id
+/// of the same store is not silently ignored: the client refuses to start beside it,
+/// saying how to adopt it, and `--adopt-export` uploads every byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_journal_left_under_an_old_export_id_is_refused_then_adopted() {
+    let d = dirs();
+    let flag = d.tmp.path().join("store-is-read-only");
+    let remote = format!(
+        "exec:if [ -e {flag} ]; then ro=--read-only; fi; exec {server} serve --stdio --export {export} $ro",
+        flag = flag.display(),
+        server = bin("gridvfs-server").display(),
+        export = d.export.display()
+    );
+    let flags = ["--write-policy", "back"];
+    let mut client = ClientProc::start_remote(&remote, &d.export, &d.cache, 0, &flags);
+    let old = status_json(&d.cache)["export_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut nfs = Nfs::mount(client.port).await;
+    let root = nfs.root.clone();
+    let a = nfs
+        .create(&root, "a", createhow3::UNCHECKED(attrs(Some(0o644))))
+        .await
+        .unwrap();
+    nfs.write(&a, 0, b"first", stable_how::FILE_SYNC)
+        .await
+        .unwrap();
+    client_cmd(&["flush"], &d.cache);
+    // The store stops taking uploads; an acknowledged write waits in the journal.
+    std::fs::write(&flag, "").unwrap();
+    for pid in client.server_pids() {
+        let _ = std::process::Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status();
+    }
+    nfs.write(&a, 0, b"SECOND", stable_how::FILE_SYNC)
+        .await
+        .unwrap();
+    let t = std::time::Instant::now();
+    while n(&status_json(&d.cache), "quarantined_entries") == 0 {
+        assert!(t.elapsed() < Duration::from_secs(30), "never kept back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    client.kill();
+    // The store comes back writable, under another identity.
+    std::fs::remove_file(&flag).unwrap();
+    let new = "0123456789abcdef0123456789abcdef";
+    std::fs::write(d.export.join(".gridvfs-export-id"), format!("{new}\n")).unwrap();
+
+    let out = std::process::Command::new(bin("gridvfs-client"))
+        .args([
+            "serve",
+            "--remote",
+            &remote,
+            "--listen",
+            "127.0.0.1:0",
+            "--write-policy",
+            "back",
+        ])
+        .args(TEST_ACCESS)
+        .arg("--cache-dir")
+        .arg(&d.cache)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "started beside a stranded journal: {err}"
+    );
+    assert!(
+        err.contains(&format!("--adopt-export {old}")) && err.contains("1 write-back"),
+        "{err}"
+    );
+
+    let flags = ["--write-policy", "back", "--adopt-export", &old];
+    let _client = ClientProc::start_remote(&remote, &d.export, &d.cache, 0, &flags);
+    assert_eq!(status_json(&d.cache)["export_id"].as_str().unwrap(), new);
+    client_cmd(&["flush"], &d.cache);
+    assert_eq!(std::fs::read(d.export.join("a")).unwrap(), b"SECOND");
+}

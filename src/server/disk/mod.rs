@@ -21,6 +21,7 @@ use rustix::io::Errno;
 use super::hint;
 
 mod hints;
+pub mod identity;
 use crate::proto::{
     Attr, CreateHow, DirEntry, FileKind, FileRef, FsStat, SetAttr, SetTime, Status, Time,
 };
@@ -59,7 +60,8 @@ impl Export {
         h.update(canonical.as_os_str().as_encoded_bytes());
         h.update(&st.st_dev.to_le_bytes());
         h.update(&st.st_ino.to_le_bytes());
-        let id = h.finalize().to_hex()[..32].to_string();
+        let legacy = h.finalize().to_hex()[..32].to_string();
+        let id = identity::export_id(&root, read_only, &legacy)?;
         Ok(Self {
             root,
             read_only,
@@ -532,7 +534,7 @@ impl Export {
         for ent in rfs::Dir::read_from(&fd).map_err(status_of)? {
             let ent = ent.map_err(status_of)?;
             let name = ent.file_name().to_bytes();
-            if name == b"." || name == b".." || hint::is_hint_name(name) {
+            if name == b"." || name == b".." || is_reserved(name) {
                 continue;
             }
             let cookie = name_cookie(name);
@@ -638,7 +640,7 @@ fn check_path(path: &[u8]) -> Result<&std::ffi::OsStr, Status> {
         if comp.len() > NAME_MAX {
             return Err(Status::NameTooLong);
         }
-        if hint::is_hint_name(comp) {
+        if is_reserved(comp) {
             return Err(Status::Access);
         }
     }
@@ -659,11 +661,17 @@ pub fn check_name(name: &[u8]) -> Result<&std::ffi::OsStr, Status> {
     if name.len() > NAME_MAX {
         return Err(Status::NameTooLong);
     }
-    // Hint files belong to the store's administrator: invisible and untouchable here.
-    if hint::is_hint_name(name) {
+    // Hint files and the export's id file belong to the store's administrator:
+    // invisible and untouchable here.
+    if is_reserved(name) {
         return Err(Status::Access);
     }
     Ok(std::ffi::OsStr::from_bytes(name))
+}
+
+/// Names clients never see or touch.
+fn is_reserved(name: &[u8]) -> bool {
+    hint::is_hint_name(name) || identity::is_identity_name(name)
 }
 
 fn split_parent(path: &[u8]) -> Result<(&[u8], &std::ffi::OsStr), Status> {

@@ -1,0 +1,173 @@
+//! Issue 16, disconnected operation: while the store is unreachable, what the cache holds
+//! is served (the last attributes and names known, cached blocks), what it does not hold
+//! is answered NFS3ERR_JUKEBOX (the kernel retries later: the VM waits, as on a hard
+//! mount) until the link returns or `--offline-limit` passes, and write-back writes go on
+//! being acknowledged. Before, the cached image failed with NFS3ERR_IO after
+//! --reconnect-timeout.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use nfs3_client::nfs3_types::nfs3::*;
+
+use crate::harness::*;
+
+/// A store reached through `exec:` that cannot be reached while `flag` exists (the
+/// transport fails to connect, as ssh to an unreachable host does).
+fn cuttable_remote(flag: &Path, export: &Path) -> String {
+    format!(
+        "exec:if [ -e {flag} ]; then echo 'ssh: connect to host store: No route to host' >&2; exit 255; fi; exec {server} serve --stdio --export {export}",
+        flag = flag.display(),
+        server = bin("gridvfs-server").display(),
+        export = export.display()
+    )
+}
+
+/// Cut the link: new connections fail, and the live session's server dies.
+fn cut(flag: &Path, client: &ClientProc) {
+    std::fs::write(flag, "").unwrap();
+    for pid in client.server_pids() {
+        let _ = std::process::Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cached_image_is_served_through_an_outage_and_the_rest_waits() {
+    let d = dirs();
+    let flag = d.tmp.path().join("link-down");
+    let cached = noise(110, 3 << 20);
+    let uncached = noise(111, 1 << 20);
+    std::fs::create_dir(d.export.join("vm")).unwrap();
+    std::fs::write(d.export.join("vm/disk.img"), &cached).unwrap();
+    std::fs::write(d.export.join("vm/other.img"), &uncached).unwrap();
+    std::fs::write(d.export.join("redo.log"), vec![0u8; 1 << 20]).unwrap();
+    let remote = cuttable_remote(&flag, &d.export);
+    let flags = ["--write-policy", "back", "--attr-timeout", "0.5"];
+    let client = ClientProc::start_remote(&remote, &d.export, &d.cache, 0, &flags);
+    let mut nfs = Nfs::mount(client.port).await;
+    let root = nfs.root.clone();
+    let vm = nfs.lookup(&root, "vm").await.unwrap();
+    let img = nfs.lookup(&vm, "disk.img").await.unwrap();
+    let other = nfs.lookup(&vm, "other.img").await.unwrap();
+    let redo = nfs.lookup(&root, "redo.log").await.unwrap();
+    assert!(nfs.read_all(&img, 1 << 20).await.unwrap() == cached);
+    let warm = Instant::now();
+    assert!(nfs.read_all(&img, 1 << 20).await.unwrap() == cached);
+    let warm = warm.elapsed();
+
+    cut(&flag, &client);
+    // Past the attribute timeout and the grace: every answer below needs the store or
+    // the offline cache.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let t = Instant::now();
+    let a = nfs
+        .getattr(&img)
+        .await
+        .expect("GETATTR of a cached file offline");
+    assert_eq!(a.size, 3 << 20);
+    let again = nfs.lookup(&vm, "disk.img").await.expect("LOOKUP offline");
+    assert_eq!(again, img, "the same handle");
+    let vm_again = nfs
+        .lookup(&root, "vm")
+        .await
+        .expect("LOOKUP of the dir offline");
+    assert_eq!(vm_again, vm);
+    assert!(
+        nfs.read_all(&img, 1 << 20).await.expect("READ offline") == cached,
+        "the cached bytes offline"
+    );
+    let offline_read = t.elapsed();
+    println!("warm read {warm:?}; offline getattr+lookups+read {offline_read:?}");
+    assert!(
+        offline_read < Duration::from_secs(5),
+        "cached answers offline do not wait for the store: {offline_read:?}"
+    );
+    // Not cached: wait (JUKEBOX), at once, not after --reconnect-timeout.
+    let t = Instant::now();
+    assert_eq!(
+        nfs.read(&other, 0, 65536).await,
+        Err(nfsstat3::NFS3ERR_JUKEBOX),
+        "an uncached read offline waits"
+    );
+    assert!(t.elapsed() < Duration::from_secs(5));
+    assert_eq!(
+        nfs.lookup(&vm, "never-seen").await,
+        Err(nfsstat3::NFS3ERR_JUKEBOX),
+        "a name never seen may exist: wait"
+    );
+    // Write-back writes go on being acknowledged.
+    nfs.write(&redo, 4096, b"written offline", stable_how::FILE_SYNC)
+        .await
+        .expect("write-back write offline");
+    let st = status_json(&d.cache);
+    assert!(
+        st["offline_seconds"].as_f64().is_some(),
+        "status says offline: {st}"
+    );
+    assert!(n(&st, "offline_refused") >= 2, "{st}");
+    assert_eq!(n(&st, "outages"), 1, "{st}");
+
+    // The link returns: the waiting read completes with the right bytes, the journal lands.
+    std::fs::remove_file(&flag).unwrap();
+    let t = Instant::now();
+    let got = loop {
+        match nfs.read_all(&other, 1 << 20).await {
+            Ok(b) => break b,
+            Err(nfsstat3::NFS3ERR_JUKEBOX) => {
+                assert!(t.elapsed() < Duration::from_secs(30), "never back online");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("the waiting read failed after the link returned: {e:?}"),
+        }
+    };
+    assert!(got == uncached);
+    client_cmd(&["flush"], &d.cache);
+    let redo_now = std::fs::read(d.export.join("redo.log")).unwrap();
+    assert_eq!(&redo_now[4096..4096 + 15], b"written offline");
+    let st = status_json(&d.cache);
+    assert!(st["offline_seconds"].is_null(), "back online: {st}");
+}
+
+/// `--offline-limit`: past it, what needs the store fails cleanly (EIO) instead of
+/// waiting; cached data is still served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_offline_limit_uncached_reads_fail() {
+    let d = dirs();
+    let flag = d.tmp.path().join("link-down");
+    let data = noise(112, 1 << 20);
+    std::fs::write(d.export.join("a.img"), &data).unwrap();
+    std::fs::write(d.export.join("b.img"), &data).unwrap();
+    let remote = cuttable_remote(&flag, &d.export);
+    let flags = ["--attr-timeout", "0.5", "--offline-limit", "3"];
+    let client = ClientProc::start_remote(&remote, &d.export, &d.cache, 0, &flags);
+    let mut nfs = Nfs::mount(client.port).await;
+    let root = nfs.root.clone();
+    let a = nfs.lookup(&root, "a.img").await.unwrap();
+    let b = nfs.lookup(&root, "b.img").await.unwrap();
+    assert!(nfs.read_all(&a, 1 << 20).await.unwrap() == data);
+    cut(&flag, &client);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let t = Instant::now();
+    let failed = loop {
+        match nfs.read(&b, 0, 4096).await {
+            Err(nfsstat3::NFS3ERR_JUKEBOX) => {
+                assert!(t.elapsed() < Duration::from_secs(30), "never gave up");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            other => break other,
+        }
+    };
+    assert_eq!(failed.map(|_| ()), Err(nfsstat3::NFS3ERR_IO));
+    let took = t.elapsed();
+    println!("uncached read failed after {took:?} offline (limit 3 s)");
+    assert!(took >= Duration::from_millis(500), "{took:?}");
+    assert!(
+        nfs.read_all(&a, 1 << 20)
+            .await
+            .expect("cached still served")
+            == data,
+        "cached data past the limit"
+    );
+}
