@@ -50,10 +50,27 @@ pub struct Client {
 impl Client {
     /// Connect to the store, open this export's index, bind the NFS socket.
     pub async fn start(cfg: &ClientConfig) -> Result<Self> {
-        let store = RemoteStore::connect_with(cfg.remote.clone(), cfg.timeouts).await?;
         let root = crate::cache::dir::CacheRoot::open(&cfg.cache_dir)?;
-        let id = &store.welcome().export_id;
         let key = cfg.remote.store_key();
+        let store = match RemoteStore::connect_with(cfg.remote.clone(), cfg.timeouts).await {
+            Ok(s) => s,
+            // Issue 16: an unreachable store is no reason not to serve what is cached.
+            Err(e @ (Error::Disconnected(_) | Error::Io(_) | Error::Unsent(_)))
+                if cfg.timeouts.offline != crate::remote::OfflinePolicy::Fail =>
+            {
+                let Some((welcome, boot_id)) = root.saved_welcome(&key) else {
+                    return Err(e);
+                };
+                tracing::warn!(
+                    "the store is unreachable ({e}); starting offline from the cache of export {}: \
+                     cached data is served, the rest waits until the store answers",
+                    welcome.export_id
+                );
+                RemoteStore::offline(cfg.remote.clone(), cfg.timeouts, welcome, boot_id)
+            }
+            Err(e) => return Err(e),
+        };
+        let id = &store.welcome().export_id;
         if let Some(old) = &cfg.adopt_export {
             root.adopt(old, id)?;
         }
@@ -61,7 +78,10 @@ impl Client {
         // older export id would never be uploaded; say so rather than start beside it.
         if let Some((old, n, bytes)) = root.stranded(&key, id)?.into_iter().next() {
             return Err(Error::Config(format!(
-                "the cache of an earlier export id of this store, {}, still holds {n} write-back                  entries ({bytes} bytes) not on the store; the store now answers as export {id}.                  If it is the same export (moved, or its device renumbered), start once with                  `--adopt-export {old}` to upload them; otherwise move that directory away",
+                "the cache of an earlier export id of this store, {}, still holds {n} write-back \
+                 entries ({bytes} bytes) not on the store; the store now answers as export {id}. \
+                 If it is the same export (moved, or its device renumbered), start once with \
+                 `--adopt-export {old}` to upload them; otherwise move that directory away",
                 root.path().join(&old).display()
             )));
         }
@@ -69,6 +89,7 @@ impl Client {
         export.note_store(&key)?;
         let export_dir = export.path().to_path_buf();
         let index = Arc::new(Index::open(&export.index())?);
+        index.save_welcome(&key, store.welcome(), store.boot_id())?;
         let generation = index.generation()?;
         let data = Arc::new(DataPath::new(
             store.clone(),

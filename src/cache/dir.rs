@@ -98,6 +98,31 @@ impl CacheRoot {
         Ok(out)
     }
 
+    /// The last handshake of the store `store_key` kept in one of the export caches here
+    /// (the most recently used), for starting while the store is unreachable.
+    pub fn saved_welcome(&self, store_key: &str) -> Option<(crate::proto::Welcome, u64)> {
+        let mut best: Option<(std::time::SystemTime, crate::proto::Welcome, u64)> = None;
+        for dir in self.exports().ok()? {
+            if std::fs::read_to_string(dir.join(STORE)).ok().as_deref() != Some(store_key) {
+                continue;
+            }
+            let Ok(index) = crate::cache::index::Index::open(&dir.join(INDEX)) else {
+                continue;
+            };
+            let Ok(Some((key, welcome, boot))) = index.saved_welcome() else {
+                continue;
+            };
+            let used = std::fs::metadata(dir.join(INDEX))
+                .and_then(|m| m.modified())
+                .unwrap_or(std::time::UNIX_EPOCH);
+            let same_dir = dir.file_name().and_then(|n| n.to_str()) == Some(&welcome.export_id);
+            if key == store_key && same_dir && best.as_ref().is_none_or(|(t, ..)| used > *t) {
+                best = Some((used, welcome, boot));
+            }
+        }
+        best.map(|(_, w, b)| (w, b))
+    }
+
     /// Make the export cache `old` the one for id `new` (`--adopt-export`): its journal is
     /// then uploaded to the store that now answers as `new`. A cache already at `new` is
     /// kept aside as `NEW.replaced-SECONDS` if it holds no write-back data, else refused.

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 
+use super::Index;
 use crate::proto::{FEATURE_HINTS, FileRef, Hint, Request, Response};
 use crate::remote::RemoteStore;
 
@@ -16,13 +17,21 @@ type Known = (Vec<u8>, Option<Arc<Hint>>);
 /// Files whose hints are kept (each up to a few MiB of extents and profile).
 const MAX_KNOWN: usize = 1024;
 
-/// file id -> the hint known for it.
-#[derive(Default)]
+/// file id -> the hint known for it; each hint fetched is also kept in the index, for
+/// answering zero extents while the store is unreachable (issue 16).
 pub struct Hints {
     map: Mutex<HashMap<u64, Known>>,
+    index: Arc<Index>,
 }
 
 impl Hints {
+    pub fn new(index: Arc<Index>) -> Self {
+        Self {
+            map: Mutex::default(),
+            index,
+        }
+    }
+
     /// The hint already known for file `id` at version `validator`, without asking.
     pub fn known(&self, id: u64, validator: &[u8]) -> Option<Arc<Hint>> {
         match self.map.lock().expect("hints lock").get(&id) {
@@ -57,12 +66,31 @@ impl Hints {
             // Only for the version the caller reads: a hint for a newer one would lay
             // that version's zeros over these bytes.
             Ok((Response::Hint { attr, hint }, _)) if super::validator(&attr) == validator => {
+                if let Err(e) = self.index.save_hint(id, validator, &hint) {
+                    tracing::debug!("cannot keep the hint of file {id}: {e}");
+                }
                 Some(Arc::new(hint))
             }
             Ok((Response::Hint { .. }, _)) => return (None, false),
             Ok((other, _)) => {
                 tracing::warn!("unexpected answer to a hint request: {other:?}");
                 None
+            }
+            // Offline: the hint kept for this version, if any (not asked for again later
+            // in this run: the file's version has not changed).
+            Err(e @ (crate::Error::Offline(_) | crate::Error::OfflineTooLong(_))) => {
+                match self.index.saved_hint(id, validator) {
+                    Ok(Some(h)) => {
+                        let h = Some(Arc::new(h));
+                        let mut map = self.map.lock().expect("hints lock");
+                        map.insert(id, (validator.to_vec(), h.clone()));
+                        return (h, false);
+                    }
+                    _ => {
+                        tracing::debug!("no hint for file {id}: {e}");
+                        return (None, false);
+                    }
+                }
             }
             Err(e) => {
                 tracing::debug!("no hint for file {id}: {e}");

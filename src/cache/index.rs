@@ -18,6 +18,12 @@
 //!   and not yet on the store, in order; the bytes are in the journal at `log_offset`.
 //!   `dirty_sum_v1(seq, sum)`: the blake3 of those bytes, checked before upload.
 //!
+//! - What the client needs to answer while the store is unreachable, even after a
+//!   restart (issue 16): `attrs_v1(id, attr)`, the last attributes seen per id (written
+//!   behind, every few seconds); `hints_v1(file, validator, hint)`, each file's hint for
+//!   the version it describes (zero extents answered offline); `welcome_v1(store, welcome,
+//!   boot_id)`, the store's last handshake (to start without it). All postcard.
+//!
 //! One connection behind a std `Mutex` (SQLite has one writer anyway; every statement is
 //! microseconds, so async callers hold it briefly). WAL with `synchronous=NORMAL`: a
 //! committed id survives a crash of this process, which is what handles need; the one
@@ -32,6 +38,7 @@ use std::collections::HashMap;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::error::{Error, Result};
+use crate::proto::{Attr, Hint, Welcome};
 
 /// Id of the export root; inserted when the index is made.
 pub const ROOT_ID: u64 = 1;
@@ -84,7 +91,19 @@ impl Index {
              CREATE INDEX IF NOT EXISTS dirty_v1_file ON dirty_v1 (file, offset);
              CREATE TABLE IF NOT EXISTS dirty_sum_v1 (
                  seq INTEGER PRIMARY KEY,
-                 sum BLOB NOT NULL);",
+                 sum BLOB NOT NULL);
+             CREATE TABLE IF NOT EXISTS attrs_v1 (
+                 id INTEGER PRIMARY KEY,
+                 attr BLOB NOT NULL);
+             CREATE TABLE IF NOT EXISTS hints_v1 (
+                 file INTEGER PRIMARY KEY,
+                 validator BLOB NOT NULL,
+                 hint BLOB NOT NULL);
+             CREATE TABLE IF NOT EXISTS welcome_v1 (
+                 one INTEGER PRIMARY KEY CHECK (one = 1),
+                 store TEXT NOT NULL,
+                 welcome BLOB NOT NULL,
+                 boot_id INTEGER NOT NULL);",
         )
         .map_err(db)?;
         conn.execute(
@@ -725,6 +744,98 @@ impl Index {
             }
         }
         tx.commit().map_err(db)
+    }
+}
+
+/// What is kept for answering while the store is unreachable (issue 16).
+impl Index {
+    /// Record (`Some`) or forget (`None`) the last attributes of these ids, in one
+    /// transaction.
+    pub fn save_attrs(&self, items: &[(u64, Option<Attr>)]) -> Result<()> {
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(db)?;
+        {
+            let mut put = tx
+                .prepare_cached("INSERT OR REPLACE INTO attrs_v1 (id, attr) VALUES (?1, ?2)")
+                .map_err(db)?;
+            let mut del = tx
+                .prepare_cached("DELETE FROM attrs_v1 WHERE id = ?1")
+                .map_err(db)?;
+            for (id, a) in items {
+                match a {
+                    Some(a) => {
+                        let bytes = postcard::to_stdvec(a).expect("Attr serializes");
+                        put.execute(params![to_sql(*id), bytes]).map_err(db)?
+                    }
+                    None => del.execute(params![to_sql(*id)]).map_err(db)?,
+                };
+            }
+        }
+        tx.commit().map_err(db)
+    }
+
+    /// The last attributes recorded for `id`.
+    pub fn saved_attr(&self, id: u64) -> Result<Option<Attr>> {
+        let bytes: Option<Vec<u8>> = self
+            .lock()
+            .prepare_cached("SELECT attr FROM attrs_v1 WHERE id = ?1")
+            .map_err(db)?
+            .query_row(params![to_sql(id)], |r| r.get(0))
+            .optional()
+            .map_err(db)?;
+        Ok(bytes.and_then(|b| postcard::from_bytes(&b).ok()))
+    }
+
+    /// Keep `file`'s hint for version `validator`.
+    pub fn save_hint(&self, file: u64, validator: &[u8], hint: &Hint) -> Result<()> {
+        let bytes = postcard::to_stdvec(hint).expect("Hint serializes");
+        self.lock()
+            .prepare_cached(
+                "INSERT OR REPLACE INTO hints_v1 (file, validator, hint) VALUES (?1, ?2, ?3)",
+            )
+            .map_err(db)?
+            .execute(params![to_sql(file), validator, bytes])
+            .map_err(db)?;
+        Ok(())
+    }
+
+    /// `file`'s kept hint, if it is for version `validator`.
+    pub fn saved_hint(&self, file: u64, validator: &[u8]) -> Result<Option<Hint>> {
+        let row: Option<(Vec<u8>, Vec<u8>)> = self
+            .lock()
+            .prepare_cached("SELECT validator, hint FROM hints_v1 WHERE file = ?1")
+            .map_err(db)?
+            .query_row(params![to_sql(file)], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()
+            .map_err(db)?;
+        Ok(row
+            .filter(|(v, _)| v == validator)
+            .and_then(|(_, h)| postcard::from_bytes(&h).ok()))
+    }
+
+    /// Keep the store's latest handshake (which store, what it said, its boot).
+    pub fn save_welcome(&self, store: &str, welcome: &Welcome, boot_id: u64) -> Result<()> {
+        let bytes = postcard::to_stdvec(welcome).expect("Welcome serializes");
+        self.lock()
+            .prepare_cached(
+                "INSERT OR REPLACE INTO welcome_v1 (one, store, welcome, boot_id) VALUES (1, ?1, ?2, ?3)",
+            )
+            .map_err(db)?
+            .execute(params![store, bytes, to_sql(boot_id)])
+            .map_err(db)?;
+        Ok(())
+    }
+
+    /// The handshake kept by [`Self::save_welcome`]: store key, welcome, boot id.
+    pub fn saved_welcome(&self) -> Result<Option<(String, Welcome, u64)>> {
+        let row: Option<(String, Vec<u8>, i64)> = self
+            .lock()
+            .prepare_cached("SELECT store, welcome, boot_id FROM welcome_v1 WHERE one = 1")
+            .map_err(db)?
+            .query_row([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .optional()
+            .map_err(db)?;
+        Ok(row.and_then(|(s, w, b)| Some((s, postcard::from_bytes(&w).ok()?, from_sql(b)))))
     }
 }
 

@@ -58,6 +58,9 @@ pub struct Front {
     /// id -> (attributes, when fetched). A std Mutex: held for a map lookup, never across
     /// an await.
     attrs: Mutex<HashMap<u64, (Attr, Instant)>>,
+    /// Attributes to keep in the index (written behind), for answering while the store
+    /// is unreachable, across restarts too (issue 16).
+    saver: Arc<AttrSaver>,
     /// Paths sent to the store must match the namespace map. A RENAME rewrites paths, so it
     /// holds this for writing (store call + map update); every other operation holds it for
     /// reading. Without it a READ racing a rename of its directory would get NOENT for the
@@ -79,30 +82,37 @@ impl Front {
     ) -> crate::Result<Self> {
         let export_id = store.welcome().export_id.clone();
         let read_only = store.welcome().read_only;
-        let root = match store
+        let asked = store
             .call(
                 Request::Getattr {
                     file: FileRef::root(),
                 },
                 Bytes::new(),
             )
-            .await?
-        {
-            (Response::Attr(a), _) => a,
-            (other, _) => return Err(unexpected(&other)),
+            .await;
+        let root = match asked {
+            Ok((Response::Attr(a), _)) => a,
+            Ok((other, _)) => return Err(unexpected(&other)),
+            // Started offline: the root as last seen.
+            Err(e @ (Error::Offline(_) | Error::OfflineTooLong(_))) => {
+                index.saved_attr(ROOT_ID)?.ok_or(e)?
+            }
+            Err(e) => return Err(e),
         };
         index.set_root_ino(root.ident)?;
         let fsid = u64::from_str_radix(&export_id[..16.min(export_id.len())], 16).unwrap_or(1);
+        index.save_attrs(&[(ROOT_ID, Some(root))])?;
         Ok(Self {
             data,
-            index,
             store,
             fsid,
             root_dev: root.dev,
             read_only,
             attr_timeout,
             attrs: Mutex::new(HashMap::new()),
+            saver: AttrSaver::start(index.clone()),
             ns: tokio::sync::RwLock::new(()),
+            index,
         })
     }
 
@@ -138,7 +148,9 @@ impl Front {
             let ttl = self.attr_timeout;
             map.retain(|_, (_, t)| t.elapsed() < ttl);
         }
-        map.insert(id, (a, Instant::now()));
+        if map.insert(id, (a, Instant::now())).map(|(old, _)| old) != Some(a) {
+            self.saver.note(id, Some(a));
+        }
     }
 
     fn forget_attr(&self, id: u64) {
@@ -181,11 +193,22 @@ impl Front {
     /// served under `--offline cached`; otherwise (or if none are known) the caller waits.
     fn offline_attr(&self, id: u64, down: Duration) -> Result<Attr, nfsstat3> {
         if self.store.offline_policy() == OfflinePolicy::Cached
-            && let Some((a, _)) = self.attrs.lock().expect("attr lock").get(&id)
+            && let Some(a) = self.last_attr(id)
         {
-            return Ok(*a);
+            return Ok(a);
         }
         Err(map_err(self.store.offline_error(down)))
+    }
+
+    /// The last attributes seen for `id`, in memory or kept in the index.
+    fn last_attr(&self, id: u64) -> Option<Attr> {
+        let known = self
+            .attrs
+            .lock()
+            .expect("attr lock")
+            .get(&id)
+            .map(|(a, _)| *a);
+        known.or_else(|| self.index.saved_attr(id).ok().flatten())
     }
 
     /// A request about one handle's own object: a NOENT/STALE answer means the handle is stale.
@@ -202,6 +225,7 @@ impl Front {
         match res {
             Err(Error::Status(Status::NoEnt | Status::Stale)) => {
                 self.forget_attr(id);
+                self.saver.note(id, None);
                 let _ = self.index.forget_id(id);
                 Err(nfsstat3::NFS3ERR_STALE)
             }
@@ -378,6 +402,47 @@ impl Front {
     }
 }
 
+/// Writes the attributes the front sees into the index, behind: at most every
+/// [`AttrSaver::EVERY`], one transaction for all that changed. A crash loses at most that
+/// much, which only matters if the store is unreachable at the next start.
+struct AttrSaver {
+    unsaved: Mutex<HashMap<u64, Option<Attr>>>,
+}
+
+impl AttrSaver {
+    const EVERY: Duration = Duration::from_secs(2);
+
+    fn start(index: Arc<Index>) -> Arc<Self> {
+        let this = Arc::new(Self {
+            unsaved: Mutex::default(),
+        });
+        let weak = Arc::downgrade(&this);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Self::EVERY).await;
+                let Some(saver) = weak.upgrade() else { return };
+                let batch: Vec<(u64, Option<Attr>)> = saver
+                    .unsaved
+                    .lock()
+                    .expect("unsaved lock")
+                    .drain()
+                    .collect();
+                drop(saver);
+                if !batch.is_empty()
+                    && let Err(e) = index.save_attrs(&batch)
+                {
+                    tracing::debug!("cannot keep attributes for offline use: {e}");
+                }
+            }
+        });
+        this
+    }
+
+    fn note(&self, id: u64, a: Option<Attr>) {
+        self.unsaved.lock().expect("unsaved lock").insert(id, a);
+    }
+}
+
 impl NfsReadFileSystem for Front {
     type Handle = FileHandleU64;
 
@@ -532,7 +597,7 @@ impl Front {
     fn offline_lookup(&self, path: &[u8], down: Duration) -> Result<FileHandleU64, nfsstat3> {
         if self.store.offline_policy() == OfflinePolicy::Cached
             && let Ok(Some(id)) = self.index.id_at(path)
-            && self.attrs.lock().expect("attr lock").contains_key(&id)
+            && self.last_attr(id).is_some()
         {
             return Ok(FileHandleU64::new(id));
         }

@@ -46,6 +46,8 @@ struct Outage {
     down_since: Option<Instant>,
     /// Set once the outage outlasted [`OFFLINE_GRACE`]: requests fail fast.
     offline: bool,
+    /// The --offline-limit warning was given for this outage.
+    limit_told: bool,
 }
 
 struct Waiter {
@@ -57,6 +59,9 @@ struct Waiter {
 /// How long the store may keep quiet while requests wait; `Duration::ZERO` turns the
 /// watchdog off. Slow links are fine: any reply counts as life.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// First pause between retries of a request (doubling up to 2 s).
+const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 
 /// How long the store may be unreachable (reconnects failing) before the client counts
 /// as offline; shorter outages (a restarted server process) are retried through.
@@ -174,6 +179,35 @@ impl RemoteStore {
         }))
     }
 
+    /// A store that cannot be reached now, known from its last handshake (kept in the
+    /// cache): the client starts offline and serves its cache; a background task
+    /// connects, and the session then must lead to the same export.
+    pub fn offline(
+        remote: Remote,
+        timeouts: Timeouts,
+        welcome: Welcome,
+        boot_id: u64,
+    ) -> Arc<Self> {
+        let this = Arc::new_cyclic(|me| Self {
+            boot_id: AtomicU64::new(boot_id),
+            remote,
+            welcome,
+            session: tokio::sync::Mutex::new(None),
+            timeouts,
+            outage: Mutex::new(Outage {
+                down_since: Some(Instant::now()),
+                offline: true,
+                limit_told: false,
+            }),
+            me: me.clone(),
+            counters: Arc::default(),
+        });
+        this.counters.outages.fetch_add(1, Ordering::Relaxed);
+        let reconnect = this.clone();
+        tokio::spawn(async move { reconnect.reconnect_while_offline().await });
+        this
+    }
+
     /// How long the store has been unreachable, if the client is offline.
     pub fn offline_for(&self) -> Option<Duration> {
         let o = self.outage.lock().expect("outage lock");
@@ -256,10 +290,16 @@ impl RemoteStore {
     fn refuse_offline(&self, down: Duration) -> Error {
         match self.timeouts.offline_limit {
             Some(limit) if down > limit => {
-                tracing::warn!(
-                    "the store has been unreachable for {down:.0?}, longer than --offline-limit \
-                     {limit:?}: failing a request that needs it"
+                let told = std::mem::replace(
+                    &mut self.outage.lock().expect("outage lock").limit_told,
+                    true,
                 );
+                if !told {
+                    tracing::warn!(
+                        "the store has been unreachable for {down:.0?}, longer than --offline-limit \
+                     {limit:?}: requests that need it fail (EIO) until it answers again"
+                    );
+                }
                 Error::OfflineTooLong(down)
             }
             _ => {
@@ -336,7 +376,7 @@ impl RemoteStore {
         let mut deadline = Instant::now() + self.timeouts.reconnect;
         // A request that waited out the watchdog gets its retries counted from then.
         let mut extended = false;
-        let mut backoff = Duration::from_millis(50);
+        let mut backoff = FIRST_BACKOFF;
         // Set once an attempt may have been carried out without us hearing back.
         let mut in_doubt = false;
         loop {
@@ -368,7 +408,12 @@ impl RemoteStore {
                         return Err(self.refuse_offline(down));
                     }
                     in_doubt |= !matches!(e, Error::Unsent(_));
-                    tracing::warn!("store unreachable ({e}); retrying in {backoff:?}");
+                    // Once per request, not per retry (an outage would flood the log).
+                    if backoff == FIRST_BACKOFF {
+                        tracing::warn!("store unreachable ({e}); retrying");
+                    } else {
+                        tracing::debug!("store unreachable ({e}); retrying in {backoff:?}");
+                    }
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(2));
                 }

@@ -259,8 +259,10 @@ pub(crate) fn requested_export(command: &[u8]) -> std::result::Result<(PathBuf, 
             _ => return Err(usage()),
         }
     }
-    // An empty `--export ''` (found by fuzzing) names no directory.
-    let export = export.filter(|p| !p.as_os_str().is_empty());
+    // An empty `--export ''` names no directory, and `--export --read-only` is an
+    // option where the directory was forgotten (both found by fuzzing).
+    let export =
+        export.filter(|p| !p.as_os_str().is_empty() && !p.to_string_lossy().starts_with('-'));
     Ok((export.ok_or_else(usage)?, read_only))
 }
 
@@ -465,8 +467,10 @@ mod tests {
             b"gridvfs-server serve --stdio",
             b"x serve --export /x --evil",
             b"\xff",
+            b"gridvfs-server serve --stdio --export --read-only",
             // Fuzzing found this accepted, with an empty export path.
             br#"v;iv'''''''iv'''%'''''iv'''rver se''rve --stdio --export ''''''''"#,
+            b"gridvfs-server serve --stdio --export --read-only",
             // Fuzzing found this accepted, with an empty export path.
             br#"v;iv'''''''iv'''%'''''iv'''rver se''rve --stdio --export ''''''''"#,
         ] {

@@ -171,3 +171,89 @@ async fn past_the_offline_limit_uncached_reads_fail() {
         "cached data past the limit"
     );
 }
+
+/// Issue 16: a client restarted while the store is unreachable still serves its cache:
+/// the store's last handshake, the last attributes seen and the files' hints are kept in
+/// the index, so it starts offline, answers LOOKUP/GETATTR/READ of what it holds (zero
+/// extents of a hinted file included), makes the rest wait, and goes online when the store
+/// answers again. Before, it could not start at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_restarted_during_an_outage_serves_its_cache() {
+    let d = dirs();
+    let flag = d.tmp.path().join("link-down");
+    let data = noise(113, 2 << 20);
+    std::fs::create_dir(d.export.join("vm")).unwrap();
+    std::fs::write(d.export.join("vm/disk.img"), &data).unwrap();
+    std::fs::write(d.export.join("vm/later.img"), &data[..1 << 20]).unwrap();
+    // A memory state whose second half is zeros, hinted: those are never fetched.
+    let mut mem = noise(114, 2 << 20);
+    mem[1 << 20..].fill(0);
+    std::fs::write(d.export.join("vm/mem.state"), &mem).unwrap();
+    run_ok(
+        std::process::Command::new(bin("gridvfs-server"))
+            .arg("hint")
+            .arg(d.export.join("vm/mem.state")),
+    );
+    let remote = cuttable_remote(&flag, &d.export);
+    let flags = ["--attr-timeout", "0.5"];
+    let mut client = ClientProc::start_remote(&remote, &d.export, &d.cache, 0, &flags);
+    {
+        let mut nfs = Nfs::mount(client.port).await;
+        let root = nfs.root.clone();
+        let vm = nfs.lookup(&root, "vm").await.unwrap();
+        let f = nfs.lookup(&vm, "disk.img").await.unwrap();
+        assert!(nfs.read_all(&f, 1 << 20).await.unwrap() == data);
+        let m = nfs.lookup(&vm, "mem.state").await.unwrap();
+        assert!(nfs.read_all(&m, 1 << 20).await.unwrap() == mem);
+        nfs.lookup(&vm, "later.img").await.unwrap();
+    }
+    // The attributes are written behind (every 2 s): let them land, then the client
+    // dies and the store becomes unreachable.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    client.kill();
+    std::fs::write(&flag, "").unwrap();
+
+    let client = ClientProc::start_remote(&remote, &d.export, &d.cache, 0, &flags);
+    let st = status_json(&d.cache);
+    assert!(
+        st["offline_seconds"].as_f64().is_some(),
+        "started offline: {st}"
+    );
+    let mut nfs = Nfs::mount(client.port).await;
+    let root = nfs.root.clone();
+    let vm = nfs
+        .lookup(&root, "vm")
+        .await
+        .expect("LOOKUP after an offline start");
+    let f = nfs.lookup(&vm, "disk.img").await.unwrap();
+    assert_eq!(nfs.getattr(&f).await.unwrap().size, 2 << 20);
+    assert!(nfs.read_all(&f, 1 << 20).await.expect("cached READ") == data);
+    let m = nfs.lookup(&vm, "mem.state").await.unwrap();
+    assert!(
+        nfs.read_all(&m, 1 << 20)
+            .await
+            .expect("cached + hinted zeros")
+            == mem,
+        "the hint's zeros are answered offline too"
+    );
+    let later = nfs.lookup(&vm, "later.img").await.unwrap();
+    assert_eq!(
+        nfs.read(&later, 0, 4096).await,
+        Err(nfsstat3::NFS3ERR_JUKEBOX),
+        "never read: waits"
+    );
+    std::fs::remove_file(&flag).unwrap();
+    let t = Instant::now();
+    let got = loop {
+        match nfs.read_all(&later, 1 << 20).await {
+            Ok(b) => break b,
+            Err(nfsstat3::NFS3ERR_JUKEBOX) => {
+                assert!(t.elapsed() < Duration::from_secs(30), "never online");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("{e:?}"),
+        }
+    };
+    assert!(got == data[..1 << 20]);
+    assert!(status_json(&d.cache)["offline_seconds"].is_null());
+}
