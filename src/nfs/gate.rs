@@ -52,6 +52,14 @@ const ABANDONED_AFTER: Duration = Duration::from_secs(120);
 /// Pause after a failed accept (EMFILE, ENFILE, ENOBUFS ...) before trying again: the
 /// listener must outlive a burst of connections, not die of it.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// Kernel connections served at once (issue 11, item 15): past it a new one is closed at
+/// once, so a local process opening connections in a loop cannot exhaust the client's
+/// file descriptors and memory. A VM host's kernel uses a handful.
+pub const MAX_CONNECTIONS: usize = 1024;
+/// A connection that sends no call for this long is closed, as knfsd closes idle
+/// connections after 6 minutes (the kernel reconnects on its next call). Also bounds a
+/// peer that sends part of a record and stops.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(360);
 
 /// Opens in-process connections to the `nfs3_server` dispatcher.
 pub trait Dispatcher: Send + Sync {
@@ -92,6 +100,8 @@ type Forwarded = Arc<Mutex<HashMap<u32, (OwnedSemaphorePermit, Instant)>>>;
 impl Gate {
     /// Accept kernel connections forever; a failed accept is logged and retried.
     pub async fn run(self: Arc<Self>, listener: TcpListener) -> std::io::Result<()> {
+        let open = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        let mut told: Option<Instant> = None;
         loop {
             let (sock, peer) = match listener.accept().await {
                 Ok(c) => c,
@@ -101,11 +111,23 @@ impl Gate {
                     continue;
                 }
             };
+            let Ok(slot) = open.clone().try_acquire_owned() else {
+                if told.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+                    told = Some(Instant::now());
+                    tracing::warn!(
+                        "NFS connection from {peer} closed: {MAX_CONNECTIONS} connections are \
+                         open already"
+                    );
+                }
+                drop(sock);
+                continue;
+            };
             let gate = self.clone();
             tokio::spawn(async move {
                 if let Err(e) = gate.connection(sock, peer).await {
                     tracing::debug!("NFS connection from {peer} closed: {e}");
                 }
+                drop(slot);
             });
         }
     }
@@ -167,10 +189,14 @@ impl Gate {
                 _ = &mut up_reader => break Err(dispatcher_gone()),
             };
             let body = tokio::select! {
-                r = read_record(&mut kernel_rx) => match r {
-                    Ok(Some(b)) => b,
-                    Ok(None) => break Ok(()),
-                    Err(e) => break Err(e),
+                r = tokio::time::timeout(IDLE_TIMEOUT, read_record(&mut kernel_rx)) => match r {
+                    Ok(Ok(Some(b))) => b,
+                    Ok(Ok(None)) => break Ok(()),
+                    Ok(Err(e)) => break Err(e),
+                    Err(_) => {
+                        tracing::debug!("NFS connection from {peer} idle for {IDLE_TIMEOUT:?}: closed");
+                        break Ok(());
+                    }
                 },
                 _ = &mut up_reader => break Err(dispatcher_gone()),
             };

@@ -255,14 +255,17 @@ pub(crate) fn requested_export(command: &[u8]) -> std::result::Result<(PathBuf, 
         match a {
             "--stdio" => {}
             "--read-only" => read_only = true,
-            "--export" => export = args.next().map(PathBuf::from),
+            // One `--export DIR`, DIR neither empty nor an option (`--export --read-only`
+            // forgot the directory): both found by fuzzing.
+            "--export" => match args.next() {
+                Some(dir) if export.is_none() && !dir.is_empty() && !dir.starts_with('-') => {
+                    export = Some(PathBuf::from(dir))
+                }
+                _ => return Err(usage()),
+            },
             _ => return Err(usage()),
         }
     }
-    // An empty `--export ''` names no directory, and `--export --read-only` is an
-    // option where the directory was forgotten (both found by fuzzing).
-    let export =
-        export.filter(|p| !p.as_os_str().is_empty() && !p.to_string_lossy().starts_with('-'));
     Ok((export.ok_or_else(usage)?, read_only))
 }
 
@@ -468,6 +471,8 @@ mod tests {
             b"x serve --export /x --evil",
             b"\xff",
             b"gridvfs-server serve --stdio --export --read-only",
+            b"gridvfs-server serve --export --read-only --export /x",
+            b"gridvfs-server serve --export /a --export /b",
             // Fuzzing found this accepted, with an empty export path.
             br#"v;iv'''''''iv'''%'''''iv'''rver se''rve --stdio --export ''''''''"#,
             b"gridvfs-server serve --stdio --export --read-only",

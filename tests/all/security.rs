@@ -491,3 +491,62 @@ async fn planted_symlinks_in_the_cache_are_not_followed() {
         Err(s) => assert_eq!(s, nfsstat3::NFS3ERR_IO, "a clear error if not served"),
     }
 }
+
+/// Issue 11, item 15: a local process opening NFS connections in a loop cannot exhaust
+/// the client: past `MAX_CONNECTIONS` (1024) a new connection is closed at once, and once
+/// some close, new ones are served again. Before, every connection was kept (and each
+/// held a dispatcher connection), up to the process's file limit.
+#[test]
+fn nfs_connections_are_capped() {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    use std::time::Duration;
+    let (_, hard) = {
+        let l = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+        (l.current, l.maximum)
+    };
+    rustix::process::setrlimit(
+        rustix::process::Resource::Nofile,
+        rustix::process::Rlimit {
+            current: hard,
+            maximum: hard,
+        },
+    )
+    .unwrap();
+    let d = dirs();
+    store(&d);
+    let client = ClientProc::start(&d.export, &d.cache, 0, &[]);
+    let addr = format!("127.0.0.1:{}", client.port);
+    // NFS NULL with AUTH_NONE, as one record: answered by any gate that serves us.
+    let null: Vec<u8> = [0x8000_0028u32, 7, 0, 2, 100_003, 3, 0, 0, 0, 0, 0]
+        .iter()
+        .flat_map(|w| w.to_be_bytes())
+        .collect();
+    let served = |s: &mut TcpStream| -> bool {
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        if s.write_all(&null).is_err() {
+            return false;
+        }
+        let mut reply = [0u8; 28];
+        s.read_exact(&mut reply).is_ok() && reply[4..8] == 7u32.to_be_bytes()
+    };
+    let mut held: Vec<TcpStream> = (0..1024)
+        .map(|_| TcpStream::connect(&addr).expect("connect"))
+        .collect();
+    assert!(served(held.last_mut().unwrap()), "the 1024th is served");
+    let mut over = TcpStream::connect(&addr).unwrap();
+    over.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut b = [0u8; 1];
+    // Closed (EOF or reset), not left open (a read timeout).
+    match over.read(&mut b) {
+        Ok(0) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        other => panic!("the 1025th connection was kept: {other:?}"),
+    }
+    held.truncate(1000);
+    std::thread::sleep(Duration::from_millis(500));
+    let mut again = TcpStream::connect(&addr).unwrap();
+    assert!(served(&mut again), "served again once others closed");
+    drop(held);
+}
