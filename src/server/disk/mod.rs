@@ -22,6 +22,7 @@ use super::hint;
 
 mod hints;
 pub mod identity;
+mod listing;
 use crate::proto::{
     Attr, CreateHow, DirEntry, FileKind, FileRef, FsStat, SetAttr, SetTime, Status, Time,
 };
@@ -40,6 +41,8 @@ pub struct Export {
     root: OwnedFd,
     read_only: bool,
     id: String,
+    /// Listings kept for the next READDIR pages.
+    listings: listing::Listings,
 }
 
 impl Export {
@@ -66,6 +69,7 @@ impl Export {
             root,
             read_only,
             id,
+            listings: listing::Listings::default(),
         })
     }
 
@@ -529,25 +533,30 @@ impl Export {
         max: u32,
     ) -> Result<(Vec<DirEntry>, bool), Status> {
         let fd = self.resolve(&dir.path, OFlags::RDONLY | OFlags::DIRECTORY)?;
-        expect_ident(&stat_fd(&fd)?, dir.ident)?;
-        let mut names: Vec<(u64, Vec<u8>)> = Vec::new();
-        for ent in rfs::Dir::read_from(&fd).map_err(status_of)? {
-            let ent = ent.map_err(status_of)?;
-            let name = ent.file_name().to_bytes();
-            if name == b"." || name == b".." || is_reserved(name) {
-                continue;
+        let st = stat_fd(&fd)?;
+        expect_ident(&st, dir.ident)?;
+        let version = listing::Version {
+            ident: st.ident,
+            mtime: st.mtime,
+            ctime: st.ctime,
+        };
+        let names = self.listings.get(version, || {
+            let mut names: Vec<(u64, Vec<u8>)> = Vec::new();
+            for ent in rfs::Dir::read_from(&fd).map_err(status_of)? {
+                let ent = ent.map_err(status_of)?;
+                let name = ent.file_name().to_bytes();
+                if name == b"." || name == b".." || is_reserved(name) {
+                    continue;
+                }
+                names.push((name_cookie(name), name.to_vec()));
             }
-            let cookie = name_cookie(name);
-            if cookie > after {
-                names.push((cookie, name.to_vec()));
-            }
-        }
-        names.sort_unstable();
-        let eof = names.len() <= max as usize;
-        names.truncate(max as usize);
+            Ok(names)
+        })?;
+        let (names, eof) = listing::page(&names, after, max);
         let entries = names
-            .into_iter()
+            .iter()
             .map(|(cookie, name)| {
+                let (cookie, name) = (*cookie, name.clone());
                 let attr = std::ffi::OsStr::from_encoded_bytes_checked(&name)
                     .ok()
                     .and_then(|n| stat_at(&fd, n).ok())
