@@ -358,8 +358,17 @@ fn config(a: &ServeArgs) -> anyhow::Result<ClientConfig> {
     })
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    // Before any thread exists: the runtime's threads inherit it. (Logged once tracing
+    // is up.)
+    let io_flusher = gridvfs::process::become_io_flusher();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(run(io_flusher))
+}
+
+async fn run(io_flusher: bool) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -368,6 +377,12 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     gridvfs::process::raise_open_files_limit();
+    if !io_flusher {
+        tracing::debug!(
+            "PR_SET_IO_FLUSHER not permitted (needs CAP_SYS_RESOURCE): under memory pressure \
+             bound the mount's dirty pages (README)"
+        );
+    }
     match Cli::parse().cmd {
         Cmd::Serve(a) => {
             let cfg = config(&a)?;
