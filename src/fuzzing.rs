@@ -156,15 +156,17 @@ pub fn exec_command(data: &[u8]) {
         let text = std::str::from_utf8(data).expect("accepted commands are UTF-8");
         let words = shell_words::split(text).expect("accepted commands split");
         assert_eq!(words.get(1).map(String::as_str), Some("serve"), "{text:?}");
-        assert!(words.iter().any(|w| w == "--export"), "{text:?}");
+        // (Word 0, the program, is whatever the client wrote: ignored.)
+        let args = &words[2..];
+        assert!(args.iter().any(|w| w == "--export"), "{text:?}");
         assert_eq!(
             read_only,
-            words.iter().any(|w| w == "--read-only"),
+            args.iter().any(|w| w == "--read-only"),
             "{text:?}"
         );
         assert!(!export.as_os_str().is_empty(), "{text:?}");
         assert!(
-            words.iter().any(|w| std::path::Path::new(w) == export),
+            args.iter().any(|w| std::path::Path::new(w) == export),
             "{text:?}"
         );
     }
