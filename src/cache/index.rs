@@ -280,17 +280,20 @@ impl Index {
     }
 }
 
+/// A file's validator, on a connection or inside a transaction (which derefs to one).
+fn validator_in(conn: &Connection, file: u64) -> Result<Option<Vec<u8>>> {
+    conn.prepare_cached("SELECT validator FROM files_v1 WHERE file = ?1")
+        .map_err(db)?
+        .query_row(params![to_sql(file)], |r| r.get(0))
+        .optional()
+        .map_err(db)
+}
+
 /// Block-cache statements.
 impl Index {
     /// The validator recorded for a cached file.
     pub fn validator(&self, file: u64) -> Result<Option<Vec<u8>>> {
-        let conn = self.lock();
-        let mut st = conn
-            .prepare_cached("SELECT validator FROM files_v1 WHERE file = ?1")
-            .map_err(db)?;
-        st.query_row(params![to_sql(file)], |r| r.get(0))
-            .optional()
-            .map_err(db)
+        validator_in(&self.lock(), file)
     }
 
     /// Record a new validator and drop every block of the file (they were of another
@@ -362,12 +365,7 @@ impl Index {
     ) -> Result<bool> {
         let mut conn = self.lock();
         let tx = conn.transaction().map_err(db)?;
-        let now: Option<Vec<u8>> = tx
-            .prepare_cached("SELECT validator FROM files_v1 WHERE file = ?1")
-            .map_err(db)?
-            .query_row(params![to_sql(file)], |r| r.get(0))
-            .optional()
-            .map_err(db)?;
+        let now = validator_in(&tx, file)?;
         if now.as_deref() != Some(before) {
             return Ok(false);
         }
@@ -520,12 +518,7 @@ impl Index {
         let mut conn = self.lock();
         let tx = conn.transaction().map_err(db)?;
         if let Some(want) = validator {
-            let now: Option<Vec<u8>> = tx
-                .prepare_cached("SELECT validator FROM files_v1 WHERE file = ?1")
-                .map_err(db)?
-                .query_row(params![to_sql(file)], |r| r.get(0))
-                .optional()
-                .map_err(db)?;
+            let now = validator_in(&tx, file)?;
             if now.as_deref() != Some(want) {
                 return Ok(false);
             }

@@ -396,12 +396,7 @@ fn kernel_client_rides_out_a_store_outage() {
     std::fs::write(d.export.join("vm/cold.img"), &cold).unwrap();
     std::fs::write(d.export.join("vm/redo.log"), vec![b'.'; 8192]).unwrap();
     let flag = d.tmp.path().join("link-down");
-    let remote = format!(
-        "exec:if [ -e {flag} ]; then echo 'ssh: connect to host store: No route to host' >&2; exit 255; fi; exec {server} serve --stdio --export {export}",
-        flag = flag.display(),
-        server = bin("gridvfs-server").display(),
-        export = d.export.display()
-    );
+    let remote = unreachable_when(&flag, &d.export);
     let client = ClientProc::start_remote(
         &remote,
         &d.export,
@@ -448,9 +443,7 @@ echo done
         std::thread::sleep(Duration::from_millis(100));
     }
     std::fs::write(&flag, "").unwrap();
-    for pid in client.server_pids() {
-        let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
-    }
+    client.kill_servers();
     std::fs::write(share.join("cut"), "").unwrap();
     let cut_at = Instant::now();
     std::thread::sleep(Duration::from_secs(outage));

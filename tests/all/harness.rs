@@ -146,6 +146,13 @@ impl ClientProc {
         let _ = self.child.wait();
     }
 
+    /// `kill -9` the store-side processes: the live session drops.
+    pub fn kill_servers(&self) {
+        for pid in self.server_pids() {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        }
+    }
+
     /// Pids of the `gridvfs-server` children of this client.
     pub fn server_pids(&self) -> Vec<u32> {
         let me = self.child.id();
@@ -589,6 +596,28 @@ impl Nfs {
             );
         }
     }
+}
+
+/// An `exec:` store for `export` that starts read-only while `flag` exists (uploads are
+/// then refused for good).
+pub fn read_only_when(flag: &Path, export: &Path) -> String {
+    format!(
+        "exec:if [ -e {flag} ]; then ro=--read-only; fi; exec {server} serve --stdio --export {export} $ro",
+        flag = flag.display(),
+        server = bin("gridvfs-server").display(),
+        export = export.display()
+    )
+}
+
+/// An `exec:` store for `export` that cannot be reached while `flag` exists (the
+/// transport fails to connect, as ssh to an unreachable host does).
+pub fn unreachable_when(flag: &Path, export: &Path) -> String {
+    format!(
+        "exec:if [ -e {flag} ]; then echo 'ssh: connect to host store: No route to host' >&2; exit 255; fi; exec {server} serve --stdio --export {export}",
+        flag = flag.display(),
+        server = bin("gridvfs-server").display(),
+        export = export.display()
+    )
 }
 
 /// Deterministic pseudo-random bytes.

@@ -12,25 +12,10 @@ use nfs3_client::nfs3_types::nfs3::*;
 
 use crate::harness::*;
 
-/// A store reached through `exec:` that cannot be reached while `flag` exists (the
-/// transport fails to connect, as ssh to an unreachable host does).
-fn cuttable_remote(flag: &Path, export: &Path) -> String {
-    format!(
-        "exec:if [ -e {flag} ]; then echo 'ssh: connect to host store: No route to host' >&2; exit 255; fi; exec {server} serve --stdio --export {export}",
-        flag = flag.display(),
-        server = bin("gridvfs-server").display(),
-        export = export.display()
-    )
-}
-
 /// Cut the link: new connections fail, and the live session's server dies.
 fn cut(flag: &Path, client: &ClientProc) {
     std::fs::write(flag, "").unwrap();
-    for pid in client.server_pids() {
-        let _ = std::process::Command::new("kill")
-            .args(["-9", &pid.to_string()])
-            .status();
-    }
+    client.kill_servers();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -43,7 +28,7 @@ async fn a_cached_image_is_served_through_an_outage_and_the_rest_waits() {
     std::fs::write(d.export.join("vm/disk.img"), &cached).unwrap();
     std::fs::write(d.export.join("vm/other.img"), &uncached).unwrap();
     std::fs::write(d.export.join("redo.log"), vec![0u8; 1 << 20]).unwrap();
-    let remote = cuttable_remote(&flag, &d.export);
+    let remote = unreachable_when(&flag, &d.export);
     let flags = ["--write-policy", "back", "--attr-timeout", "0.5"];
     let client = ClientProc::start_remote(&remote, &d.export, &d.cache, 0, &flags);
     let mut nfs = Nfs::mount(client.port).await;
@@ -139,7 +124,7 @@ async fn past_the_offline_limit_uncached_reads_fail() {
     let data = noise(112, 1 << 20);
     std::fs::write(d.export.join("a.img"), &data).unwrap();
     std::fs::write(d.export.join("b.img"), &data).unwrap();
-    let remote = cuttable_remote(&flag, &d.export);
+    let remote = unreachable_when(&flag, &d.export);
     let flags = ["--attr-timeout", "0.5", "--offline-limit", "3"];
     let client = ClientProc::start_remote(&remote, &d.export, &d.cache, 0, &flags);
     let mut nfs = Nfs::mount(client.port).await;
@@ -194,7 +179,7 @@ async fn a_client_restarted_during_an_outage_serves_its_cache() {
             .arg("hint")
             .arg(d.export.join("vm/mem.state")),
     );
-    let remote = cuttable_remote(&flag, &d.export);
+    let remote = unreachable_when(&flag, &d.export);
     let flags = ["--attr-timeout", "0.5"];
     let mut client = ClientProc::start_remote(&remote, &d.export, &d.cache, 0, &flags);
     {

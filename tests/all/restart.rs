@@ -140,11 +140,7 @@ async fn write_verifier_follows_the_store_boot() {
         }
     }
     let kill_server = || {
-        for pid in client.server_pids() {
-            let _ = std::process::Command::new("kill")
-                .args(["-9", &pid.to_string()])
-                .status();
-        }
+        client.kill_servers();
     };
     let (w1, c1) = verf(&mut nfs, &f).await;
     assert_eq!(w1, c1, "one boot, one verifier");
@@ -281,12 +277,7 @@ async fn the_export_keeps_its_identity_when_moved() {
 async fn a_journal_left_under_an_old_export_id_is_refused_then_adopted() {
     let d = dirs();
     let flag = d.tmp.path().join("store-is-read-only");
-    let remote = format!(
-        "exec:if [ -e {flag} ]; then ro=--read-only; fi; exec {server} serve --stdio --export {export} $ro",
-        flag = flag.display(),
-        server = bin("gridvfs-server").display(),
-        export = d.export.display()
-    );
+    let remote = read_only_when(&flag, &d.export);
     let flags = ["--write-policy", "back"];
     let mut client = ClientProc::start_remote(&remote, &d.export, &d.cache, 0, &flags);
     let old = status_json(&d.cache)["export_id"]
@@ -305,11 +296,7 @@ async fn a_journal_left_under_an_old_export_id_is_refused_then_adopted() {
     client_cmd(&["flush"], &d.cache);
     // The store stops taking uploads; an acknowledged write waits in the journal.
     std::fs::write(&flag, "").unwrap();
-    for pid in client.server_pids() {
-        let _ = std::process::Command::new("kill")
-            .args(["-9", &pid.to_string()])
-            .status();
-    }
+    client.kill_servers();
     nfs.write(&a, 0, b"SECOND", stable_how::FILE_SYNC)
         .await
         .unwrap();

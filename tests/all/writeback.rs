@@ -260,12 +260,7 @@ async fn unuploaded_data_is_held_to_the_cache_size() {
 async fn a_refused_upload_is_kept_back_and_wedges_nothing() {
     let d = dirs();
     let flag = d.tmp.path().join("store-is-read-only");
-    let remote = format!(
-        "exec:if [ -e {flag} ]; then ro=--read-only; fi; exec {server} serve --stdio --export {export} $ro",
-        flag = flag.display(),
-        server = bin("gridvfs-server").display(),
-        export = d.export.display()
-    );
+    let remote = read_only_when(&flag, &d.export);
     let flags = ["--write-policy", "back", "--attr-timeout", "3600"];
     let mut client = ClientProc::start_remote(&remote, &d.export, &d.cache, 0, &flags);
     let mut nfs = Nfs::mount(client.port).await;
@@ -278,11 +273,7 @@ async fn a_refused_upload_is_kept_back_and_wedges_nothing() {
     flush(&d.cache);
     // The store comes back read-only.
     std::fs::write(&flag, "").unwrap();
-    for pid in client.server_pids() {
-        let _ = std::process::Command::new("kill")
-            .args(["-9", &pid.to_string()])
-            .status();
-    }
+    client.kill_servers();
     nfs.write(&a, 0, b"SECOND", stable_how::FILE_SYNC)
         .await
         .expect("acknowledged: it is in the journal");
@@ -389,12 +380,7 @@ async fn damaged_or_lost_journal_entries_are_never_uploaded() {
         let d = dirs();
         std::fs::write(d.export.join("disk.img"), b"old bytes").unwrap();
         let flag = d.tmp.path().join("store-is-read-only");
-        let remote = format!(
-            "exec:if [ -e {flag} ]; then ro=--read-only; fi; exec {server} serve --stdio --export {export} $ro",
-            flag = flag.display(),
-            server = bin("gridvfs-server").display(),
-            export = d.export.display()
-        );
+        let remote = read_only_when(&flag, &d.export);
         let flags = ["--write-policy", "back", "--attr-timeout", "3600"];
         let mut client = ClientProc::start_remote(&remote, &d.export, &d.cache, 0, &flags);
         {
@@ -404,11 +390,7 @@ async fn damaged_or_lost_journal_entries_are_never_uploaded() {
             nfs.getattr(&f).await.unwrap();
             // The store comes back read-only, so the entry stays in the journal.
             std::fs::write(&flag, "").unwrap();
-            for pid in client.server_pids() {
-                let _ = std::process::Command::new("kill")
-                    .args(["-9", &pid.to_string()])
-                    .status();
-            }
+            client.kill_servers();
             nfs.write(&f, 0, b"NEW BYTES", stable_how::FILE_SYNC)
                 .await
                 .unwrap();
