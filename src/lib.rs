@@ -18,6 +18,7 @@ pub mod cache;
 pub mod client;
 pub mod control;
 pub mod error;
+pub mod frames;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod nfs;

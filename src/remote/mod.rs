@@ -17,6 +17,8 @@
 //! while one background task keeps reconnecting. `--offline-limit` bounds how long.
 
 mod settle;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,10 +29,10 @@ use bytes::{Bytes, BytesMut};
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 
 use crate::error::{Error, Result};
+use crate::frames::{Outgoing, read_frame, write_frames};
 use crate::proto::{
     FrameKind, Hello, PROTOCOL_VERSION, Reply, Request, Response, Welcome, WelcomeExt,
 };
-use crate::server::{Outgoing, read_frame, write_frames};
 use crate::tunnel::{self, Connection, Exit, Remote};
 
 /// Requests in flight on one session; past this, callers wait (back-pressure).

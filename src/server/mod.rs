@@ -13,13 +13,14 @@ pub mod listen;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{Semaphore, mpsc};
 
 pub use disk::Export;
 
 use crate::error::Error;
-use crate::proto::{self, Frame, FrameKind, Hello, PROTOCOL_VERSION, Request, Welcome};
+use crate::frames::{Outgoing, read_frame, write_frames};
+use crate::proto::{self, FrameKind, Hello, PROTOCOL_VERSION, Request, Welcome};
 
 /// Requests carried out at once; bounds memory (each may hold a 4 MiB read).
 pub const MAX_IN_FLIGHT: usize = 64;
@@ -110,62 +111,6 @@ where
     drop(tx);
     let _ = writer.await;
     result
-}
-
-/// Read one whole frame; `None` at a clean end of stream between frames.
-pub async fn read_frame<R: AsyncRead + Unpin>(
-    input: &mut R,
-    buf: &mut BytesMut,
-) -> Result<Option<Frame>, Error> {
-    loop {
-        match proto::decode_frame(buf)? {
-            Ok(frame) => return Ok(Some(frame)),
-            Err(inc) => {
-                buf.reserve(inc.need.saturating_sub(buf.len()).max(64 * 1024));
-                let n = input.read_buf(buf).await?;
-                if n == 0 {
-                    return if buf.is_empty() {
-                        Ok(None)
-                    } else {
-                        Err(Error::Protocol(format!(
-                            "stream ended inside a frame ({} bytes)",
-                            buf.len()
-                        )))
-                    };
-                }
-            }
-        }
-    }
-}
-
-/// A frame queued for the writer: kind, id, control bytes, data, and the in-flight slot to
-/// free once it is written (if it holds one).
-pub type Outgoing = (
-    FrameKind,
-    u64,
-    Vec<u8>,
-    Bytes,
-    Option<tokio::sync::OwnedSemaphorePermit>,
-);
-
-/// Write queued frames, flushing when the queue runs dry (batches small replies).
-pub async fn write_frames<W: AsyncWrite + Unpin>(
-    mut out: W,
-    mut rx: mpsc::Receiver<Outgoing>,
-) -> Result<(), Error> {
-    let mut head = BytesMut::with_capacity(256);
-    while let Some((kind, id, ctl, data, _slot)) = rx.recv().await {
-        head.clear();
-        proto::codec::encode_header(&mut head, kind, id, ctl.len(), data.len());
-        out.write_all(&head).await?;
-        out.write_all(&ctl).await?;
-        out.write_all(&data).await?;
-        if rx.is_empty() {
-            out.flush().await?;
-        }
-    }
-    out.flush().await?;
-    Ok(())
 }
 
 /// Set the process umask to 0, so the modes clients ask for are the modes files get.

@@ -12,6 +12,7 @@
 //! its exit status is kept ([`Exit`]), so a failed start says why (e.g. exit 127: no
 //! `gridvfs-server` on the store) instead of "connection closed".
 
+pub mod memory;
 mod process;
 pub mod ssh;
 
@@ -35,6 +36,8 @@ pub enum Remote {
     Local { export: PathBuf, read_only: bool },
     /// Run a shell command that speaks the protocol on stdin/stdout.
     Exec { command: String },
+    /// A store in this process behind a fault plan (tests; see [`memory`]).
+    Memory(memory::MemoryStore),
 }
 
 impl Remote {
@@ -55,6 +58,7 @@ impl Remote {
             ),
             Self::Local { export, .. } => format!("local:{}", export.display()),
             Self::Exec { command } => format!("exec:{command}"),
+            Self::Memory(m) => format!("memory:{}", m.export.id()),
         }
     }
 
@@ -88,7 +92,7 @@ impl Remote {
         match self {
             Self::Local { read_only, .. } => *read_only = ro,
             Self::Ssh { opts, .. } => opts.read_only = ro,
-            Self::Exec { .. } => {}
+            Self::Exec { .. } | Self::Memory(_) => {}
         }
     }
 }
@@ -227,6 +231,7 @@ pub async fn connect(remote: &Remote) -> Result<Connection> {
             process::spawn(bin.as_os_str(), &args)
         }
         Remote::Exec { command } => process::spawn("sh".as_ref(), &["-c".into(), command.clone()]),
+        Remote::Memory(store) => memory::connect(store),
         Remote::Ssh { target, opts } => {
             let command = opts.server_command_line(&target.path);
             match &opts.ssh_command {
