@@ -21,6 +21,8 @@ mod prefetch;
 pub mod range;
 mod revalidate;
 pub mod store;
+#[cfg(test)]
+mod tests;
 pub mod writeback;
 
 use std::collections::HashMap;
