@@ -62,4 +62,21 @@ pub enum Error {
     Io(#[from] std::io::Error),
 }
 
+impl Error {
+    /// True for failures of the link (not of the request, nor final refusals): another
+    /// attempt on a new session may succeed. The remote retries exactly these, and treats
+    /// every other failure to reconnect as final.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            Self::Disconnected(_)
+                | Self::Io(_)
+                | Self::Unsent(_)
+                | Self::Stalled(_)
+                | Self::Ssh(_)
+                | Self::Spawn { .. }
+        )
+    }
+}
+
 pub type Result<T, E = Error> = std::result::Result<T, E>;

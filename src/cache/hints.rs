@@ -5,10 +5,8 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use bytes::Bytes;
-
 use super::Index;
-use crate::proto::{FEATURE_HINTS, FileRef, Hint, Request, Response};
+use crate::proto::{FEATURE_HINTS, FileRef, Hint};
 use crate::remote::RemoteStore;
 
 /// A file's hint (`None`: the store has none to give) and the version it describes.
@@ -59,23 +57,16 @@ impl Hints {
         if remote.welcome().features & FEATURE_HINTS == 0 {
             return (None, false);
         }
-        let hint = match remote
-            .call(Request::Hint { file: file.clone() }, Bytes::new())
-            .await
-        {
+        let hint = match remote.hint(file.clone()).await {
             // Only for the version the caller reads: a hint for a newer one would lay
             // that version's zeros over these bytes.
-            Ok((Response::Hint { attr, hint }, _)) if super::validator(&attr) == validator => {
+            Ok((attr, hint)) if super::validator(&attr) == validator => {
                 if let Err(e) = self.index.save_hint(id, validator, &hint) {
                     tracing::debug!("cannot keep the hint of file {id}: {e}");
                 }
                 Some(Arc::new(hint))
             }
-            Ok((Response::Hint { .. }, _)) => return (None, false),
-            Ok((other, _)) => {
-                tracing::warn!("unexpected answer to a hint request: {other:?}");
-                None
-            }
+            Ok(_) => return (None, false),
             // Offline: the hint kept for this version, if any (not asked for again later
             // in this run: the file's version has not changed).
             Err(e @ (crate::Error::Offline(_) | crate::Error::OfflineTooLong(_))) => {

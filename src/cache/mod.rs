@@ -40,7 +40,7 @@ pub use writeback::WriteBack;
 
 use crate::error::{Error, Result};
 use crate::proto::{Attr, FEATURE_PACKED_READ, FileRef, Hint, Request, Response, pack};
-use crate::remote::RemoteStore;
+use crate::remote::{RemoteStore, unexpected};
 
 /// Default block size: 256 KiB. Large enough that a sequential reader needs few round
 /// trips per MiB and the index stays small (4,096 rows per GiB); small enough that a
@@ -769,14 +769,7 @@ impl DataPath {
             return Ok((a, true));
         }
         let before = self.index.validator(id)?;
-        let attr = match self
-            .remote
-            .call(Request::Write { file, offset, sync }, data.clone())
-            .await?
-        {
-            (Response::Write { attr, .. }, _) => attr,
-            (other, _) => return Err(unexpected(&other)),
-        };
+        let attr = self.remote.write(file, offset, sync, data.clone()).await?;
         let bs = self.block_size;
         if let Some((first, last)) = range::blocks(offset, data.len() as u64, attr.size, bs) {
             self.index.drop_blocks(id, first, last)?;
@@ -806,10 +799,7 @@ impl DataPath {
         if self.writeback.is_some() {
             return Ok(());
         }
-        self.remote
-            .call(Request::Commit { file }, Bytes::new())
-            .await
-            .map(|_| ())
+        self.remote.commit(file).await
     }
 }
 
@@ -844,9 +834,4 @@ pub fn gc(export_dir: &std::path::Path) -> Result<GcReport> {
         }
     }
     Ok(report)
-}
-
-/// A reply of the wrong shape for its request: the server is broken or not ours.
-pub fn unexpected(resp: &Response) -> crate::Error {
-    crate::Error::Protocol(format!("unexpected reply {resp:?}"))
 }

@@ -6,11 +6,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use bytes::Bytes;
-
 use super::{DataPath, MAX_FETCH, range, validator};
 use crate::error::{Error, Result};
-use crate::proto::{Attr, FileRef, Hint, Request};
+use crate::proto::{Attr, FileRef, Hint};
 
 /// One file's recorded access order.
 pub(super) struct Recorded {
@@ -180,12 +178,9 @@ impl DataPath {
             // The rest is read on demand; a profile stays far inside one frame.
             blocks.truncate(512 * 1024);
             let n = blocks.len();
-            let req = Request::SaveProfile {
-                file: r.file,
-                block_size: self.block_size as u32,
-                blocks,
-            };
-            self.remote.call(req, Bytes::new()).await?;
+            self.remote
+                .save_profile(r.file, self.block_size as u32, blocks)
+                .await?;
             saved.push((path, n));
         }
         Ok(saved)

@@ -4,11 +4,9 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use bytes::Bytes;
-
 use super::{DataPath, validator};
 use crate::error::Result;
-use crate::proto::{Attr, FileRef, Request, Response};
+use crate::proto::{Attr, FileRef};
 
 impl DataPath {
     /// Make the cached blocks of `id` match `attr`'s version of the file: when the file
@@ -91,12 +89,12 @@ impl DataPath {
         if cached.is_empty() || self.remote.welcome().features & crate::proto::FEATURE_HINTS == 0 {
             return Ok(None);
         }
-        let req = Request::BlockSums {
-            file: file.clone(),
-            block_size: self.block_size as u32,
-        };
-        let sums = match self.remote.call(req, Bytes::new()).await {
-            Ok((Response::BlockSums { attr, sums }, _)) if validator(&attr) == v => sums,
+        let sums = match self
+            .remote
+            .block_sums(file.clone(), self.block_size as u32)
+            .await
+        {
+            Ok((attr, sums)) if validator(&attr) == v => sums,
             // Changed again meanwhile, too large, or an error: start afresh.
             _ => return Ok(None),
         };

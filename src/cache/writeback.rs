@@ -38,7 +38,7 @@ use tokio::sync::Notify;
 use super::index::{Dirty, DirtyRow, Index};
 use super::validator;
 use crate::error::{Error, Result};
-use crate::proto::{Attr, FileRef, Request, Response, Status};
+use crate::proto::{Attr, FileRef, Status};
 use crate::remote::RemoteStore;
 
 /// Entries uploaded per round (then one COMMIT per file and one index transaction).
@@ -365,7 +365,9 @@ impl WriteBack {
 
     /// Upload forever (spawned at start; resumes whatever a previous run left).
     pub async fn run(self: Arc<Self>, remote: Arc<RemoteStore>) {
-        let mut backoff = Duration::from_millis(100);
+        // Up to 10 s: a store that refuses for a while (full disk) is not hammered.
+        let mut backoff =
+            crate::remote::Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
         loop {
             match self.upload_batch(&remote).await {
                 Ok(0) => {
@@ -375,14 +377,14 @@ impl WriteBack {
                         tokio::time::timeout(Duration::from_secs(1), self.work.notified()).await;
                 }
                 Ok(_) => {
-                    backoff = Duration::from_millis(100);
+                    backoff.reset();
                     self.progress.notify_waiters();
                 }
                 Err(e) => {
                     self.upload_errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!("write-back upload failed ({e}); retrying in {backoff:?}");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                    let pause = backoff.next_pause();
+                    tracing::warn!("write-back upload failed ({e}); retrying in {pause:?}");
+                    tokio::time::sleep(pause).await;
                 }
             }
         }
@@ -473,9 +475,7 @@ impl WriteBack {
         let entries = retired;
         let ids: Vec<u64> = touched.iter().map(|(id, ..)| *id).collect();
         for (_, f, _) in &touched {
-            remote
-                .call(Request::Commit { file: f.clone() }, Bytes::new())
-                .await?;
+            remote.commit(f.clone()).await?;
         }
         let _retiring = self.retire.write().await;
         // Issue 11, item 20: the store's new version of each file is the one this upload
@@ -545,10 +545,7 @@ impl WriteBack {
                         path,
                         ident: Some(ident),
                     };
-                    match remote.call(Request::Getattr { file }, Bytes::new()).await {
-                        Ok((Response::Attr(a), _)) => Some(validator(&a)),
-                        _ => None,
-                    }
+                    remote.getattr(&file).await.ok().map(|a| validator(&a))
                 }
                 _ => None,
             };
@@ -611,20 +608,10 @@ impl WriteBack {
                 ident: Some(ident),
             };
             match remote
-                .call(
-                    Request::Write {
-                        file: file.clone(),
-                        offset: e.offset,
-                        sync: false,
-                    },
-                    data.clone(),
-                )
+                .write(file.clone(), e.offset, false, data.clone())
                 .await
             {
-                Ok((Response::Write { attr, .. }, _)) => return Ok(Upload::Landed(file, attr)),
-                Ok((other, _)) => {
-                    return Err(Error::Protocol(format!("WRITE answered with {other:?}")));
-                }
+                Ok(attr) => return Ok(Upload::Landed(file, attr)),
                 // A rename may have moved it between reading the map and the write: look
                 // the path up again (the entry is kept until the store has it).
                 Err(Error::Status(Status::NoEnt | Status::Stale)) => {

@@ -22,12 +22,10 @@ use nfs3_server::vfs::{
 };
 
 use super::attr::{fattr, nfs_error, set_attr};
-use crate::cache::{DataPath, Index, index::ROOT_ID, unexpected};
+use crate::cache::{DataPath, Index, index::ROOT_ID};
 use crate::error::Error;
-use crate::proto::{
-    Attr, CreateHow, DirEntry, FileRef, FsStat, Request, Response, SetAttr, Status, Time,
-};
-use crate::remote::{OfflinePolicy, RemoteStore};
+use crate::proto::{Attr, CreateHow, DirEntry, FileRef, FsStat, Request, SetAttr, Status, Time};
+use crate::remote::{Changed, OfflinePolicy, RemoteStore};
 use crate::server::disk::join;
 
 /// `.` and `..` cookies in READDIR; the store's own cookies start at 16.
@@ -82,17 +80,8 @@ impl Front {
     ) -> crate::Result<Self> {
         let export_id = store.welcome().export_id.clone();
         let read_only = store.welcome().read_only;
-        let asked = store
-            .call(
-                Request::Getattr {
-                    file: FileRef::root(),
-                },
-                Bytes::new(),
-            )
-            .await;
-        let root = match asked {
-            Ok((Response::Attr(a), _)) => a,
-            Ok((other, _)) => return Err(unexpected(&other)),
+        let root = match store.getattr(&FileRef::root()).await {
+            Ok(a) => a,
             // Started offline: the root as last seen.
             Err(e @ (Error::Offline(_) | Error::OfflineTooLong(_))) => {
                 index.saved_attr(ROOT_ID)?.ok_or(e)?
@@ -211,17 +200,9 @@ impl Front {
         known.or_else(|| self.index.saved_attr(id).ok().flatten())
     }
 
-    /// A request about one handle's own object: a NOENT/STALE answer means the handle is stale.
-    async fn call_on(&self, id: u64, req: Request) -> Result<(Response, Bytes), nfsstat3> {
-        let res = self.store.call(req, Bytes::new()).await;
-        self.on_own_object(id, res)
-    }
-
-    fn on_own_object(
-        &self,
-        id: u64,
-        res: crate::Result<(Response, Bytes)>,
-    ) -> Result<(Response, Bytes), nfsstat3> {
+    /// The answer to a request about one handle's own object: NOENT/STALE means the
+    /// handle is stale (forgotten here).
+    fn on_own_object<T>(&self, id: u64, res: crate::Result<T>) -> Result<T, nfsstat3> {
         match res {
             Err(Error::Status(Status::NoEnt | Status::Stale)) => {
                 self.forget_attr(id);
@@ -242,23 +223,14 @@ impl Front {
         if let Some(a) = self.cached(id) {
             return Ok(a);
         }
-        let answer = match self
-            .store
-            .call(Request::Getattr { file }, Bytes::new())
-            .await
-        {
+        let a = match self.store.getattr(&file).await {
             Err(Error::Offline(down) | Error::OfflineTooLong(down)) => {
                 return self.offline_attr(id, down);
             }
             other => self.on_own_object(id, other)?,
         };
-        match answer {
-            (Response::Attr(a), _) => {
-                self.remember(id, a);
-                Ok(a)
-            }
-            (other, _) => Err(map_err(unexpected(&other))),
-        }
+        self.remember(id, a);
+        Ok(a)
     }
 
     /// The id for `dir/name` whose attributes are `a`.
@@ -285,13 +257,11 @@ impl Front {
 
     /// Run a namespace-changing request in directory `dir_ids[0]` (and `[1]` for rename).
     async fn change(&self, dir_ids: &[u64], req: Request) -> Result<Option<Attr>, nfsstat3> {
-        let res = self.store.call(req, Bytes::new()).await;
-        match res {
-            Ok((Response::Changed { obj, dirs }, _)) => {
+        match self.store.change(req).await {
+            Ok(Changed { obj, dirs }) => {
                 self.changed_dirs(dir_ids, &dirs);
                 Ok(obj)
             }
-            Ok((other, _)) => Err(map_err(unexpected(&other))),
             Err(e) => {
                 // The directory may have changed even on failure (partial effects).
                 for id in dir_ids {
@@ -368,10 +338,7 @@ impl Front {
     pub async fn fsstat(&self, id: u64) -> Result<FsStat, nfsstat3> {
         let _ns = self.ns.read().await;
         let file = self.file_ref(id)?;
-        match self.call_on(id, Request::Fsstat { file }).await? {
-            (Response::FsStat(s), _) => Ok(s),
-            (other, _) => Err(map_err(unexpected(&other))),
-        }
+        self.on_own_object(id, self.store.fsstat(file).await)
     }
 
     /// Attributes of a directory before a change, for wcc (cached, else fetched).
@@ -471,7 +438,8 @@ impl NfsReadFileSystem for Front {
                 return Ok(FileHandleU64::new(ROOT_ID));
             }
             let a = match self
-                .call_dir_lookup(&FileRef {
+                .store
+                .getattr(&FileRef {
                     path: parent.clone(),
                     ident: None,
                 })
@@ -486,13 +454,8 @@ impl NfsReadFileSystem for Front {
                 self.index.id_for(&parent, a.ident).map_err(map_err)?,
             ));
         }
-        let req = Request::Lookup {
-            dir: dir.clone(),
-            name: name.to_vec(),
-        };
-        match self.store.call(req, Bytes::new()).await {
-            Ok((Response::Attr(a), _)) => Ok(FileHandleU64::new(self.child_id(&dir, name, &a)?)),
-            Ok((other, _)) => Err(map_err(unexpected(&other))),
+        match self.store.lookup(&dir, name).await {
+            Ok(a) => Ok(FileHandleU64::new(self.child_id(&dir, name, &a)?)),
             Err(Error::Status(Status::Stale)) => Err(nfsstat3::NFS3ERR_STALE),
             Err(Error::Offline(down) | Error::OfflineTooLong(down)) => {
                 self.offline_lookup(&join(&dir.path, name), down)
@@ -570,28 +533,12 @@ impl NfsReadFileSystem for Front {
     async fn readlink(&self, id: &FileHandleU64) -> Result<nfspath3<'_>, nfsstat3> {
         let _ns = self.ns.read().await;
         let file = self.file_ref(id.as_u64())?;
-        match self
-            .call_on(id.as_u64(), Request::Readlink { file })
-            .await?
-        {
-            (Response::Target(t), _) => Ok(nfspath3::from(t)),
-            (other, _) => Err(map_err(unexpected(&other))),
-        }
+        let target = self.on_own_object(id.as_u64(), self.store.readlink(file).await)?;
+        Ok(nfspath3::from(target))
     }
 }
 
 impl Front {
-    async fn call_dir_lookup(&self, dir: &FileRef) -> crate::Result<Attr> {
-        match self
-            .store
-            .call(Request::Getattr { file: dir.clone() }, Bytes::new())
-            .await?
-        {
-            (Response::Attr(a), _) => Ok(a),
-            (other, _) => Err(unexpected(&other)),
-        }
-    }
-
     /// LOOKUP while the store is offline: the id the name had when last seen, if its
     /// attributes are known (a name never seen waits: it may exist).
     fn offline_lookup(&self, path: &[u8], down: Duration) -> Result<FileHandleU64, nfsstat3> {
@@ -626,15 +573,12 @@ impl DirIter<'_> {
         } else {
             self.cookie
         };
-        let req = Request::Readdir {
-            dir: self.dir.clone(),
-            after,
-            max: DIR_PAGE,
-        };
-        let (entries, eof) = match self.front.call_on(self.dir_id, req).await? {
-            (Response::Entries { entries, eof }, _) => (entries, eof),
-            (other, _) => return Err(map_err(unexpected(&other))),
-        };
+        let listed = self
+            .front
+            .store
+            .readdir(self.dir.clone(), after, DIR_PAGE)
+            .await;
+        let (entries, eof) = self.front.on_own_object(self.dir_id, listed)?;
         let last_raw = entries.last().map(|e| e.cookie);
         let live: Vec<DirEntry> = entries.into_iter().filter(|e| e.attr.is_some()).collect();
         let keys: Vec<(Vec<u8>, u64)> = live
@@ -689,7 +633,8 @@ impl ReadDirPlusIterator<FileHandleU64> for DirIter<'_> {
             } else {
                 match self
                     .front
-                    .call_dir_lookup(&FileRef {
+                    .store
+                    .getattr(&FileRef {
                         path: parent.clone(),
                         ident: None,
                     })
@@ -944,15 +889,11 @@ impl Front {
         }
         let _ns = self.ns.read().await;
         let file = self.file_ref(id)?;
-        match self
-            .call_on(id, Request::Setattr { file, set, guard })
-            .await
-        {
-            Ok((Response::Attr(a), _)) => {
+        match self.on_own_object(id, self.store.setattr(file, set, guard).await) {
+            Ok(a) => {
                 self.remember(id, a);
                 Ok(a)
             }
-            Ok((other, _)) => Err(map_err(unexpected(&other))),
             Err(e) => {
                 self.forget_attr(id);
                 Err(e)

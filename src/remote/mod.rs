@@ -16,9 +16,14 @@
 //! cache what it can and JUKEBOX for the rest, so the kernel waits as on a hard mount)
 //! while one background task keeps reconnecting. `--offline-limit` bounds how long.
 
+mod backoff;
 mod settle;
 #[cfg(test)]
 mod tests;
+mod typed;
+
+pub use backoff::Backoff;
+pub use typed::{Changed, unexpected};
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -252,16 +257,15 @@ impl RemoteStore {
 
     /// Offline: one task reconnects, with back-off, until the store answers again.
     async fn reconnect_while_offline(self: Arc<Self>) {
-        let mut backoff = Duration::from_millis(500);
+        // Short: the kernel retries a JUKEBOX every 5 s; each reconnect is one attempt.
+        let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(2));
         loop {
-            tokio::time::sleep(backoff).await;
+            backoff.wait().await;
             let deadline = Instant::now() + Duration::from_secs(30);
             match self.current(deadline).await {
                 Ok(_) => break,
                 Err(e) => tracing::debug!("store still unreachable: {e}"),
             }
-            // Short: the kernel retries a JUKEBOX every 5 s; each reconnect is one attempt.
-            backoff = (backoff * 2).min(Duration::from_secs(2));
         }
         let was = std::mem::take(&mut *self.outage.lock().expect("outage lock"));
         let lasted = was.down_since.map(|t| t.elapsed()).unwrap_or_default();
@@ -338,13 +342,12 @@ impl RemoteStore {
         let open = Session::open(&self.remote, self.counters.clone(), self.timeouts.request);
         let (session, welcome) = match tokio::time::timeout_at(deadline.into(), open).await {
             Ok(Ok(sw)) => sw,
-            // The store will not take us back: waiting longer cannot help.
-            Ok(Err(
-                e @ (Error::HostKey(_) | Error::Auth(_) | Error::Config(_) | Error::Protocol(_)),
-            )) => {
-                return Err(e);
+            Ok(Err(e)) if e.is_retryable() => {
+                return Err(Error::Unsent(format!("cannot reconnect: {e}")));
             }
-            Ok(Err(e)) => return Err(Error::Unsent(format!("cannot reconnect: {e}"))),
+            // The store will not take us back (a refused key, a changed host key, a bad
+            // configuration, a server we cannot speak to): waiting longer cannot help.
+            Ok(Err(e)) => return Err(e),
             Err(_) => return Err(Error::Unsent("reconnect timed out".into())),
         };
         if welcome.export_id != self.welcome.export_id {
@@ -378,7 +381,7 @@ impl RemoteStore {
         let mut deadline = Instant::now() + self.timeouts.reconnect;
         // A request that waited out the watchdog gets its retries counted from then.
         let mut extended = false;
-        let mut backoff = FIRST_BACKOFF;
+        let mut backoff = Backoff::new(FIRST_BACKOFF, Duration::from_secs(2));
         // Set once an attempt may have been carried out without us hearing back.
         let mut in_doubt = false;
         loop {
@@ -398,12 +401,7 @@ impl RemoteStore {
                     deadline = deadline.max(Instant::now() + self.timeouts.reconnect);
                     tracing::warn!("{why}; retrying on a new session");
                 }
-                Err(
-                    e @ (Error::Disconnected(_)
-                    | Error::Io(_)
-                    | Error::Unsent(_)
-                    | Error::Stalled(_)),
-                ) if Instant::now() < deadline => {
+                Err(e) if e.is_retryable() && Instant::now() < deadline => {
                     if matches!(e, Error::Unsent(_))
                         && let Some(down) = self.note_unreachable()
                     {
@@ -411,13 +409,12 @@ impl RemoteStore {
                     }
                     in_doubt |= !matches!(e, Error::Unsent(_));
                     // Once per request, not per retry (an outage would flood the log).
-                    if backoff == FIRST_BACKOFF {
+                    if backoff.is_first() {
                         tracing::warn!("store unreachable ({e}); retrying");
                     } else {
-                        tracing::debug!("store unreachable ({e}); retrying in {backoff:?}");
+                        tracing::debug!("store unreachable ({e}); retrying");
                     }
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    backoff.wait().await;
                 }
                 Err(Error::Unsent(why)) => {
                     if let Some(down) = self.note_unreachable() {

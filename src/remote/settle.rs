@@ -8,32 +8,24 @@
 //! would. A server-side replay cache cannot do this here: under sshd each connection is a
 //! new `gridvfs-server` process, and the old one may still be finishing the request.
 
-use bytes::Bytes;
-
 use super::RemoteStore;
 use crate::error::{Error, Result};
 use crate::proto::{Attr, CreateHow, FileKind, FileRef, Request, Response, Status};
 
 impl RemoteStore {
-    async fn attr_of(&self, req: Request) -> Option<Attr> {
-        match Box::pin(self.call(req, Bytes::new())).await {
-            Ok((Response::Attr(a), _)) => Some(a),
-            _ => None,
-        }
+    /// Boxed: these recurse into `call`, which may settle again.
+    async fn attr_of(&self, file: &FileRef) -> Option<Attr> {
+        Box::pin(self.getattr(file)).await.ok()
     }
 
-    async fn lookup(&self, dir: &FileRef, name: &[u8]) -> Option<Attr> {
-        self.attr_of(Request::Lookup {
-            dir: dir.clone(),
-            name: name.to_vec(),
-        })
-        .await
+    async fn find(&self, dir: &FileRef, name: &[u8]) -> Option<Attr> {
+        Box::pin(self.lookup(dir, name)).await.ok()
     }
 
     async fn dirs(&self, dirs: &[&FileRef]) -> Vec<Attr> {
         let mut out = Vec::new();
         for d in dirs {
-            if let Some(a) = self.attr_of(Request::Getattr { file: (*d).clone() }).await {
+            if let Some(a) = self.attr_of(d).await {
                 out.push(a);
             }
         }
@@ -60,7 +52,7 @@ impl RemoteStore {
                 },
                 Status::NoEnt,
             ) => {
-                if self.lookup(to_dir, to_name).await.is_none() {
+                if self.find(to_dir, to_name).await.is_none() {
                     return refused;
                 }
                 Response::Changed {
@@ -68,15 +60,13 @@ impl RemoteStore {
                     dirs: self.dirs(&[from_dir, to_dir]).await,
                 }
             }
-            (Request::Mkdir { dir, name, .. }, Status::Exist) => {
-                match self.lookup(dir, name).await {
-                    Some(a) if a.kind == FileKind::Directory => Response::Changed {
-                        obj: Some(a),
-                        dirs: self.dirs(&[dir]).await,
-                    },
-                    _ => return refused,
-                }
-            }
+            (Request::Mkdir { dir, name, .. }, Status::Exist) => match self.find(dir, name).await {
+                Some(a) if a.kind == FileKind::Directory => Response::Changed {
+                    obj: Some(a),
+                    dirs: self.dirs(&[dir]).await,
+                },
+                _ => return refused,
+            },
             (
                 Request::Symlink {
                     dir, name, target, ..
@@ -84,7 +74,7 @@ impl RemoteStore {
                 Status::Exist,
             ) => {
                 let Some(a) = self
-                    .lookup(dir, name)
+                    .find(dir, name)
                     .await
                     .filter(|a| a.kind == FileKind::Symlink)
                 else {
@@ -96,8 +86,8 @@ impl RemoteStore {
                 }
                 link.path.extend_from_slice(name);
                 link.ident = Some(a.ident);
-                match Box::pin(self.call(Request::Readlink { file: link }, Bytes::new())).await {
-                    Ok((Response::Target(t), _)) if &t == target => Response::Changed {
+                match Box::pin(self.readlink(link)).await {
+                    Ok(t) if &t == target => Response::Changed {
                         obj: Some(a),
                         dirs: self.dirs(&[dir]).await,
                     },
@@ -105,8 +95,8 @@ impl RemoteStore {
                 }
             }
             (Request::Link { file, dir, name }, Status::Exist) => {
-                let source = self.attr_of(Request::Getattr { file: file.clone() }).await;
-                match (self.lookup(dir, name).await, source) {
+                let source = self.attr_of(file).await;
+                match (self.find(dir, name).await, source) {
                     (Some(a), Some(s)) if a.ident == s.ident => Response::Changed {
                         obj: Some(a),
                         dirs: self.dirs(&[dir]).await,
@@ -124,7 +114,7 @@ impl RemoteStore {
                     how: CreateHow::Guarded(_),
                 },
                 Status::Exist,
-            ) => match self.lookup(dir, name).await {
+            ) => match self.find(dir, name).await {
                 Some(a) if a.kind == FileKind::Regular && a.size == 0 && a.nlink == 1 => {
                     Response::Changed {
                         obj: Some(a),
@@ -136,7 +126,7 @@ impl RemoteStore {
             // The guard failed because the first attempt changed the ctime: done if the
             // attributes it set are there.
             (Request::Setattr { file, set, .. }, Status::NotSync) => {
-                let Some(a) = self.attr_of(Request::Getattr { file: file.clone() }).await else {
+                let Some(a) = self.attr_of(file).await else {
                     return refused;
                 };
                 let applied = set.mode.is_none_or(|m| a.mode & 0o7777 == m & 0o7777)
