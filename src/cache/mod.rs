@@ -13,6 +13,21 @@
 //! journal first. Files' hints (`hints`) answer zero extents locally and drive the
 //! profile and whole-file prefetch (`prefetch`); a file changed on the store keeps the
 //! blocks whose hash did not change.
+//!
+//! # Lock order
+//!
+//! Outer first; a lock is only taken while holding locks above it, never below:
+//!
+//! 1. the front's namespace lock (`nfs::fs::Front::ns`), at the NFS entry points;
+//! 2. write-back `retire` (readers: "store attributes, then journal overlay"; the
+//!    uploader writes it to retire entries);
+//! 3. a file's revalidation lock (`revalidating`, tokio: held across BlockSums);
+//! 4. one of the std mutexes of this struct: `inflight` (the claim map), `sequential`,
+//!    `touched`, `recording`, `prefetching`, `revalidating`'s map; or the journal mutex
+//!    in `writeback`. Never two of them at once; `claim` and `compact` take 5 inside;
+//! 5. the SQLite connection mutex inside [`Index`] (innermost: every index call).
+//!
+//! The std mutexes are never held across an await; claims are released by dropping them.
 
 pub mod dir;
 mod hints;
@@ -20,6 +35,7 @@ pub mod index;
 mod prefetch;
 pub mod range;
 mod revalidate;
+mod stats;
 pub mod store;
 #[cfg(test)]
 mod tests;
@@ -35,6 +51,7 @@ use tokio::sync::watch;
 
 pub use index::Index;
 use prefetch::Recorded;
+pub use stats::{CacheStats, FileActivity};
 use store::Store;
 pub use writeback::WriteBack;
 
@@ -56,74 +73,6 @@ const MAX_READ_AHEAD: u64 = 4 << 20;
 const TOUCH_BATCH: usize = 256;
 /// Default `--cache-size`: 16 GiB.
 pub const DEFAULT_CACHE_SIZE: u64 = 16 << 30;
-
-/// Cache figures (for `status`, the bench and tests).
-#[derive(Debug, Default)]
-pub struct CacheStats {
-    pub block_hits: AtomicU64,
-    pub block_misses: AtomicU64,
-    pub bytes_fetched: AtomicU64,
-    pub checksum_failures: AtomicU64,
-    pub invalidations: AtomicU64,
-    pub read_ahead_blocks: AtomicU64,
-    /// Bytes of zero pages the store left out of packed reads (never crossed the link).
-    pub zero_bytes: AtomicU64,
-    /// Payload bytes of packed reads as they crossed (compressed).
-    pub packed_bytes: AtomicU64,
-    pub evicted_blocks: AtomicU64,
-    /// Bytes served without caching because the cache disk was full.
-    pub uncached_bytes: AtomicU64,
-    /// Bytes answered as zeros from the file's hint, without asking the store.
-    pub hint_zero_bytes: AtomicU64,
-    /// Cached blocks kept across a change on the store because their hash was unchanged.
-    pub delta_kept_blocks: AtomicU64,
-    /// Blocks fetched ahead by an access profile or the `whole` policy.
-    pub prefetched_blocks: AtomicU64,
-    /// Files read since start, for per-file progress in `status`.
-    pub files: Mutex<HashMap<u64, FileActivity>>,
-}
-
-/// What one file has cost since the client started.
-#[derive(Debug, Clone, Default)]
-pub struct FileActivity {
-    pub path: String,
-    pub size: u64,
-    /// Bytes fetched from the store.
-    pub fetched: u64,
-    /// Bytes answered as zeros from the hint.
-    pub hint_zero: u64,
-    /// When it was last read (ms since the epoch), to list recent files first.
-    pub last_read_ms: u64,
-}
-
-/// Files kept in [`CacheStats::files`]; the least recently read is forgotten past it.
-const TRACKED_FILES: usize = 64;
-
-impl CacheStats {
-    fn note_file(&self, id: u64, path: &[u8], size: u64, fetched: u64, hint_zero: u64) {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
-        let mut files = self.files.lock().expect("files lock");
-        if !files.contains_key(&id) && files.len() >= TRACKED_FILES {
-            let oldest = files
-                .iter()
-                .min_by_key(|(_, f)| f.last_read_ms)
-                .map(|(k, _)| *k);
-            if let Some(k) = oldest {
-                files.remove(&k);
-            }
-        }
-        let f = files.entry(id).or_default();
-        if f.path.is_empty() {
-            f.path = String::from_utf8_lossy(path).into_owned();
-        }
-        f.size = size;
-        f.fetched += fetched;
-        f.hint_zero += hint_zero;
-        f.last_read_ms = now;
-    }
-}
 
 /// File data, between the NFS front and the store.
 pub struct DataPath {

@@ -8,33 +8,26 @@
 //! A short attribute cache absorbs the GETATTRs the NFS layer makes around every operation
 //! (wcc data); it is filled by every reply and never outlives `attr_timeout`.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use nfs3_server::nfs3_types::nfs3::{
     createverf3, fattr3, filename3, nfspath3, nfsstat3, sattr3, stable_how,
 };
 use nfs3_server::vfs::{
-    DirEntryPlus, FileHandleU64, NextResult, NfsFileSystem, NfsReadFileSystem, ReadDirPlusIterator,
-    VFSCapabilities,
+    FileHandleU64, NfsFileSystem, NfsReadFileSystem, ReadDirPlusIterator, VFSCapabilities,
 };
 
 use super::attr::{fattr, nfs_error, set_attr};
+use super::attr_cache::AttrCache;
+use super::readdir::DirIter;
 use crate::cache::{DataPath, Index, index::ROOT_ID};
 use crate::error::Error;
-use crate::proto::{Attr, CreateHow, DirEntry, FileRef, FsStat, Request, SetAttr, Status, Time};
+use crate::proto::{Attr, CreateHow, FileRef, FsStat, Request, SetAttr, Status, Time};
 use crate::remote::{Changed, OfflinePolicy, RemoteStore};
 use crate::server::disk::join;
 
-/// `.` and `..` cookies in READDIR; the store's own cookies start at 16.
-const DOT_COOKIE: u64 = 1;
-const DOTDOT_COOKIE: u64 = 2;
-/// Entries asked of the store per READDIR page.
-const DIR_PAGE: u32 = 1024;
-/// Attribute-cache size at which expired entries are swept out.
-const ATTR_CACHE_SWEEP: usize = 65_536;
 /// How long a truncate waits for older write-back data before the kernel is told to
 /// retry (NFS3ERR_JUKEBOX): the uploader may be waiting out a link outage.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(30);
@@ -44,30 +37,25 @@ const MAX_FILE_SIZE: u64 = i64::MAX as u64;
 const MAX_READ: u32 = 1 << 20;
 
 pub struct Front {
-    index: Arc<Index>,
-    store: Arc<RemoteStore>,
+    pub(super) index: Arc<Index>,
+    pub(super) store: Arc<RemoteStore>,
     data: Arc<DataPath>,
     /// One fsid for the export: the kernel must not see submounts.
     fsid: u64,
     /// Device of the export root; inodes of other devices are folded with theirs.
     root_dev: u64,
     read_only: bool,
-    attr_timeout: Duration,
-    /// id -> (attributes, when fetched). A std Mutex: held for a map lookup, never across
-    /// an await.
-    attrs: Mutex<HashMap<u64, (Attr, Instant)>>,
-    /// Attributes to keep in the index (written behind), for answering while the store
-    /// is unreachable, across restarts too (issue 16).
-    saver: Arc<AttrSaver>,
+    /// Attributes as last seen, fresh for `attr_timeout`, kept for offline use.
+    pub(super) attrs: AttrCache,
     /// Paths sent to the store must match the namespace map. A RENAME rewrites paths, so it
     /// holds this for writing (store call + map update); every other operation holds it for
     /// reading. Without it a READ racing a rename of its directory would get NOENT for the
     /// old path and the open file would turn stale. Rule: taken once, at the entry points
     /// (trait methods and the gate's calls), never in helpers, so never nested.
-    ns: tokio::sync::RwLock<()>,
+    pub(super) ns: tokio::sync::RwLock<()>,
 }
 
-fn map_err(e: Error) -> nfsstat3 {
+pub(super) fn map_err(e: Error) -> nfsstat3 {
     nfs_error(&e)
 }
 
@@ -97,9 +85,7 @@ impl Front {
             fsid,
             root_dev: root.dev,
             read_only,
-            attr_timeout,
-            attrs: Mutex::new(HashMap::new()),
-            saver: AttrSaver::start(index.clone()),
+            attrs: AttrCache::new(index.clone(), attr_timeout),
             ns: tokio::sync::RwLock::new(()),
             index,
         })
@@ -130,83 +116,40 @@ impl Front {
         }
     }
 
-    fn remember(&self, id: u64, a: Attr) {
-        let mut map = self.attrs.lock().expect("attr lock");
-        if map.len() >= ATTR_CACHE_SWEEP {
-            // Ids are never reused, so stale entries would otherwise pile up forever.
-            let ttl = self.attr_timeout;
-            map.retain(|_, (_, t)| t.elapsed() < ttl);
-        }
-        if map.insert(id, (a, Instant::now())).map(|(old, _)| old) != Some(a) {
-            self.saver.note(id, Some(a));
-        }
-    }
-
-    fn forget_attr(&self, id: u64) {
-        self.attrs.lock().expect("attr lock").remove(&id);
-    }
-
-    /// A namespace change touched the file whose identity is `ident`: its link count and
-    /// ctime changed for every name it has (hard links are separate ids here), so none of
-    /// their cached attributes may be served again (issue 11, item 19).
-    fn forget_file(&self, ident: Option<u64>) {
-        if let Some(ident) = ident {
-            self.attrs
-                .lock()
-                .expect("attr lock")
-                .retain(|_, (a, _)| a.ident != ident);
-        }
-    }
-
     /// Under write-back: hold off the uploader retiring entries while this caller combines
     /// the store's attributes with the journal, and drop attributes an upload made stale.
     async fn write_back_view(&self, id: u64) -> Option<tokio::sync::RwLockReadGuard<'_, ()>> {
         let wb = self.data.writeback.as_ref()?;
         let guard = wb.retire.read().await;
         if wb.take_changed(id) {
-            self.forget_attr(id);
+            self.attrs.forget(id);
         }
         Some(guard)
     }
 
-    /// Attributes known for `id`, if younger than `attr_timeout` — or of any age for a
+    /// Attributes known for `id`, if younger than `attr_timeout`, or of any age for a
     /// file its hint declares immutable (never revalidated).
     fn cached(&self, id: u64) -> Option<Attr> {
-        let map = self.attrs.lock().expect("attr lock");
-        map.get(&id)
-            .filter(|(a, t)| t.elapsed() < self.attr_timeout || self.data.immutable(id, a))
-            .map(|(a, _)| *a)
+        self.attrs.fresh(id, |a| self.data.immutable(id, a))
     }
 
     /// The last attributes known for `id`, while the store has been offline for `down`:
     /// served under `--offline cached`; otherwise (or if none are known) the caller waits.
     fn offline_attr(&self, id: u64, down: Duration) -> Result<Attr, nfsstat3> {
         if self.store.offline_policy() == OfflinePolicy::Cached
-            && let Some(a) = self.last_attr(id)
+            && let Some(a) = self.attrs.last(id)
         {
             return Ok(a);
         }
         Err(map_err(self.store.offline_error(down)))
     }
 
-    /// The last attributes seen for `id`, in memory or kept in the index.
-    fn last_attr(&self, id: u64) -> Option<Attr> {
-        let known = self
-            .attrs
-            .lock()
-            .expect("attr lock")
-            .get(&id)
-            .map(|(a, _)| *a);
-        known.or_else(|| self.index.saved_attr(id).ok().flatten())
-    }
-
     /// The answer to a request about one handle's own object: NOENT/STALE means the
     /// handle is stale (forgotten here).
-    fn on_own_object<T>(&self, id: u64, res: crate::Result<T>) -> Result<T, nfsstat3> {
+    pub(super) fn on_own_object<T>(&self, id: u64, res: crate::Result<T>) -> Result<T, nfsstat3> {
         match res {
             Err(Error::Status(Status::NoEnt | Status::Stale)) => {
-                self.forget_attr(id);
-                self.saver.note(id, None);
+                self.attrs.gone(id);
                 let _ = self.index.forget_id(id);
                 Err(nfsstat3::NFS3ERR_STALE)
             }
@@ -229,7 +172,7 @@ impl Front {
             }
             other => self.on_own_object(id, other)?,
         };
-        self.remember(id, a);
+        self.attrs.remember(id, a);
         Ok(a)
     }
 
@@ -239,18 +182,18 @@ impl Front {
             .index
             .id_for(&join(&dir.path, name), a.ident)
             .map_err(map_err)?;
-        self.remember(id, *a);
+        self.attrs.remember(id, *a);
         Ok(id)
     }
 
     /// After a namespace change: remember the directories' new attributes.
     fn changed_dirs(&self, ids: &[u64], dirs: &[Attr]) {
         for (id, a) in ids.iter().zip(dirs) {
-            self.remember(*id, *a);
+            self.attrs.remember(*id, *a);
         }
         if dirs.len() < ids.len() {
             for id in ids {
-                self.forget_attr(*id);
+                self.attrs.forget(*id);
             }
         }
     }
@@ -265,7 +208,7 @@ impl Front {
             Err(e) => {
                 // The directory may have changed even on failure (partial effects).
                 for id in dir_ids {
-                    self.forget_attr(*id);
+                    self.attrs.forget(*id);
                 }
                 Err(map_err(e))
             }
@@ -328,9 +271,9 @@ impl Front {
             .change(&[dirid], req)
             .await?
             .ok_or(nfsstat3::NFS3ERR_SERVERFAULT)?;
-        self.forget_file(Some(a.ident));
+        self.attrs.forget_file(Some(a.ident));
         self.child_id(&dir, name, &a)?;
-        self.remember(fileid, a);
+        self.attrs.remember(fileid, a);
         Ok(a)
     }
 
@@ -366,47 +309,6 @@ impl Front {
             }
             None => Ok(()),
         }
-    }
-}
-
-/// Writes the attributes the front sees into the index, behind: at most every
-/// [`AttrSaver::EVERY`], one transaction for all that changed. A crash loses at most that
-/// much, which only matters if the store is unreachable at the next start.
-struct AttrSaver {
-    unsaved: Mutex<HashMap<u64, Option<Attr>>>,
-}
-
-impl AttrSaver {
-    const EVERY: Duration = Duration::from_secs(2);
-
-    fn start(index: Arc<Index>) -> Arc<Self> {
-        let this = Arc::new(Self {
-            unsaved: Mutex::default(),
-        });
-        let weak = Arc::downgrade(&this);
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(Self::EVERY).await;
-                let Some(saver) = weak.upgrade() else { return };
-                let batch: Vec<(u64, Option<Attr>)> = saver
-                    .unsaved
-                    .lock()
-                    .expect("unsaved lock")
-                    .drain()
-                    .collect();
-                drop(saver);
-                if !batch.is_empty()
-                    && let Err(e) = index.save_attrs(&batch)
-                {
-                    tracing::debug!("cannot keep attributes for offline use: {e}");
-                }
-            }
-        });
-        this
-    }
-
-    fn note(&self, id: u64, a: Option<Attr>) {
-        self.unsaved.lock().expect("unsaved lock").insert(id, a);
     }
 }
 
@@ -498,7 +400,7 @@ impl NfsReadFileSystem for Front {
         {
             Ok((bytes, eof, attr)) => {
                 if self.data.writeback.is_none() {
-                    self.remember(id, attr);
+                    self.attrs.remember(id, attr);
                 }
                 Ok((bytes.to_vec(), eof))
             }
@@ -519,15 +421,7 @@ impl NfsReadFileSystem for Front {
         if dir_attr.kind != crate::proto::FileKind::Directory {
             return Err(nfsstat3::NFS3ERR_NOTDIR);
         }
-        Ok(DirIter {
-            front: self,
-            dir,
-            dir_id: id,
-            dir_attr,
-            cookie,
-            page: Vec::new(),
-            eof: false,
-        })
+        Ok(DirIter::new(self, dir, id, dir_attr, cookie))
     }
 
     async fn readlink(&self, id: &FileHandleU64) -> Result<nfspath3<'_>, nfsstat3> {
@@ -544,131 +438,11 @@ impl Front {
     fn offline_lookup(&self, path: &[u8], down: Duration) -> Result<FileHandleU64, nfsstat3> {
         if self.store.offline_policy() == OfflinePolicy::Cached
             && let Ok(Some(id)) = self.index.id_at(path)
-            && self.last_attr(id).is_some()
+            && self.attrs.last(id).is_some()
         {
             return Ok(FileHandleU64::new(id));
         }
         Err(map_err(self.store.offline_error(down)))
-    }
-}
-
-/// READDIRPLUS pages: `.`, `..`, then the store's entries in cookie (name-hash) order.
-struct DirIter<'a> {
-    front: &'a Front,
-    dir: FileRef,
-    dir_id: u64,
-    dir_attr: Attr,
-    /// Last cookie handed out.
-    cookie: u64,
-    /// Entries fetched and not yet handed out, in reverse order (pop from the end).
-    page: Vec<(DirEntry, u64)>,
-    eof: bool,
-}
-
-impl DirIter<'_> {
-    async fn fill(&mut self) -> Result<(), nfsstat3> {
-        let _ns = self.front.ns.read().await;
-        let after = if self.cookie <= DOTDOT_COOKIE {
-            0
-        } else {
-            self.cookie
-        };
-        let listed = self
-            .front
-            .store
-            .readdir(self.dir.clone(), after, DIR_PAGE)
-            .await;
-        let (entries, eof) = self.front.on_own_object(self.dir_id, listed)?;
-        let last_raw = entries.last().map(|e| e.cookie);
-        let live: Vec<DirEntry> = entries.into_iter().filter(|e| e.attr.is_some()).collect();
-        let keys: Vec<(Vec<u8>, u64)> = live
-            .iter()
-            .map(|e| (join(&self.dir.path, &e.name), e.attr.map_or(0, |a| a.ident)))
-            .collect();
-        let ids = self.front.index.ids_for(&keys).map_err(map_err)?;
-        self.page = live.into_iter().zip(ids).rev().collect();
-        self.eof = eof;
-        if let (true, Some(c)) = (self.page.is_empty(), last_raw) {
-            // Every entry of the page vanished (or cannot be stat'ed): go on after them.
-            self.cookie = c;
-        }
-        Ok(())
-    }
-
-    fn dot_entry(
-        &self,
-        name: &[u8],
-        cookie: u64,
-        id: u64,
-        a: &Attr,
-    ) -> DirEntryPlus<FileHandleU64> {
-        DirEntryPlus {
-            fileid: self.front.fileid(a),
-            name: filename3::from(name.to_vec()),
-            cookie,
-            name_attributes: Some(self.front.fattr(a)),
-            name_handle: Some(FileHandleU64::new(id)),
-        }
-    }
-}
-
-impl ReadDirPlusIterator<FileHandleU64> for DirIter<'_> {
-    async fn next(&mut self) -> NextResult<DirEntryPlus<FileHandleU64>> {
-        if self.cookie == 0 {
-            self.cookie = DOT_COOKIE;
-            let a = self.dir_attr;
-            return NextResult::Ok(self.dot_entry(b".", DOT_COOKIE, self.dir_id, &a));
-        }
-        if self.cookie == DOT_COOKIE {
-            self.cookie = DOTDOT_COOKIE;
-            let parent = match self.dir.path.iter().rposition(|&b| b == b'/') {
-                Some(i) => self.dir.path[..i].to_vec(),
-                None => Vec::new(),
-            };
-            let (pid, pa) = if self.dir_id == ROOT_ID || parent.is_empty() {
-                (
-                    ROOT_ID,
-                    self.front.attr(ROOT_ID).await.unwrap_or(self.dir_attr),
-                )
-            } else {
-                match self
-                    .front
-                    .store
-                    .getattr(&FileRef {
-                        path: parent.clone(),
-                        ident: None,
-                    })
-                    .await
-                {
-                    Ok(a) => match self.front.index.id_for(&parent, a.ident) {
-                        Ok(id) => (id, a),
-                        Err(e) => return NextResult::Err(map_err(e)),
-                    },
-                    Err(e) => return NextResult::Err(map_err(e)),
-                }
-            };
-            return NextResult::Ok(self.dot_entry(b"..", DOTDOT_COOKIE, pid, &pa));
-        }
-        loop {
-            if let Some((e, id)) = self.page.pop() {
-                self.cookie = e.cookie;
-                let a = e.attr.expect("filtered");
-                self.front.remember(id, a);
-                return NextResult::Ok(DirEntryPlus {
-                    fileid: self.front.fileid(&a),
-                    name: filename3::from(e.name),
-                    cookie: e.cookie,
-                    name_attributes: Some(self.front.fattr(&a)),
-                    name_handle: Some(FileHandleU64::new(id)),
-                });
-            }
-            if self.eof {
-                return NextResult::Eof;
-            }
-            if let Err(s) = self.fill().await {
-                return NextResult::Err(s);
-            }
-        }
     }
 }
 
@@ -729,7 +503,7 @@ impl NfsFileSystem for Front {
         {
             Ok((a, durable)) => {
                 if self.data.writeback.is_none() {
-                    self.remember(id, a);
+                    self.attrs.remember(id, a);
                 }
                 let how = if durable {
                     stable_how::FILE_SYNC
@@ -823,8 +597,8 @@ impl NfsFileSystem for Front {
             self.index.ident_of(&to).map_err(map_err)?,
         );
         self.change(&[fd, td], req).await?;
-        self.forget_file(moved);
-        self.forget_file(replaced);
+        self.attrs.forget_file(moved);
+        self.attrs.forget_file(replaced);
         self.index.rename(&from, &to).map_err(map_err)?;
         Ok(())
     }
@@ -891,11 +665,11 @@ impl Front {
         let file = self.file_ref(id)?;
         match self.on_own_object(id, self.store.setattr(file, set, guard).await) {
             Ok(a) => {
-                self.remember(id, a);
+                self.attrs.remember(id, a);
                 Ok(a)
             }
             Err(e) => {
-                self.forget_attr(id);
+                self.attrs.forget(id);
                 Err(e)
             }
         }
@@ -916,7 +690,7 @@ impl Front {
         };
         let removed = self.index.ident_of(&path).map_err(map_err)?;
         self.change(&[dirid], req).await?;
-        self.forget_file(removed);
+        self.attrs.forget_file(removed);
         tracing::debug!(path = %String::from_utf8_lossy(&path), "removed; forgetting its ids");
         self.index.forget(&path).map_err(map_err)
     }

@@ -7,9 +7,11 @@
 
 pub mod access;
 pub mod attr;
+mod attr_cache;
 pub mod fs;
 pub mod gate;
 pub mod procs;
+mod readdir;
 pub mod record;
 pub mod replay;
 

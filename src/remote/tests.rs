@@ -55,6 +55,12 @@ impl Kit {
         }
     }
 
+    /// The store's host becomes unreachable: the link drops, reconnects fail.
+    fn cut_off(&self) {
+        self.store.faults.set_unreachable(true);
+        self.store.faults.cut_all();
+    }
+
     /// The one fault the test planted fired, and the request it hit was sent twice.
     fn assert_lost_once(&self, sent_twice: impl Fn(&Request) -> bool) {
         let fired = self.store.faults.fired();
@@ -84,6 +90,20 @@ fn at(rel: &str) -> FileRef {
     }
 }
 
+fn remove_req(name: &str) -> Request {
+    Request::Remove {
+        dir: FileRef::root(),
+        name: name.as_bytes().to_vec(),
+    }
+}
+
+fn rmdir_req(name: &str) -> Request {
+    Request::Rmdir {
+        dir: FileRef::root(),
+        name: name.as_bytes().to_vec(),
+    }
+}
+
 fn write(dir: &Path, rel: &str, data: &[u8]) {
     std::fs::write(dir.join(rel), data).unwrap();
 }
@@ -102,13 +122,7 @@ async fn lost_remove_is_answered_as_done() {
     k.store
         .faults
         .on_first(|r| matches!(r, Request::Remove { .. }), Fault::LoseReply);
-    let r = k
-        .call(Request::Remove {
-            dir: FileRef::root(),
-            name: b"a".to_vec(),
-        })
-        .await
-        .expect("answered as done");
+    let r = k.call(remove_req("a")).await.expect("answered as done");
     assert_eq!(changed_dirs(&r), 1, "the parent's new attributes");
     assert!(!k.path("a").exists());
     k.assert_lost_once(|r| matches!(r, Request::Remove { .. }));
@@ -121,13 +135,7 @@ async fn lost_rmdir_is_answered_as_done() {
     k.store
         .faults
         .on_first(|r| matches!(r, Request::Rmdir { .. }), Fault::LoseReply);
-    let r = k
-        .call(Request::Rmdir {
-            dir: FileRef::root(),
-            name: b"d".to_vec(),
-        })
-        .await
-        .expect("answered as done");
+    let r = k.call(rmdir_req("d")).await.expect("answered as done");
     assert_eq!(changed_dirs(&r), 1);
     assert!(!k.path("d").exists());
     k.assert_lost_once(|r| matches!(r, Request::Rmdir { .. }));
@@ -137,13 +145,7 @@ async fn lost_rmdir_is_answered_as_done() {
 async fn a_remove_that_never_happened_still_fails() {
     // Not in doubt (no fault): NOENT is the answer, settle is not asked.
     let k = Kit::new().await;
-    let e = k
-        .call(Request::Remove {
-            dir: FileRef::root(),
-            name: b"missing".to_vec(),
-        })
-        .await
-        .unwrap_err();
+    let e = k.call(remove_req("missing")).await.unwrap_err();
     assert!(matches!(e, Error::Status(Status::NoEnt)), "{e}");
     // Cut before it reached the store: from the client the request is in doubt all the
     // same (it cannot tell a cut before from a cut after), so settle answers NOENT as
@@ -153,10 +155,7 @@ async fn a_remove_that_never_happened_still_fails() {
         .faults
         .on_first(|r| matches!(r, Request::Remove { .. }), Fault::CutBefore);
     let r = k
-        .call(Request::Remove {
-            dir: FileRef::root(),
-            name: b"missing".to_vec(),
-        })
+        .call(remove_req("missing"))
         .await
         .expect("in doubt, NOENT is explained by a first attempt");
     assert_eq!(changed_dirs(&r), 1);
@@ -471,8 +470,7 @@ async fn an_unreachable_store_makes_the_client_offline_then_online() {
     })
     .await;
     write(k.dir.path(), "f", b"x");
-    k.store.faults.set_unreachable(true);
-    k.store.faults.cut_all();
+    k.cut_off();
     let started = std::time::Instant::now();
     let e = k
         .call(Request::Getattr { file: at("f") })
@@ -523,22 +521,11 @@ async fn offline_past_the_limit_fails_and_policy_fail_never_goes_offline() {
         ..Timeouts::default()
     })
     .await;
-    k.store.faults.set_unreachable(true);
-    k.store.faults.cut_all();
-    let e = k
-        .call(Request::Fsstat {
-            file: FileRef::root(),
-        })
-        .await
-        .unwrap_err();
+    k.cut_off();
+    let e = k.remote.fsstat(FileRef::root()).await.unwrap_err();
     assert!(matches!(e, Error::Offline(_)), "{e}");
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    let e = k
-        .call(Request::Fsstat {
-            file: FileRef::root(),
-        })
-        .await
-        .unwrap_err();
+    let e = k.remote.fsstat(FileRef::root()).await.unwrap_err();
     assert!(matches!(e, Error::OfflineTooLong(_)), "{e}");
 
     let k = Kit::with(Timeouts {
@@ -547,14 +534,8 @@ async fn offline_past_the_limit_fails_and_policy_fail_never_goes_offline() {
         ..Timeouts::default()
     })
     .await;
-    k.store.faults.set_unreachable(true);
-    k.store.faults.cut_all();
-    let e = k
-        .call(Request::Fsstat {
-            file: FileRef::root(),
-        })
-        .await
-        .unwrap_err();
+    k.cut_off();
+    let e = k.remote.fsstat(FileRef::root()).await.unwrap_err();
     assert!(matches!(e, Error::Disconnected(_)), "{e}");
     assert!(k.remote.offline_for().is_none());
 }

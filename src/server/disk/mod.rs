@@ -13,9 +13,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 
-use rustix::fs::{
-    self as rfs, AtFlags, Mode, OFlags, ResolveFlags, StatxFlags, Timespec, Timestamps,
-};
+use rustix::fs::{self as rfs, AtFlags, Mode, OFlags, ResolveFlags, Timespec, Timestamps};
 use rustix::io::Errno;
 
 use super::hint;
@@ -23,14 +21,22 @@ use super::hint;
 mod hints;
 pub mod identity;
 mod listing;
+mod meta;
+mod names;
+mod owner;
+
 use crate::proto::{
     Attr, CreateHow, DirEntry, FileKind, FileRef, FsStat, SetAttr, SetTime, Status, Time,
 };
+pub use meta::status_of;
+use meta::{Meta, expect_ident, kind_of, stat_at, status_of_io};
+pub(crate) use meta::{attr_of, stat_fd};
+use names::{FromBytesChecked, check_path, hint_of, is_reserved, split_parent};
+pub use names::{check_name, join, name_cookie};
+use owner::{proc_path, with_owner_write};
 
 /// Largest READ the server answers in one reply (the client splits larger ones).
 pub const MAX_READ: u32 = 4 * 1024 * 1024;
-/// Longest name accepted in one path component (Linux NAME_MAX).
-const NAME_MAX: usize = 255;
 /// Cookies below this are reserved for the client (`.`, `..`, start of listing).
 pub const FIRST_ENTRY_COOKIE: u64 = 16;
 
@@ -586,22 +592,6 @@ impl Export {
     }
 }
 
-/// `.NAME.gvhint` for NAME (too long a name has none).
-fn hint_of(name: &std::ffi::OsStr) -> Result<std::ffi::OsString, Status> {
-    use std::os::unix::ffi::OsStringExt;
-    Ok(std::ffi::OsString::from_vec(hint::hint_name(
-        name.as_encoded_bytes(),
-    )))
-}
-
-/// Cookie of a directory entry: a 62-bit hash of its name, above the reserved range.
-/// Stateless and stable: the same name keeps its place however the directory changes.
-pub fn name_cookie(name: &[u8]) -> u64 {
-    let h = blake3::hash(name);
-    let v = u64::from_le_bytes(h.as_bytes()[..8].try_into().expect("8 bytes"));
-    (v >> 2) + FIRST_ENTRY_COOKIE
-}
-
 /// The exclusive-create verifier, stored in atime (first 4 bytes) and mtime (last 4).
 fn verf_times(verf: &[u8; 8]) -> (Timespec, Timespec) {
     // 31 bits each (as knfsd): file systems with 32-bit timestamps would clamp more.
@@ -617,242 +607,4 @@ fn verf_times(verf: &[u8; 8]) -> (Timespec, Timespec) {
             tv_nsec: 0,
         },
     )
-}
-
-trait FromBytesChecked {
-    fn from_encoded_bytes_checked(b: &[u8]) -> Result<&std::ffi::OsStr, Status>;
-}
-
-impl FromBytesChecked for std::ffi::OsStr {
-    fn from_encoded_bytes_checked(b: &[u8]) -> Result<&std::ffi::OsStr, Status> {
-        use std::os::unix::ffi::OsStrExt;
-        if b.contains(&0) {
-            return Err(Status::Inval);
-        }
-        Ok(std::ffi::OsStr::from_bytes(b))
-    }
-}
-
-/// A relative path of plain components; `.` (empty) for the root.
-fn check_path(path: &[u8]) -> Result<&std::ffi::OsStr, Status> {
-    use std::os::unix::ffi::OsStrExt;
-    if path.is_empty() {
-        return Ok(std::ffi::OsStr::new("."));
-    }
-    if path.contains(&0) || path.starts_with(b"/") {
-        return Err(Status::Escape);
-    }
-    for comp in path.split(|&b| b == b'/') {
-        if comp.is_empty() || comp == b"." || comp == b".." {
-            return Err(Status::Escape);
-        }
-        if comp.len() > NAME_MAX {
-            return Err(Status::NameTooLong);
-        }
-        if is_reserved(comp) {
-            return Err(Status::Access);
-        }
-    }
-    Ok(std::ffi::OsStr::from_bytes(path))
-}
-
-/// One path component: not empty, `.`, `..`, and without `/` or NUL.
-pub fn check_name(name: &[u8]) -> Result<&std::ffi::OsStr, Status> {
-    use std::os::unix::ffi::OsStrExt;
-    if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') || name.contains(&0)
-    {
-        return Err(if name.is_empty() {
-            Status::Inval
-        } else {
-            Status::Escape
-        });
-    }
-    if name.len() > NAME_MAX {
-        return Err(Status::NameTooLong);
-    }
-    // Hint files and the export's id file belong to the store's administrator:
-    // invisible and untouchable here.
-    if is_reserved(name) {
-        return Err(Status::Access);
-    }
-    Ok(std::ffi::OsStr::from_bytes(name))
-}
-
-/// Names clients never see or touch.
-fn is_reserved(name: &[u8]) -> bool {
-    hint::is_hint_name(name) || identity::is_identity_name(name)
-}
-
-fn split_parent(path: &[u8]) -> Result<(&[u8], &std::ffi::OsStr), Status> {
-    match path.iter().rposition(|&b| b == b'/') {
-        Some(i) => Ok((&path[..i], check_name(&path[i + 1..])?)),
-        None if path.is_empty() => Err(Status::Inval),
-        None => Ok((&[], check_name(path)?)),
-    }
-}
-
-/// `dir/name`, or `name` at the root.
-pub fn join(dir: &[u8], name: &[u8]) -> Vec<u8> {
-    let mut p = Vec::with_capacity(dir.len() + 1 + name.len());
-    if !dir.is_empty() {
-        p.extend_from_slice(dir);
-        p.push(b'/');
-    }
-    p.extend_from_slice(name);
-    p
-}
-
-fn expect_ident(st: &Meta, ident: Option<u64>) -> Result<(), Status> {
-    match ident {
-        Some(i) if i != st.ident => Err(Status::Stale),
-        _ => Ok(()),
-    }
-}
-
-fn kind_of(mode: u32) -> FileKind {
-    match rfs::FileType::from_raw_mode(mode) {
-        rfs::FileType::Directory => FileKind::Directory,
-        rfs::FileType::Symlink => FileKind::Symlink,
-        rfs::FileType::BlockDevice => FileKind::BlockDevice,
-        rfs::FileType::CharacterDevice => FileKind::CharDevice,
-        rfs::FileType::Socket => FileKind::Socket,
-        rfs::FileType::Fifo => FileKind::Fifo,
-        _ => FileKind::Regular,
-    }
-}
-
-/// What the server knows of a file: `statx`, with the birth time folded into an identity.
-#[derive(Debug, Clone, Copy)]
-pub struct Meta {
-    mode: u32,
-    /// Inode number folded with the birth time, where the file system records one: a
-    /// file deleted and recreated in the same inode is still another file.
-    ident: u64,
-    size: u64,
-    atime: Time,
-    mtime: Time,
-    ctime: Time,
-    attr: Attr,
-}
-
-const STATX_WANT: StatxFlags = StatxFlags::BASIC_STATS.union(StatxFlags::BTIME);
-
-pub(crate) fn stat_fd(fd: impl AsFd) -> Result<Meta, Status> {
-    rfs::statx(
-        fd,
-        "",
-        AtFlags::EMPTY_PATH | AtFlags::SYMLINK_NOFOLLOW,
-        STATX_WANT,
-    )
-    .map(meta_of)
-    .map_err(status_of)
-}
-
-fn stat_at(dirfd: impl AsFd, name: &std::ffi::OsStr) -> Result<Meta, Status> {
-    rfs::statx(dirfd, name, AtFlags::SYMLINK_NOFOLLOW, STATX_WANT)
-        .map(meta_of)
-        .map_err(status_of)
-}
-
-fn meta_of(x: rfs::Statx) -> Meta {
-    let t = |ts: rfs::StatxTimestamp| Time {
-        sec: ts.tv_sec,
-        nsec: ts.tv_nsec,
-    };
-    let mode = u32::from(x.stx_mode);
-    let born = StatxFlags::from_bits_retain(x.stx_mask).contains(StatxFlags::BTIME);
-    let ident = if born {
-        let b = x.stx_btime;
-        x.stx_ino ^ (b.tv_sec as u64).rotate_left(32) ^ u64::from(b.tv_nsec).rotate_left(17)
-    } else {
-        x.stx_ino
-    };
-    let attr = Attr {
-        kind: kind_of(mode),
-        mode: mode & 0o7777,
-        nlink: x.stx_nlink,
-        uid: x.stx_uid,
-        gid: x.stx_gid,
-        size: x.stx_size,
-        used: x.stx_blocks * 512,
-        rdev: (x.stx_rdev_major, x.stx_rdev_minor),
-        dev: rustix::fs::makedev(x.stx_dev_major, x.stx_dev_minor),
-        ino: x.stx_ino,
-        ident,
-        atime: t(x.stx_atime),
-        mtime: t(x.stx_mtime),
-        ctime: t(x.stx_ctime),
-    };
-    Meta {
-        mode,
-        ident,
-        size: x.stx_size,
-        atime: attr.atime,
-        mtime: attr.mtime,
-        ctime: attr.ctime,
-        attr,
-    }
-}
-
-pub(crate) fn attr_of(m: &Meta) -> Attr {
-    m.attr
-}
-
-/// errno -> protocol status. (EXDEV and ELOOP from `openat2` itself are mapped to
-/// [`Status::Escape`] in `resolve`: there they mean the path tried to leave the export.)
-pub fn status_of(e: Errno) -> Status {
-    match e {
-        Errno::PERM => Status::Perm,
-        Errno::NOENT => Status::NoEnt,
-        Errno::ACCESS => Status::Access,
-        Errno::EXIST => Status::Exist,
-        Errno::XDEV => Status::XDev,
-        // O_NOFOLLOW met a symlink where a file was expected.
-        Errno::LOOP => Status::Inval,
-        Errno::NOTDIR => Status::NotDir,
-        Errno::ISDIR => Status::IsDir,
-        Errno::INVAL => Status::Inval,
-        Errno::FBIG => Status::FBig,
-        Errno::NOSPC => Status::NoSpc,
-        Errno::ROFS => Status::RoFs,
-        Errno::MLINK => Status::MLink,
-        Errno::NAMETOOLONG => Status::NameTooLong,
-        Errno::NOTEMPTY => Status::NotEmpty,
-        Errno::DQUOT => Status::DQuot,
-        Errno::STALE => Status::Stale,
-        Errno::NOTSUP | Errno::NOSYS => Status::NotSupp,
-        _ => Status::Io,
-    }
-}
-
-fn status_of_io(e: &std::io::Error) -> Status {
-    e.raw_os_error()
-        .map_or(Status::Io, |n| status_of(Errno::from_raw_os_error(n)))
-}
-
-/// `/proc/self/fd/N` of `fd`: names exactly that inode, whatever happens to its path.
-fn proc_path(fd: &OwnedFd) -> String {
-    format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(fd))
-}
-
-/// Serialises owner overrides, so two of them on one file cannot leave it writable.
-static OWNER_OVERRIDE: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-/// Run `open` with the owner's write bit added to the file behind `fd` (an `O_PATH` fd),
-/// then restore the mode. Refused unless this process owns the file.
-fn with_owner_write<T>(
-    fd: &OwnedFd,
-    open: impl FnOnce() -> Result<T, Status>,
-) -> Result<T, Status> {
-    let _one = OWNER_OVERRIDE.lock().unwrap_or_else(|p| p.into_inner());
-    let st = stat_fd(fd)?;
-    if st.attr.uid != rustix::process::geteuid().as_raw() || st.mode & 0o200 != 0 {
-        return Err(Status::Access);
-    }
-    let path = proc_path(fd);
-    let mode = st.mode & 0o7777;
-    rfs::chmod(&path, Mode::from_raw_mode(mode | 0o200)).map_err(status_of)?;
-    let out = open();
-    rfs::chmod(&path, Mode::from_raw_mode(mode)).map_err(status_of)?;
-    out
 }
