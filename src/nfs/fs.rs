@@ -21,7 +21,7 @@ use nfs3_server::vfs::{
 
 use super::attr::{fattr, nfs_error, set_attr};
 use super::attr_cache::AttrCache;
-use super::readdir::DirIter;
+use super::readdir::{DirIter, Listings};
 use crate::cache::{DataPath, Index, index::ROOT_ID};
 use crate::error::Error;
 use crate::proto::{Attr, CreateHow, FileRef, FsStat, Request, SetAttr, Status, Time};
@@ -47,6 +47,8 @@ pub struct Front {
     read_only: bool,
     /// Attributes as last seen, fresh for `attr_timeout`, kept for offline use.
     pub(super) attrs: AttrCache,
+    /// Whole directory listings being gathered, to be kept for offline use.
+    pub(super) listings: Listings,
     /// Paths sent to the store must match the namespace map. A RENAME rewrites paths, so it
     /// holds this for writing (store call + map update); every other operation holds it for
     /// reading. Without it a READ racing a rename of its directory would get NOENT for the
@@ -86,6 +88,7 @@ impl Front {
             root_dev: root.dev,
             read_only,
             attrs: AttrCache::new(index.clone(), attr_timeout),
+            listings: Listings::default(),
             ns: tokio::sync::RwLock::new(()),
             index,
         })

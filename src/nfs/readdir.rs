@@ -2,13 +2,25 @@
 //! cookie (name-hash) order, a page of [`DIR_PAGE`] asked at a time. Each entry gets its
 //! id from the namespace map and its attributes go into the attribute cache, so the
 //! LOOKUPs and GETATTRs a listing is followed by cost nothing.
+//!
+//! Offline (issue 16): a directory listed whole while the store answered is kept in the
+//! index with the directory's version ([`Listings`]); while the store is unreachable and
+//! the directory's last known version is that one, the kept listing is served (entries
+//! with their last known attributes). A directory never listed whole, or changed since,
+//! waits like any other request that needs the store.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
 
 use nfs3_server::nfs3_types::nfs3::{filename3, nfsstat3};
 use nfs3_server::vfs::{DirEntryPlus, FileHandleU64, NextResult, ReadDirPlusIterator};
 
 use super::fs::{Front, map_err};
-use crate::cache::index::ROOT_ID;
-use crate::proto::{Attr, DirEntry, FileRef};
+use crate::cache::index::{ListedEntry, ROOT_ID};
+use crate::cache::validator;
+use crate::error::Error;
+use crate::proto::{Attr, FileRef};
+use crate::remote::OfflinePolicy;
 use crate::server::disk::join;
 
 /// `.` and `..` cookies; the store's own cookies start at 16.
@@ -16,6 +28,81 @@ const DOT_COOKIE: u64 = 1;
 const DOTDOT_COOKIE: u64 = 2;
 /// Entries asked of the store per page.
 const DIR_PAGE: u32 = 1024;
+/// Directories larger than this are not kept for offline listing (a listing is one row).
+const MAX_KEPT_ENTRIES: usize = 100_000;
+/// Listings being gathered at once (one per directory a client is paging through).
+const MAX_GATHERING: usize = 64;
+
+/// One entry of a page: from the store (`fresh`), or from a kept listing offline.
+struct Entry {
+    name: Vec<u8>,
+    cookie: u64,
+    id: u64,
+    fileid: u64,
+    attr: Option<Attr>,
+    fresh: bool,
+}
+
+/// A directory's listing gathered page by page, across READDIR calls: kept once the pages
+/// cover it from the first cookie to the end without a gap, under one version.
+struct Gathering {
+    version: Vec<u8>,
+    /// Every cookie up to this one has been seen.
+    covered_to: u64,
+    entries: BTreeMap<u64, ListedEntry>,
+}
+
+/// Whole listings being gathered, per directory id.
+#[derive(Default)]
+pub struct Listings {
+    gathering: Mutex<HashMap<u64, Gathering>>,
+}
+
+impl Listings {
+    /// A page of `dir` (at `version`) from cookie `after`: the kept listing when this
+    /// completes a gap-free walk to the end.
+    fn page(
+        &self,
+        dir: u64,
+        version: &[u8],
+        after: u64,
+        page: &[ListedEntry],
+        last: Option<u64>,
+        eof: bool,
+    ) -> Option<Vec<ListedEntry>> {
+        let mut map = self.gathering.lock().expect("listings lock");
+        if after == 0 {
+            if map.len() >= MAX_GATHERING {
+                map.clear(); // abandoned walks; a new one starts cleanly
+            }
+            map.insert(
+                dir,
+                Gathering {
+                    version: version.to_vec(),
+                    covered_to: 0,
+                    entries: BTreeMap::new(),
+                },
+            );
+        }
+        let g = map.get_mut(&dir)?;
+        if g.version != version || after > g.covered_to {
+            map.remove(&dir); // the directory changed, or a page was skipped
+            return None;
+        }
+        for e in page {
+            g.entries.insert(e.cookie, e.clone());
+        }
+        g.covered_to = g.covered_to.max(last.unwrap_or(after));
+        if g.entries.len() > MAX_KEPT_ENTRIES {
+            map.remove(&dir);
+            return None;
+        }
+        if !eof {
+            return None;
+        }
+        map.remove(&dir).map(|g| g.entries.into_values().collect())
+    }
+}
 
 /// READDIRPLUS pages: `.`, `..`, then the store's entries in cookie (name-hash) order.
 pub(super) struct DirIter<'a> {
@@ -26,7 +113,7 @@ pub(super) struct DirIter<'a> {
     /// Last cookie handed out.
     cookie: u64,
     /// Entries fetched and not yet handed out, in reverse order (pop from the end).
-    page: Vec<(DirEntry, u64)>,
+    page: Vec<Entry>,
     eof: bool,
 }
 
@@ -57,26 +144,135 @@ impl<'a> DirIter<'a> {
         } else {
             self.cookie
         };
-        let listed = self
+        let listed = match self
             .front
             .store
             .readdir(self.dir.clone(), after, DIR_PAGE)
-            .await;
+            .await
+        {
+            Err(Error::Offline(down) | Error::OfflineTooLong(down)) => {
+                return self.fill_offline(after, down);
+            }
+            other => other,
+        };
         let (entries, eof) = self.front.on_own_object(self.dir_id, listed)?;
         let last_raw = entries.last().map(|e| e.cookie);
-        let live: Vec<DirEntry> = entries.into_iter().filter(|e| e.attr.is_some()).collect();
+        let live: Vec<(Vec<u8>, u64, Attr)> = entries
+            .into_iter()
+            .filter_map(|e| Some((e.name, e.cookie, e.attr?)))
+            .collect();
         let keys: Vec<(Vec<u8>, u64)> = live
             .iter()
-            .map(|e| (join(&self.dir.path, &e.name), e.attr.map_or(0, |a| a.ident)))
+            .map(|(name, _, a)| (join(&self.dir.path, name), a.ident))
             .collect();
         let ids = self.front.index.ids_for(&keys).map_err(map_err)?;
-        self.page = live.into_iter().zip(ids).rev().collect();
+        let page: Vec<Entry> = live
+            .into_iter()
+            .zip(ids)
+            .map(|((name, cookie, a), id)| Entry {
+                fileid: self.front.fileid(&a),
+                name,
+                cookie,
+                id,
+                attr: Some(a),
+                fresh: true,
+            })
+            .collect();
+        self.keep(after, &page, last_raw, eof);
+        self.page = page.into_iter().rev().collect();
         self.eof = eof;
         if let (true, Some(c)) = (self.page.is_empty(), last_raw) {
             // Every entry of the page vanished (or cannot be stat'ed): go on after them.
             self.cookie = c;
         }
         Ok(())
+    }
+
+    /// Gather this page into the directory's listing; keep it once whole.
+    fn keep(&self, after: u64, page: &[Entry], last: Option<u64>, eof: bool) {
+        let version = validator(&self.dir_attr);
+        let listed: Vec<ListedEntry> = page
+            .iter()
+            .map(|e| ListedEntry {
+                cookie: e.cookie,
+                name: e.name.clone(),
+                id: e.id,
+                fileid: e.fileid,
+            })
+            .collect();
+        let Some(whole) =
+            self.front
+                .listings
+                .page(self.dir_id, &version, after, &listed, last, eof)
+        else {
+            return;
+        };
+        if let Err(e) = self.front.index.save_listing(self.dir_id, &version, &whole) {
+            tracing::debug!(
+                "cannot keep the listing of {} for offline use: {e}",
+                self.dir_id
+            );
+        }
+    }
+
+    /// The store is unreachable: the kept listing of this version of the directory, if
+    /// there is one and the policy serves what is cached; else the caller waits.
+    fn fill_offline(&mut self, after: u64, down: std::time::Duration) -> Result<(), nfsstat3> {
+        let wait = || map_err(self.front.store.offline_error(down));
+        if self.front.store.offline_policy() != OfflinePolicy::Cached {
+            return Err(wait());
+        }
+        let version = validator(&self.dir_attr);
+        let Ok(Some(kept)) = self.front.index.saved_listing(self.dir_id, &version) else {
+            return Err(wait());
+        };
+        self.page = kept
+            .into_iter()
+            .filter(|e| e.cookie > after)
+            .map(|e| Entry {
+                attr: self.front.attrs.last(e.id),
+                name: e.name,
+                cookie: e.cookie,
+                id: e.id,
+                fileid: e.fileid,
+                fresh: false,
+            })
+            .rev()
+            .collect();
+        self.eof = true;
+        Ok(())
+    }
+
+    /// `..` of this directory: its id and attributes (the last known ones offline).
+    async fn parent(&self) -> Result<(u64, Attr), nfsstat3> {
+        let parent = match self.dir.path.iter().rposition(|&b| b == b'/') {
+            Some(i) => self.dir.path[..i].to_vec(),
+            None => Vec::new(),
+        };
+        if self.dir_id == ROOT_ID || parent.is_empty() {
+            let a = self.front.attr(ROOT_ID).await.unwrap_or(self.dir_attr);
+            return Ok((ROOT_ID, a));
+        }
+        let file = FileRef {
+            path: parent.clone(),
+            ident: None,
+        };
+        match self.front.store.getattr(&file).await {
+            Ok(a) => Ok((
+                self.front.index.id_for(&parent, a.ident).map_err(map_err)?,
+                a,
+            )),
+            Err(Error::Offline(down) | Error::OfflineTooLong(down)) => {
+                let known = self.front.index.id_at(&parent).ok().flatten();
+                match known.and_then(|id| Some((id, self.front.attrs.last(id)?))) {
+                    Some(found) if self.front.store.offline_policy() == OfflinePolicy::Cached => {
+                        Ok(found)
+                    }
+                    _ => Err(map_err(self.front.store.offline_error(down))),
+                }
+            }
+            Err(e) => Err(map_err(e)),
+        }
     }
 
     fn dot_entry(
@@ -105,45 +301,23 @@ impl ReadDirPlusIterator<FileHandleU64> for DirIter<'_> {
         }
         if self.cookie == DOT_COOKIE {
             self.cookie = DOTDOT_COOKIE;
-            let parent = match self.dir.path.iter().rposition(|&b| b == b'/') {
-                Some(i) => self.dir.path[..i].to_vec(),
-                None => Vec::new(),
+            return match self.parent().await {
+                Ok((pid, pa)) => NextResult::Ok(self.dot_entry(b"..", DOTDOT_COOKIE, pid, &pa)),
+                Err(s) => NextResult::Err(s),
             };
-            let (pid, pa) = if self.dir_id == ROOT_ID || parent.is_empty() {
-                (
-                    ROOT_ID,
-                    self.front.attr(ROOT_ID).await.unwrap_or(self.dir_attr),
-                )
-            } else {
-                match self
-                    .front
-                    .store
-                    .getattr(&FileRef {
-                        path: parent.clone(),
-                        ident: None,
-                    })
-                    .await
-                {
-                    Ok(a) => match self.front.index.id_for(&parent, a.ident) {
-                        Ok(id) => (id, a),
-                        Err(e) => return NextResult::Err(map_err(e)),
-                    },
-                    Err(e) => return NextResult::Err(map_err(e)),
-                }
-            };
-            return NextResult::Ok(self.dot_entry(b"..", DOTDOT_COOKIE, pid, &pa));
         }
         loop {
-            if let Some((e, id)) = self.page.pop() {
+            if let Some(e) = self.page.pop() {
                 self.cookie = e.cookie;
-                let a = e.attr.expect("filtered");
-                self.front.attrs.remember(id, a);
+                if let (true, Some(a)) = (e.fresh, e.attr) {
+                    self.front.attrs.remember(e.id, a);
+                }
                 return NextResult::Ok(DirEntryPlus {
-                    fileid: self.front.fileid(&a),
+                    fileid: e.fileid,
                     name: filename3::from(e.name),
                     cookie: e.cookie,
-                    name_attributes: Some(self.front.fattr(&a)),
-                    name_handle: Some(FileHandleU64::new(id)),
+                    name_attributes: e.attr.map(|a| self.front.fattr(&a)),
+                    name_handle: Some(FileHandleU64::new(e.id)),
                 });
             }
             if self.eof {

@@ -242,3 +242,81 @@ async fn a_client_restarted_during_an_outage_serves_its_cache() {
     assert!(got == data[..1 << 20]);
     assert!(status_json(&d.cache)["offline_seconds"].is_null());
 }
+
+/// Issue 16: a directory listed whole while the store answered is listed during an
+/// outage too, by READDIR and READDIRPLUS with the same names, cookies' order and
+/// handles, and after a restart during the outage; one never listed waits (JUKEBOX); once
+/// the store is back, listings are the store's again. Before, every READDIR offline
+/// waited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn directories_listed_before_an_outage_are_listed_during_it() {
+    let d = dirs();
+    let flag = d.tmp.path().join("link-down");
+    std::fs::create_dir_all(d.export.join("images/sub")).unwrap();
+    std::fs::create_dir(d.export.join("unlisted")).unwrap();
+    // Enough long names that one listing takes many READDIR calls of 4 KiB.
+    for i in 0..600 {
+        let name = format!("guest-{i:04}-disk-image-with-a-long-name.qcow2");
+        std::fs::write(d.export.join("images").join(name), b"x").unwrap();
+    }
+    std::fs::write(d.export.join("unlisted/a.img"), b"a").unwrap();
+    let remote = unreachable_when(&flag, &d.export);
+    let flags = ["--attr-timeout", "0.5"];
+    let mut client = ClientProc::start_remote(&remote, &d.export, &d.cache, 0, &flags);
+    let mut nfs = Nfs::mount(client.port).await;
+    let root = nfs.root.clone();
+    let images = nfs.lookup(&root, "images").await.unwrap();
+    let unlisted = nfs.lookup(&root, "unlisted").await.unwrap();
+    let online = nfs.readdir_names(&images, 4096).await.unwrap();
+    assert_eq!(online.len(), 603, "600 files, sub, . and ..");
+    let online_plus = nfs.readdirplus_names(&images, 8192).await.unwrap();
+
+    cut(&flag, &client);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let t = Instant::now();
+    let offline = nfs
+        .readdir_names(&images, 4096)
+        .await
+        .expect("READDIR of a listed directory offline");
+    assert_eq!(offline, online, "the same listing, in the same order");
+    let offline_plus = nfs
+        .readdirplus_names(&images, 8192)
+        .await
+        .expect("READDIRPLUS offline");
+    assert_eq!(offline_plus, online_plus, "names, handles and cookies");
+    println!("two offline listings of 603 entries in {:?}", t.elapsed());
+    assert_eq!(
+        nfs.readdir_names(&unlisted, 4096).await,
+        Err(nfsstat3::NFS3ERR_JUKEBOX),
+        "never listed: waits"
+    );
+
+    // Restarted during the outage: the listing was kept in the index.
+    tokio::time::sleep(Duration::from_secs(3)).await; // attributes are written behind
+    drop(nfs);
+    client.kill();
+    let client = ClientProc::start_remote(&remote, &d.export, &d.cache, 0, &flags);
+    let mut nfs = Nfs::mount(client.port).await;
+    let root = nfs.root.clone();
+    let images = nfs.lookup(&root, "images").await.unwrap();
+    let again = nfs
+        .readdir_names(&images, 4096)
+        .await
+        .expect("READDIR after an offline start");
+    assert_eq!(again, online);
+
+    // Back online: a file made meanwhile on the store shows up.
+    std::fs::write(d.export.join("images/new.img"), b"n").unwrap();
+    std::fs::remove_file(&flag).unwrap();
+    let t = Instant::now();
+    loop {
+        match nfs.readdir_names(&images, 4096).await {
+            Ok(names) if names.iter().any(|n| n == b"new.img") => break,
+            Ok(_) | Err(nfsstat3::NFS3ERR_JUKEBOX) => {
+                assert!(t.elapsed() < Duration::from_secs(30), "never back");
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+}

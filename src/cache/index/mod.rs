@@ -22,7 +22,8 @@
 //! - What the client needs to answer while the store is unreachable, even after a
 //!   restart (issue 16): `attrs_v1(id, attr)`, the last attributes seen per id (written
 //!   behind, every few seconds); `hints_v1(file, validator, hint)`, each file's hint for
-//!   the version it describes (zero extents answered offline); `welcome_v1(store, welcome,
+//!   the version it describes (zero extents answered offline); `listings_v1(dir, version,
+//!   entries)`, each directory's last whole listing and the version it was of; `welcome_v1(store, welcome,
 //!   boot_id)`, the store's last handshake (to start without it). All postcard.
 //!
 //! One connection behind a std `Mutex` (SQLite has one writer anyway; every statement is
@@ -41,6 +42,7 @@ mod dirty;
 mod offline;
 
 pub use dirty::{Dirty, DirtyRow};
+pub use offline::ListedEntry;
 
 use crate::error::{Error, Result};
 
@@ -103,6 +105,10 @@ impl Index {
                  file INTEGER PRIMARY KEY,
                  validator BLOB NOT NULL,
                  hint BLOB NOT NULL);
+             CREATE TABLE IF NOT EXISTS listings_v1 (
+                 dir INTEGER PRIMARY KEY,
+                 version BLOB NOT NULL,
+                 entries BLOB NOT NULL);
              CREATE TABLE IF NOT EXISTS welcome_v1 (
                  one INTEGER PRIMARY KEY CHECK (one = 1),
                  store TEXT NOT NULL,

@@ -7,6 +7,16 @@ use super::{Index, db, from_sql, to_sql};
 use crate::error::Result;
 use crate::proto::{Attr, Hint, Welcome};
 
+/// One entry of a kept directory listing.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ListedEntry {
+    pub cookie: u64,
+    pub name: Vec<u8>,
+    /// The entry's id in the names map, and the NFS fileid it was listed with.
+    pub id: u64,
+    pub fileid: u64,
+}
+
 /// What is kept for answering while the store is unreachable (issue 16).
 impl Index {
     /// Record (`Some`) or forget (`None`) the last attributes of these ids, in one
@@ -71,6 +81,33 @@ impl Index {
         Ok(row
             .filter(|(v, _)| v == validator)
             .and_then(|(_, h)| postcard::from_bytes(&h).ok()))
+    }
+
+    /// Keep `dir`'s whole listing, as of directory version `version`.
+    pub fn save_listing(&self, dir: u64, version: &[u8], entries: &[ListedEntry]) -> Result<()> {
+        let bytes = postcard::to_stdvec(entries).expect("listing serializes");
+        self.lock()
+            .prepare_cached(
+                "INSERT OR REPLACE INTO listings_v1 (dir, version, entries) VALUES (?1, ?2, ?3)",
+            )
+            .map_err(db)?
+            .execute(params![to_sql(dir), version, bytes])
+            .map_err(db)?;
+        Ok(())
+    }
+
+    /// `dir`'s kept listing, if it is of version `version`.
+    pub fn saved_listing(&self, dir: u64, version: &[u8]) -> Result<Option<Vec<ListedEntry>>> {
+        let row: Option<(Vec<u8>, Vec<u8>)> = self
+            .lock()
+            .prepare_cached("SELECT version, entries FROM listings_v1 WHERE dir = ?1")
+            .map_err(db)?
+            .query_row(params![to_sql(dir)], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()
+            .map_err(db)?;
+        Ok(row
+            .filter(|(v, _)| v == version)
+            .and_then(|(_, e)| postcard::from_bytes(&e).ok()))
     }
 
     /// Keep the store's latest handshake (which store, what it said, its boot).
