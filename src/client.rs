@@ -106,6 +106,7 @@ impl Client {
         let drain = data.clone();
         let stats = data.stats.clone();
         let front = Front::new(index.clone(), store.clone(), data, cfg.attr_timeout).await?;
+        let stale = front.stale_check();
         let boot = store.clone();
         let store_boot = Arc::new(move || boot.boot_id());
         let mut nfs = NfsFront::bind(
@@ -128,6 +129,7 @@ impl Client {
             store: store.clone(),
             cache: stats.clone(),
             writeback: drain.writeback.clone(),
+            stale,
         };
         if let Err(e) = crate::control::serve(&export_dir, sources) {
             // Serving files matters more than figures (e.g. a socket path over 108 bytes).

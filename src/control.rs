@@ -34,6 +34,9 @@ pub struct Status {
     pub outages: u64,
     #[serde(default)]
     pub offline_refused: u64,
+    /// The last outage: how long, and what it served that had changed on the store.
+    #[serde(default)]
+    pub last_outage: Option<crate::nfs::stale::OutageReport>,
     pub block_hits: u64,
     pub block_misses: u64,
     /// File bytes fetched from the store into the cache.
@@ -97,6 +100,7 @@ pub struct Sources {
     pub store: Arc<crate::remote::RemoteStore>,
     pub cache: Arc<CacheStats>,
     pub writeback: Option<Arc<WriteBack>>,
+    pub stale: Arc<crate::nfs::stale::StaleCheck>,
 }
 
 impl Sources {
@@ -114,6 +118,7 @@ impl Sources {
             offline_seconds: self.store.offline_for().map(|d| d.as_secs_f64()),
             outages: l(&t.outages),
             offline_refused: l(&t.offline_refused),
+            last_outage: self.stale.last(),
             block_hits: l(&c.block_hits),
             block_misses: l(&c.block_misses),
             bytes_fetched: l(&c.bytes_fetched),

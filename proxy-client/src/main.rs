@@ -496,6 +496,17 @@ async fn status(cache_dir: &std::path::Path, json: bool) -> anyhow::Result<()> {
                     st.offline_refused
                 );
             }
+            if let Some(o) = st.last_outage.as_ref().filter(|o| o.changed > 0) {
+                let paths: Vec<&str> = o.changed_paths.iter().map(|(p, _)| p.as_str()).collect();
+                println!(
+                    "  outage   the last one lasted {:.0} s: {} of the {} objects answered from \
+                     the cache had changed on the store meanwhile: {}",
+                    o.lasted_secs,
+                    o.changed,
+                    o.served,
+                    paths.join(", ")
+                );
+            }
             println!(
                 "  tunnel   {} requests, {:.1} MiB sent, {:.1} MiB received, {} reconnects, {} outages",
                 st.tunnel_requests,

@@ -22,6 +22,7 @@ use nfs3_server::vfs::{
 use super::attr::{fattr, nfs_error, set_attr};
 use super::attr_cache::AttrCache;
 use super::readdir::{DirIter, Listings};
+use super::stale::StaleCheck;
 use crate::cache::{DataPath, Index, index::ROOT_ID};
 use crate::error::Error;
 use crate::proto::{Attr, CreateHow, FileRef, FsStat, Request, SetAttr, Status, Time};
@@ -49,6 +50,8 @@ pub struct Front {
     pub(super) attrs: AttrCache,
     /// Whole directory listings being gathered, to be kept for offline use.
     pub(super) listings: Listings,
+    /// What was answered from the last known state while offline, checked on return.
+    pub(super) stale: Arc<StaleCheck>,
     /// Paths sent to the store must match the namespace map. A RENAME rewrites paths, so it
     /// holds this for writing (store call + map update); every other operation holds it for
     /// reading. Without it a READ racing a rename of its directory would get NOENT for the
@@ -81,7 +84,9 @@ impl Front {
         index.set_root_ino(root.ident)?;
         let fsid = u64::from_str_radix(&export_id[..16.min(export_id.len())], 16).unwrap_or(1);
         index.save_attrs(&[(ROOT_ID, Some(root))])?;
+        let stale = StaleCheck::start(store.clone(), index.clone());
         Ok(Self {
+            stale,
             data,
             store,
             fsid,
@@ -92,6 +97,11 @@ impl Front {
             ns: tokio::sync::RwLock::new(()),
             index,
         })
+    }
+
+    /// What the last outage served that turned out stale (for `status`).
+    pub fn stale_check(&self) -> Arc<StaleCheck> {
+        self.stale.clone()
     }
 
     pub fn fileid(&self, a: &Attr) -> u64 {
@@ -142,6 +152,7 @@ impl Front {
         if self.store.offline_policy() == OfflinePolicy::Cached
             && let Some(a) = self.attrs.last(id)
         {
+            self.stale.served(id, a);
             return Ok(a);
         }
         Err(map_err(self.store.offline_error(down)))

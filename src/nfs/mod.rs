@@ -14,6 +14,7 @@ pub mod procs;
 mod readdir;
 pub mod record;
 pub mod replay;
+pub mod stale;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -230,7 +230,11 @@ impl<'a> DirIter<'a> {
             .into_iter()
             .filter(|e| e.cookie > after)
             .map(|e| Entry {
-                attr: self.front.attrs.last(e.id),
+                attr: self
+                    .front
+                    .attrs
+                    .last(e.id)
+                    .inspect(|a| self.front.stale.served(e.id, *a)),
                 name: e.name,
                 cookie: e.cookie,
                 id: e.id,

@@ -158,6 +158,8 @@ pub struct RemoteStore {
     pub counters: Arc<Counters>,
     /// The store's boot as of the latest handshake: part of the NFS write verifier.
     boot_id: AtomicU64,
+    /// Sent when an outage that made the client offline ends: how long it lasted.
+    ends: watch::Sender<Duration>,
 }
 
 impl RemoteStore {
@@ -183,6 +185,7 @@ impl RemoteStore {
             outage: Mutex::default(),
             me: me.clone(),
             counters,
+            ends: watch::channel(Duration::ZERO).0,
         }))
     }
 
@@ -208,6 +211,7 @@ impl RemoteStore {
             }),
             me: me.clone(),
             counters: Arc::default(),
+            ends: watch::channel(Duration::ZERO).0,
         });
         this.counters.outages.fetch_add(1, Ordering::Relaxed);
         let reconnect = this.clone();
@@ -274,6 +278,12 @@ impl RemoteStore {
              so far; attributes served meanwhile are checked again as they expire",
             self.counters.offline_refused.load(Ordering::Relaxed)
         );
+        self.ends.send_replace(lasted);
+    }
+
+    /// Wakes when an outage that made the client offline ends, with how long it lasted.
+    pub fn outage_ends(&self) -> watch::Receiver<Duration> {
+        self.ends.subscribe()
     }
 
     /// A reconnect worked: an outage too short to go offline is over.

@@ -93,6 +93,9 @@ async fn a_cached_image_is_served_through_an_outage_and_the_rest_waits() {
     );
     assert!(n(&st, "offline_refused") >= 2, "{st}");
     assert_eq!(n(&st, "outages"), 1, "{st}");
+    // Someone changes the image on the store while the client cannot see it.
+    let changed = noise(112, 3 << 20);
+    std::fs::write(d.export.join("vm/disk.img"), &changed).unwrap();
 
     // The link returns: the waiting read completes with the right bytes, the journal lands.
     std::fs::remove_file(&flag).unwrap();
@@ -108,6 +111,32 @@ async fn a_cached_image_is_served_through_an_outage_and_the_rest_waits() {
         }
     };
     assert!(got == uncached);
+    // On return, what was answered from the cache is checked: the image changed.
+    let t = Instant::now();
+    let report = loop {
+        let st = status_json(&d.cache);
+        if !st["last_outage"].is_null() {
+            break st["last_outage"].clone();
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "no outage report: {st}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    println!("outage report: {report}");
+    assert_eq!(report["changed"], 1, "only the image changed: {report}");
+    assert_eq!(report["changed_paths"][0][0], "vm/disk.img", "{report}");
+    assert!(
+        n(&report, "served") >= 3,
+        "the image, its directory, the root: {report}"
+    );
+    assert!(report["lasted_secs"].as_f64().unwrap() >= 3.0, "{report}");
+    tokio::time::sleep(Duration::from_secs(1)).await; // past --attr-timeout
+    assert!(
+        nfs.read_all(&img, 1 << 20).await.unwrap() == changed,
+        "the new bytes after the outage, not the cached ones"
+    );
     client_cmd(&["flush"], &d.cache);
     let redo_now = std::fs::read(d.export.join("redo.log")).unwrap();
     assert_eq!(&redo_now[4096..4096 + 15], b"written offline");
