@@ -45,6 +45,8 @@ pub struct Client {
     pub data: Arc<DataPath>,
     /// This process's hold on the export's cache directory (released when dropped).
     pub export_lock: crate::cache::dir::ExportDir,
+    /// The figures `status` reports (also the service manager's status line).
+    pub sources: Arc<crate::control::Sources>,
 }
 
 impl Client {
@@ -131,7 +133,8 @@ impl Client {
             writeback: drain.writeback.clone(),
             stale,
         };
-        if let Err(e) = crate::control::serve(&export_dir, sources) {
+        let sources = Arc::new(sources);
+        if let Err(e) = crate::control::serve(&export_dir, sources.clone()) {
             // Serving files matters more than figures (e.g. a socket path over 108 bytes).
             tracing::warn!(
                 "no control socket in {} ({e}): `status` and `flush` will not reach this client",
@@ -146,6 +149,7 @@ impl Client {
             stats,
             data: drain,
             export_lock: export,
+            sources,
         })
     }
 
@@ -157,7 +161,7 @@ impl Client {
     pub fn mount_command(&self, mountpoint: &str) -> String {
         let p = self.port();
         format!(
-            "mount -t nfs -o vers=3,proto=tcp,mountproto=tcp,port={p},mountport={p},nolock,noacl 127.0.0.1:/ {mountpoint}"
+            "mount -t nfs -o vers=3,proto=tcp,mountproto=tcp,port={p},mountport={p},hard,nolock,noacl 127.0.0.1:/ {mountpoint}"
         )
     }
 }

@@ -185,13 +185,15 @@ pub fn socket_path(export_dir: &Path) -> PathBuf {
 /// run is replaced (the caller holds the export directory's lock, so it is not another
 /// live client's). The socket is 0600 and each peer's uid is checked (our own or root):
 /// `flush` and `gc` change things.
-pub fn serve(export_dir: &Path, sources: Sources) -> std::io::Result<tokio::task::JoinHandle<()>> {
+pub fn serve(
+    export_dir: &Path,
+    sources: Arc<Sources>,
+) -> std::io::Result<tokio::task::JoinHandle<()>> {
     use std::os::unix::fs::PermissionsExt;
     let path = socket_path(export_dir);
     let _ = std::fs::remove_file(&path);
     let listener = UnixListener::bind(&path)?;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
-    let sources = Arc::new(sources);
     let me = rustix::process::geteuid().as_raw();
     let export_dir = export_dir.to_path_buf();
     Ok(tokio::spawn(async move {

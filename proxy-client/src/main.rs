@@ -2,6 +2,7 @@
 
 mod demo;
 mod profile;
+mod service;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -282,6 +283,10 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions { shell: clap_complete::Shell },
+    /// Print the manual page (roff), e.g. `| gzip > /usr/local/share/man/man1/NAME.1.gz`.
+    Man,
 }
 
 /// `--cache-dir`, else the default (never a shared directory such as /tmp).
@@ -368,14 +373,34 @@ fn main() -> anyhow::Result<()> {
         .block_on(run(io_flusher))
 }
 
-async fn run(io_flusher: bool) -> anyhow::Result<()> {
+/// Logs to stderr, or under systemd (`$JOURNAL_STREAM` names our stderr) as native
+/// journal entries: levels become priorities, the journal keeps the timestamps.
+fn init_logging() {
+    use tracing_subscriber::prelude::*;
+    let filter = || {
+        tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| "gridvfs=info,warn".into())
+    };
+    if std::env::var_os("JOURNAL_STREAM").is_some() {
+        match tracing_journald::layer() {
+            Ok(journald) => {
+                tracing_subscriber::registry()
+                    .with(filter())
+                    .with(journald.with_syslog_identifier("gridvfs-client".into()))
+                    .init();
+                return;
+            }
+            Err(e) => eprintln!("journald unreachable ({e}); logging to stderr"),
+        }
+    }
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "gridvfs=info,warn".into()),
-        )
+        .with_env_filter(filter())
         .with_writer(std::io::stderr)
         .init();
+}
+
+async fn run(io_flusher: bool) -> anyhow::Result<()> {
+    init_logging();
     gridvfs::process::raise_open_files_limit();
     if !io_flusher {
         tracing::debug!(
@@ -395,6 +420,7 @@ async fn run(io_flusher: bool) -> anyhow::Result<()> {
                 client.nfs.local_addr()?
             );
             println!("mount it with:\n  {}", client.mount_command("/mnt/images"));
+            service::ready(client.sources.clone());
             let data = client.data.clone();
             let mut term =
                 tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -403,15 +429,36 @@ async fn run(io_flusher: bool) -> anyhow::Result<()> {
                 _ = tokio::signal::ctrl_c() => eprintln!("interrupted; shutting down"),
                 _ = term.recv() => eprintln!("terminated; shutting down"),
             }
+            service::stopping("stopping");
             if let Some(wb) = &data.writeback {
                 let (n, bytes) = wb.pending()?;
                 if n > 0 {
                     eprintln!("uploading {bytes} bytes of write-back data before exit ...");
-                    match tokio::time::timeout(cfg.timeouts.reconnect, data.drain()).await {
-                        Ok(r) => r?,
-                        Err(_) => eprintln!(
-                            "not all uploaded; the rest is kept and resumes at the next start"
-                        ),
+                    service::draining(bytes);
+                    let drain = data.drain();
+                    tokio::pin!(drain);
+                    // Each tick with progress asks systemd for more stop time; a drain
+                    // that stops progressing gives up at --reconnect-timeout.
+                    let mut last = bytes;
+                    let mut stalled_since = tokio::time::Instant::now();
+                    loop {
+                        tokio::select! {
+                            r = &mut drain => { r?; break; }
+                            _ = tokio::time::sleep(Duration::from_secs(5)) => {
+                                let now = wb.pending()?.1;
+                                if now < last {
+                                    last = now;
+                                    stalled_since = tokio::time::Instant::now();
+                                }
+                                if stalled_since.elapsed() >= cfg.timeouts.reconnect {
+                                    eprintln!(
+                                        "not all uploaded; the rest is kept and resumes at the next start"
+                                    );
+                                    break;
+                                }
+                                service::draining(now);
+                            }
+                        }
                     }
                 }
             }
@@ -472,6 +519,21 @@ async fn run(io_flusher: bool) -> anyhow::Result<()> {
         },
         Cmd::Prefetch { paths } => profile::prefetch(&paths),
         Cmd::Status { cache_dir, json } => status(&cache_dir_or_default(cache_dir)?, json).await,
+        Cmd::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "gridvfs-client",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
+        Cmd::Man => {
+            use clap::CommandFactory;
+            clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?;
+            Ok(())
+        }
     }
 }
 

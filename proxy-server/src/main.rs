@@ -91,6 +91,10 @@ enum Cmd {
         #[arg(long, default_value = "gridvfs session key")]
         comment: String,
     },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions { shell: clap_complete::Shell },
+    /// Print the manual page (roff), e.g. `| gzip > /usr/local/share/man/man1/NAME.1.gz`.
+    Man,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -221,6 +225,21 @@ fn main() -> anyhow::Result<()> {
                 export.canonicalize()?.display(),
                 out.display()
             );
+            Ok(())
+        }
+        Cmd::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "gridvfs-server",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
+        Cmd::Man => {
+            use clap::CommandFactory;
+            clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?;
             Ok(())
         }
     }

@@ -70,6 +70,18 @@ impl ClientProc {
         port: u16,
         extra: &[&str],
     ) -> Self {
+        Self::start_with_env(remote, export, cache, port, extra, &[])
+    }
+
+    /// [`Self::start_remote`] with these environment variables set for the client.
+    pub fn start_with_env(
+        remote: &str,
+        export: &Path,
+        cache: &Path,
+        port: u16,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
         let access: &[&str] = if extra.iter().any(|a| ACCESS_FLAGS.contains(a)) {
             &[]
         } else {
@@ -93,6 +105,7 @@ impl ClientProc {
             .args(access)
             .args(&passed)
             .env("GRIDVFS_SERVER", bin("gridvfs-server"))
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()

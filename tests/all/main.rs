@@ -15,6 +15,7 @@ mod power_loss;
 mod protocol;
 mod restart;
 mod security;
+mod service;
 mod ssh;
 mod sshd;
 mod writeback;
