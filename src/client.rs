@@ -25,6 +25,8 @@ pub struct ClientConfig {
     pub adopt_export: Option<String>,
     /// Also serve a portmapper here (e.g. `127.0.0.1:111`) for qemu's `nfs://` driver.
     pub portmapper: Option<SocketAddr>,
+    /// Serve Prometheus metrics at `/metrics` here (`--metrics-addr`; off when `None`).
+    pub metrics: Option<SocketAddr>,
     /// Cache block size in bytes (power of two, 4 KiB to 4 MiB).
     pub block_size: u64,
     /// Cache capacity in bytes; least recently used blocks are evicted past it.
@@ -134,6 +136,12 @@ impl Client {
             stale,
         };
         let sources = Arc::new(sources);
+        if let Some(addr) = cfg.metrics {
+            let bound = crate::metrics::serve(addr, sources.clone())
+                .await
+                .map_err(|e| Error::Config(format!("--metrics-addr {addr}: {e}")))?;
+            tracing::info!("Prometheus metrics at http://{bound}/metrics");
+        }
         if let Err(e) = crate::control::serve(&export_dir, sources.clone()) {
             // Serving files matters more than figures (e.g. a socket path over 108 bytes).
             tracing::warn!(

@@ -21,6 +21,7 @@ pub mod error;
 pub mod frames;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod metrics;
 pub mod nfs;
 pub mod process;
 pub mod proto;

@@ -79,6 +79,7 @@ pub async fn run() -> anyhow::Result<()> {
         },
         adopt_export: None,
         portmapper: None,
+        metrics: None,
         block_size: gridvfs::cache::DEFAULT_BLOCK_SIZE,
         cache_size: gridvfs::cache::DEFAULT_CACHE_SIZE,
         write_policy: gridvfs::cache::WritePolicy::Through,

@@ -92,6 +92,10 @@ struct ServeArgs {
     /// cannot be given a port, such as qemu's nfs:// driver.
     #[arg(long)]
     portmapper: Option<SocketAddr>,
+    /// Serve Prometheus metrics (the figures of `status`) at http://ADDR/metrics, e.g.
+    /// 127.0.0.1:9466. Off by default; a non-loopback address is warned about.
+    #[arg(long, value_name = "ADDR")]
+    metrics_addr: Option<SocketAddr>,
     /// Cache block size in bytes: a power of two from 4096 to 4194304.
     #[arg(long, default_value_t = gridvfs::cache::DEFAULT_BLOCK_SIZE)]
     block_size: u64,
@@ -354,6 +358,7 @@ fn config(a: &ServeArgs) -> anyhow::Result<ClientConfig> {
         },
         adopt_export: a.adopt_export.clone(),
         portmapper: a.portmapper,
+        metrics: a.metrics_addr,
         block_size: a.block_size,
         cache_size: a.cache_size,
         write_policy: match a.write_policy {

@@ -166,3 +166,110 @@ fn temp_file(bytes: &[u8]) -> tempfile::NamedTempFile {
     std::io::Write::write_all(&mut f, bytes).unwrap();
     f
 }
+
+/// A port free on loopback now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn curl(url: &str) -> String {
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--max-time", "5", url])
+        .output()
+        .expect("curl (CI installs it)");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Issue 15: Debian's real Prometheus scrapes `--metrics-addr`, and its query API returns
+/// the client's figures: the same numbers `status --json` shows, labelled by export.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_prometheus_scrapes_the_figures_of_status() {
+    let prometheus = std::path::Path::new("/usr/bin/prometheus");
+    assert!(
+        prometheus.exists(),
+        "Debian's prometheus package is needed (.ci/run installs it)"
+    );
+    let d = dirs();
+    let data = noise(160, 3 << 20);
+    std::fs::write(d.export.join("vm.img"), &data).unwrap();
+    let metrics_port = free_port();
+    let metrics = format!("127.0.0.1:{metrics_port}");
+    let client = ClientProc::start(&d.export, &d.cache, 0, &["--metrics-addr", &metrics]);
+    let mut nfs = Nfs::mount(client.port).await;
+    let root = nfs.root.clone();
+    let img = nfs.lookup(&root, "vm.img").await.unwrap();
+    assert!(nfs.read_all(&img, 1 << 20).await.unwrap() == data);
+    assert!(nfs.read_all(&img, 1 << 20).await.unwrap() == data);
+    let st = status_json(&d.cache);
+    let (hits, misses) = (n(&st, "block_hits"), n(&st, "block_misses"));
+    assert!(hits > 0 && misses > 0, "{st}");
+    let export = st["export_id"].as_str().unwrap().to_string();
+
+    // The endpoint itself, as text.
+    let text = curl(&format!("http://{metrics}/metrics"));
+    let series = format!("gridvfs_cache_block_misses_total{{export=\"{export}\"}} {misses}");
+    assert!(text.contains(&series), "{series} not in:\n{text}");
+    assert!(
+        text.contains("# TYPE gridvfs_writeback_dirty_bytes gauge"),
+        "{text}"
+    );
+    assert!(curl(&format!("http://{metrics}/other")).contains("only /metrics"));
+
+    // Prometheus scraping it every second.
+    let prom_port = free_port();
+    let config = d.tmp.path().join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: gridvfs\n    \
+             static_configs:\n      - targets: ['{metrics}']\n"
+        ),
+    )
+    .unwrap();
+    let mut prom = std::process::Command::new(prometheus)
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            d.tmp.path().join("tsdb").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{prom_port}"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start prometheus");
+    let query = |q: &str| {
+        let body = curl(&format!(
+            "http://127.0.0.1:{prom_port}/api/v1/query?query={q}"
+        ));
+        serde_json::from_str::<serde_json::Value>(&body).unwrap_or_default()
+    };
+    let t = Instant::now();
+    let found = loop {
+        let r = query("gridvfs_cache_block_hits_total");
+        let result = &r["data"]["result"];
+        if result.as_array().is_some_and(|a| !a.is_empty()) {
+            break result[0].clone();
+        }
+        if t.elapsed() > Duration::from_secs(60) {
+            let _ = prom.kill();
+            panic!("Prometheus never had the series: {r}");
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let up = query("up");
+    let _ = prom.kill();
+    let _ = prom.wait();
+    println!("prometheus: {found}");
+    assert_eq!(found["metric"]["export"], export.as_str(), "{found}");
+    assert_eq!(found["metric"]["job"], "gridvfs", "{found}");
+    assert_eq!(
+        found["value"][1].as_str().unwrap(),
+        hits.to_string(),
+        "the same figure as status: {found}"
+    );
+    assert_eq!(up["data"]["result"][0]["value"][1], "1", "{up}");
+}
