@@ -67,6 +67,10 @@ pub struct Status {
     pub quarantined_entries: u64,
     #[serde(default)]
     pub quarantined_bytes: u64,
+    /// With write-back data pending: seconds since the upload last moved (a batch
+    /// landed, or data started waiting). `None` with nothing pending.
+    #[serde(default)]
+    pub writeback_waiting_secs: Option<f64>,
     /// Write-back: writes acknowledged and the journal syncs they took (group commit).
     #[serde(default)]
     pub journal_writes: u64,
@@ -145,6 +149,14 @@ impl Sources {
             uploaded_bytes: self.writeback.as_ref().map_or(0, |w| l(&w.uploaded_bytes)),
             upload_errors: self.writeback.as_ref().map_or(0, |w| l(&w.upload_errors)),
             quarantined_entries: self.writeback.as_ref().map_or(0, |w| w.quarantined().0),
+            writeback_waiting_secs: self.writeback.as_ref().and_then(|w| {
+                let pending = w.dirty_bytes.load(Ordering::Relaxed) > 0;
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64);
+                let since = w.progress_ms.load(Ordering::Relaxed);
+                pending.then(|| now.saturating_sub(since) as f64 / 1000.0)
+            }),
             quarantined_bytes: self.writeback.as_ref().map_or(0, |w| w.quarantined().1),
             journal_writes: self.writeback.as_ref().map_or(0, |w| l(&w.journal_writes)),
             journal_syncs: self.writeback.as_ref().map_or(0, |w| l(&w.journal_syncs)),

@@ -287,6 +287,18 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Health check for monitoring (Nagios, monit, a systemd timer): one line per client
+    /// and an exit code: 0 healthy, 10 the store is unreachable, 11 the cache directory
+    /// is unusable (refused, or its disk nearly full), 12 write-back is stuck (refused by
+    /// the store, or no upload progress for --stuck-after), 13 no client is running.
+    Check {
+        /// Cache directory (default: $XDG_CACHE_HOME/gridvfs or ~/.cache/gridvfs).
+        #[arg(long)]
+        cache_dir: Option<PathBuf>,
+        /// Seconds pending write-back data may go without upload progress.
+        #[arg(long, default_value_t = 300.0)]
+        stuck_after: f64,
+    },
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions { shell: clap_complete::Shell },
     /// Print the manual page (roff), e.g. `| gzip > /usr/local/share/man/man1/NAME.1.gz`.
@@ -524,6 +536,13 @@ async fn run(io_flusher: bool) -> anyhow::Result<()> {
         },
         Cmd::Prefetch { paths } => profile::prefetch(&paths),
         Cmd::Status { cache_dir, json } => status(&cache_dir_or_default(cache_dir)?, json).await,
+        Cmd::Check {
+            cache_dir,
+            stuck_after,
+        } => {
+            let code = check(&cache_dir_or_default(cache_dir)?, stuck_after).await;
+            std::process::exit(code);
+        }
         Cmd::Completions { shell } => {
             use clap::CommandFactory;
             clap_complete::generate(
@@ -540,6 +559,93 @@ async fn run(io_flusher: bool) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// `check`: the worst condition of the clients on `cache_dir`, one line each.
+async fn check(cache_dir: &std::path::Path, stuck_after: f64) -> i32 {
+    const OK: i32 = 0;
+    const STORE_UNREACHABLE: i32 = 10;
+    const CACHE_UNUSABLE: i32 = 11;
+    const WRITEBACK_STUCK: i32 = 12;
+    const NOT_RUNNING: i32 = 13;
+    if !cache_dir.exists() {
+        println!("NOT RUNNING: no cache directory {}", cache_dir.display());
+        return NOT_RUNNING;
+    }
+    let root = match gridvfs::cache::dir::CacheRoot::open(cache_dir) {
+        Ok(r) => r,
+        Err(e) => {
+            println!("CACHE UNUSABLE {}: {e}", cache_dir.display());
+            return CACHE_UNUSABLE;
+        }
+    };
+    let mut worst = NOT_RUNNING;
+    let mut found = 0;
+    for path in root.exports().unwrap_or_default() {
+        let Ok(st) = gridvfs::control::query(&path).await else {
+            continue;
+        };
+        found += 1;
+        let free = rustix::fs::statvfs(&path)
+            .map(|v| v.f_bavail.saturating_mul(v.f_frsize))
+            .unwrap_or(u64::MAX);
+        let (code, line) = if let Some(secs) = st.offline_seconds {
+            (
+                STORE_UNREACHABLE,
+                format!(
+                    "STORE UNREACHABLE export {}: for {secs:.0} s (serving the cache; {} requests waiting so far)",
+                    st.export_id, st.offline_refused
+                ),
+            )
+        } else if free < 64 << 20 {
+            (
+                CACHE_UNUSABLE,
+                format!(
+                    "CACHE UNUSABLE export {}: {} MiB free on the cache disk ({})",
+                    st.export_id,
+                    free >> 20,
+                    path.display()
+                ),
+            )
+        } else if st.quarantined_entries > 0 {
+            (
+                WRITEBACK_STUCK,
+                format!(
+                    "WRITE-BACK STUCK export {}: the store refused {} entries ({} bytes), kept in the journal; see `status`",
+                    st.export_id, st.quarantined_entries, st.quarantined_bytes
+                ),
+            )
+        } else if let Some(w) = st.writeback_waiting_secs.filter(|w| *w > stuck_after) {
+            (
+                WRITEBACK_STUCK,
+                format!(
+                    "WRITE-BACK STUCK export {}: {} bytes pending, no upload progress for {w:.0} s",
+                    st.export_id, st.dirty_bytes
+                ),
+            )
+        } else {
+            (
+                OK,
+                format!(
+                    "OK export {}: online, {} block hits, {} misses, {} write-back bytes pending",
+                    st.export_id, st.block_hits, st.block_misses, st.dirty_bytes
+                ),
+            )
+        };
+        println!("{line}");
+        worst = if worst == NOT_RUNNING {
+            code
+        } else {
+            worst.max(code)
+        };
+    }
+    if found == 0 {
+        println!(
+            "NOT RUNNING: no gridvfs-client answers on {}",
+            cache_dir.display()
+        );
+    }
+    worst
 }
 
 async fn status(cache_dir: &std::path::Path, json: bool) -> anyhow::Result<()> {

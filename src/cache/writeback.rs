@@ -84,6 +84,10 @@ pub struct WriteBack {
     pub journal_syncs: AtomicU64,
     /// Acknowledged bytes not yet on the store (counted against `--cache-size`).
     pub dirty_bytes: AtomicU64,
+    /// When the upload last moved (a batch landed) or, if later, when data started
+    /// waiting in an empty journal (ms since the epoch): a backlog that has not moved
+    /// for long is stuck (`gridvfs-client check`).
+    pub progress_ms: AtomicU64,
     /// The "cache full of write-back data" warning was given and still holds.
     full_warned: std::sync::atomic::AtomicBool,
     /// Readers hold it for reading from "which attributes?" to "overlay done"; the uploader
@@ -175,6 +179,7 @@ impl WriteBack {
             journal_writes: AtomicU64::new(0),
             journal_syncs: AtomicU64::new(0),
             dirty_bytes: AtomicU64::new(dirty),
+            progress_ms: AtomicU64::new(now_ms()),
             quarantine: Mutex::default(),
             full_warned: std::sync::atomic::AtomicBool::new(false),
             retire: tokio::sync::RwLock::new(()),
@@ -261,7 +266,9 @@ impl WriteBack {
                 j.leader = false;
                 match done {
                     Ok(()) => {
-                        self.dirty_bytes.fetch_add(bytes, Ordering::Relaxed);
+                        if self.dirty_bytes.fetch_add(bytes, Ordering::Relaxed) == 0 {
+                            self.progress_ms.store(now_ms(), Ordering::Relaxed);
+                        }
                     }
                     Err(e) => {
                         tracing::error!("write-back journal sync failed: {e}");
@@ -522,6 +529,9 @@ impl WriteBack {
         self.release(&entries);
         self.uploaded_bytes
             .fetch_add(entries.iter().map(|e| e.len).sum(), Ordering::Relaxed);
+        if !done.is_empty() {
+            self.progress_ms.store(now_ms(), Ordering::Relaxed);
+        }
         Ok(done.len())
     }
 
@@ -661,4 +671,10 @@ impl WriteBack {
             j.end = 0;
         }
     }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }

@@ -273,3 +273,96 @@ async fn a_real_prometheus_scrapes_the_figures_of_status() {
     );
     assert_eq!(up["data"]["result"][0]["value"][1], "1", "{up}");
 }
+
+/// `gridvfs-client check` and its exit codes.
+fn check(cache: &std::path::Path, extra: &[&str]) -> (i32, String) {
+    let out = std::process::Command::new(bin("gridvfs-client"))
+        .arg("check")
+        .arg("--cache-dir")
+        .arg(cache)
+        .args(extra)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(text.lines().count(), 1, "one line: {text:?}");
+    (out.status.code().expect("exited"), text)
+}
+
+/// Issue 15: `check` for monitoring: 0 healthy, 10 store unreachable, 11 cache directory
+/// unusable, 12 write-back stuck, 13 no client, each with one line saying which.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_exit_codes_name_each_failure() {
+    let d = dirs();
+    // No client yet.
+    let (code, line) = check(&d.cache, &[]);
+    assert_eq!(code, 13, "{line}");
+    assert!(line.starts_with("NOT RUNNING"), "{line}");
+    // A cache directory others may write to is refused (StrictModes).
+    let open = d.tmp.path().join("open-cache");
+    std::fs::create_dir(&open).unwrap();
+    std::fs::set_permissions(&open, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    let (code, line) = check(&open, &[]);
+    assert_eq!(code, 11, "{line}");
+    assert!(line.starts_with("CACHE UNUSABLE"), "{line}");
+
+    // Healthy.
+    let down = d.tmp.path().join("link-down");
+    let ro = d.tmp.path().join("read-only");
+    std::fs::write(d.export.join("redo.log"), vec![0u8; 65536]).unwrap();
+    let remote = format!(
+        "exec:if [ -e {down} ]; then exit 255; fi; if [ -e {ro} ]; then r=--read-only; fi; exec {server} serve --stdio --export {export} $r",
+        down = down.display(),
+        ro = ro.display(),
+        server = bin("gridvfs-server").display(),
+        export = d.export.display()
+    );
+    let client =
+        ClientProc::start_remote(&remote, &d.export, &d.cache, 0, &["--write-policy", "back"]);
+    let (code, line) = check(&d.cache, &[]);
+    assert_eq!(code, 0, "{line}");
+    assert!(line.starts_with("OK export"), "{line}");
+
+    // The store refuses the write-back data for good (it came back read-only).
+    let mut nfs = Nfs::mount(client.port).await;
+    let root = nfs.root.clone();
+    let redo = nfs.lookup(&root, "redo.log").await.unwrap();
+    std::fs::write(&ro, "").unwrap();
+    client.kill_servers();
+    nfs.write(
+        &redo,
+        0,
+        b"refused",
+        nfs3_client::nfs3_types::nfs3::stable_how::FILE_SYNC,
+    )
+    .await
+    .unwrap();
+    let t = Instant::now();
+    let (code, line) = loop {
+        let (code, line) = check(&d.cache, &[]);
+        if code != 0 || t.elapsed() > Duration::from_secs(30) {
+            break (code, line);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(code, 12, "{line}");
+    assert!(
+        line.starts_with("WRITE-BACK STUCK") && line.contains("refused"),
+        "{line}"
+    );
+
+    // The store unreachable: the client goes offline.
+    std::fs::write(&down, "").unwrap();
+    client.kill_servers();
+    let t = Instant::now();
+    let (code, line) = loop {
+        let (code, line) = check(&d.cache, &[]);
+        if code == 10 || t.elapsed() > Duration::from_secs(30) {
+            break (code, line);
+        }
+        // Something must ask the store for the client to notice it is gone.
+        let _ = nfs.fsstat().await;
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    assert_eq!(code, 10, "{line}");
+    assert!(line.starts_with("STORE UNREACHABLE"), "{line}");
+}
