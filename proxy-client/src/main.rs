@@ -16,7 +16,7 @@ use gridvfs::tunnel::Remote;
 #[derive(Parser)]
 #[command(
     name = "gridvfs-client",
-    version,
+    version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("GRIDVFS_GIT_REV"), ")"),
     about = "gridvfs proxy-client: a remote VM image store, mounted over NFSv3 on loopback"
 )]
 struct Cli {

@@ -13,7 +13,7 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(
     name = "gridvfs-server",
-    version,
+    version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("GRIDVFS_GIT_REV"), ")"),
     about = "gridvfs proxy-server: serves one export directory over the gridvfs tunnel protocol"
 )]
 struct Cli {
@@ -168,7 +168,7 @@ fn main() -> anyhow::Result<()> {
             let mut failed = 0;
             for p in &paths {
                 let t = std::time::Instant::now();
-                match gridvfs::server::hint::write_hint(p, policy, immutable, block_size) {
+                match gridvfs::server::disk::write_hint(p, policy, immutable, block_size) {
                     Ok(h) => {
                         let zero: u64 = h.zero_extents.iter().map(|e| e.1).sum();
                         println!(

@@ -110,8 +110,9 @@ async fn sd_notify_readiness_status_watchdog_and_a_drain_at_stop() {
     );
 }
 
-/// Completion scripts and manual pages come from the clap definitions of both binaries:
-/// bash accepts the script, and the page is roff that names every subcommand.
+/// `--version` names the build's revision; completion scripts and manual pages come from
+/// the clap definitions of both binaries: bash accepts the script, and the page is roff
+/// that names every subcommand.
 #[test]
 fn completions_and_man_pages_are_generated() {
     for (binary, subcommands) in [
@@ -124,6 +125,17 @@ fn completions_and_man_pages_are_generated() {
             &["serve", "listen", "hint", "session-key"][..],
         ),
     ] {
+        let version = std::process::Command::new(bin(binary))
+            .arg("--version")
+            .output()
+            .unwrap();
+        let version = String::from_utf8(version.stdout).unwrap();
+        // `NAME X.Y.Z (REVISION)`: the commit it was built from, or "unknown revision".
+        let rev = version
+            .trim()
+            .strip_prefix(&format!("{binary} {} (", env!("CARGO_PKG_VERSION")))
+            .and_then(|r| r.strip_suffix(')'));
+        assert!(rev.is_some_and(|r| !r.is_empty()), "{binary}: {version:?}");
         let out = std::process::Command::new(bin(binary))
             .args(["completions", "bash"])
             .output()

@@ -1,8 +1,10 @@
 //! The store's side of hints: answering `Hint` from a current `.NAME.gvhint` (or the
 //! automatic hint), storing access profiles into it, and per-block sums for delta
-//! revalidation. The file format and scanning live in [`crate::server::hint`].
+//! revalidation; and `gridvfs-server hint`'s writing of a hint file. The file format and
+//! scanning live in [`crate::server::hint`], which depends on nothing here.
 
 use std::fs::File;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 
 use rustix::fs::{self as rfs, AtFlags, Mode, OFlags};
@@ -173,4 +175,67 @@ impl Export {
         }
         Ok((attr, sums))
     }
+}
+
+/// Scan the regular file at `path` and write its hint file beside it (atomically: a
+/// temporary file renamed into place). Fails if the file changes during the scan.
+pub fn write_hint(
+    path: &std::path::Path,
+    policy: crate::proto::FetchPolicy,
+    immutable: bool,
+    block_size: u32,
+) -> std::io::Result<hint::HintFile> {
+    use std::io::{Error, ErrorKind};
+    let name = path
+        .file_name()
+        .ok_or_else(|| Error::new(ErrorKind::InvalidInput, "not a file name"))?;
+    if hint::is_hint_name(name.as_encoded_bytes()) {
+        return Err(Error::new(ErrorKind::InvalidInput, "that is a hint file"));
+    }
+    if !block_size.is_power_of_two() || !(4096..=(4 << 20)).contains(&block_size) {
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            "block size must be a power of two from 4 KiB to 4 MiB",
+        ));
+    }
+    let f = File::open(path)?;
+    let stat = |f: &File| {
+        stat_fd(f)
+            .map(|m| attr_of(&m))
+            .map_err(|s| Error::other(s.to_string()))
+    };
+    let before = stat(&f)?;
+    if before.kind != crate::proto::FileKind::Regular {
+        return Err(Error::new(ErrorKind::InvalidInput, "not a regular file"));
+    }
+    let (zero_extents, block_sums) = hint::scan(&f, before.size, block_size)?;
+    let after = stat(&f)?;
+    if (after.size, after.mtime, after.ctime) != (before.size, before.mtime, before.ctime) {
+        return Err(Error::other(
+            "the file changed while it was scanned; try again",
+        ));
+    }
+    let h = hint::HintFile {
+        size: before.size,
+        mtime: before.mtime,
+        ctime: before.ctime,
+        ident: before.ident,
+        policy,
+        immutable,
+        zero_extents,
+        block_size,
+        block_sums,
+        profile: Vec::new(),
+    };
+    let dir = path.parent().unwrap_or(std::path::Path::new("."));
+    let hint_os = std::ffi::OsStr::from_bytes(&hint::hint_name(name.as_encoded_bytes())).to_owned();
+    // Named like a hint file, so it is hidden from clients while it is being written.
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".")
+        .suffix(".tmp.gvhint")
+        .tempfile_in(dir)?;
+    std::io::Write::write_all(&mut tmp, &h.encode())?;
+    tmp.as_file().sync_data()?;
+    tmp.persist(dir.join(hint_os)).map_err(|e| e.error)?;
+    Ok(h)
 }

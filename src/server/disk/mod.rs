@@ -19,6 +19,7 @@ use rustix::io::Errno;
 use super::hint;
 
 mod hints;
+pub use hints::write_hint;
 pub mod identity;
 mod listing;
 mod meta;
