@@ -1,5 +1,6 @@
-//! `--version` says which commit the binary was built from (`git describe`), or
-//! "unknown revision" outside a git checkout (a crate tarball).
+// `--version` says which commit the binary was built from (`git describe`), or
+// "unknown revision" outside a git checkout (a crate tarball). Shared by both binaries:
+// proxy-server/build.rs includes this file.
 
 fn main() {
     let rev = std::process::Command::new("git")

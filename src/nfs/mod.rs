@@ -15,6 +15,8 @@ mod readdir;
 pub mod record;
 pub mod replay;
 pub mod stale;
+#[cfg(test)]
+mod tests;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
