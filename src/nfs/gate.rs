@@ -58,8 +58,18 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 pub const MAX_CONNECTIONS: usize = 1024;
 /// A connection that sends no call for this long is closed, as knfsd closes idle
 /// connections after 6 minutes (the kernel reconnects on its next call). Also bounds a
-/// peer that sends part of a record and stops.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(360);
+/// peer that sends part of a record and stops. `$GRIDVFS_NFS_IDLE_SECS` overrides it
+/// (the tests shorten it; not a tuning knob).
+fn idle_timeout() -> Duration {
+    static IDLE: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
+    *IDLE.get_or_init(|| {
+        std::env::var("GRIDVFS_NFS_IDLE_SECS")
+            .ok()
+            .and_then(|s| s.parse::<f64>().ok())
+            .filter(|s| *s > 0.0)
+            .map_or(Duration::from_secs(360), Duration::from_secs_f64)
+    })
+}
 
 /// Opens in-process connections to the `nfs3_server` dispatcher.
 pub trait Dispatcher: Send + Sync {
@@ -189,12 +199,12 @@ impl Gate {
                 _ = &mut up_reader => break Err(dispatcher_gone()),
             };
             let body = tokio::select! {
-                r = tokio::time::timeout(IDLE_TIMEOUT, read_record(&mut kernel_rx)) => match r {
+                r = tokio::time::timeout(idle_timeout(), read_record(&mut kernel_rx)) => match r {
                     Ok(Ok(Some(b))) => b,
                     Ok(Ok(None)) => break Ok(()),
                     Ok(Err(e)) => break Err(e),
                     Err(_) => {
-                        tracing::debug!("NFS connection from {peer} idle for {IDLE_TIMEOUT:?}: closed");
+                        tracing::debug!("NFS connection from {peer} idle for {:?}: closed", idle_timeout());
                         break Ok(());
                     }
                 },

@@ -550,3 +550,70 @@ fn nfs_connections_are_capped() {
     assert!(served(&mut again), "served again once others closed");
     drop(held);
 }
+
+/// Issue 11, item 15: a connection that sends no call (or half a record) for the idle
+/// time-out is closed, as knfsd closes idle connections; one that keeps calling stays.
+/// The time-out (6 minutes) is shortened to 2 s here with `$GRIDVFS_NFS_IDLE_SECS`.
+#[test]
+fn idle_nfs_connections_are_closed() {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    use std::time::{Duration, Instant};
+    let d = dirs();
+    store(&d);
+    let client = ClientProc::start_with_env(
+        &format!("local:{}", d.export.display()),
+        &d.export,
+        &d.cache,
+        0,
+        &[],
+        &[("GRIDVFS_NFS_IDLE_SECS", "2")],
+    );
+    let addr = format!("127.0.0.1:{}", client.port);
+    let null: Vec<u8> = [0x8000_0028u32, 7, 0, 2, 100_003, 3, 0, 0, 0, 0, 0]
+        .iter()
+        .flat_map(|w| w.to_be_bytes())
+        .collect();
+    let closed_after = |s: &mut TcpStream| -> Duration {
+        let t = Instant::now();
+        s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+        let mut b = [0u8; 1];
+        match s.read(&mut b) {
+            Ok(0) => t.elapsed(),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => t.elapsed(),
+            other => panic!("an idle connection was kept: {other:?}"),
+        }
+    };
+    // Silent from the start, and silent after half a record header.
+    let mut silent = TcpStream::connect(&addr).unwrap();
+    let mut half = TcpStream::connect(&addr).unwrap();
+    half.write_all(&null[..6]).unwrap();
+    // Busy: a call every 500 ms for 4 s, then it too goes quiet.
+    let mut busy = TcpStream::connect(&addr).unwrap();
+    busy.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let t = Instant::now();
+    let mut xid = 100u32;
+    while t.elapsed() < Duration::from_secs(4) {
+        // A new xid each time: the dispatcher drops a repeated one as a retransmission.
+        xid += 1;
+        let mut call = null.clone();
+        call[4..8].copy_from_slice(&xid.to_be_bytes());
+        busy.write_all(&call).unwrap();
+        let mut reply = [0u8; 28];
+        busy.read_exact(&mut reply)
+            .unwrap_or_else(|e| panic!("a busy connection is served ({:?} in): {e}", t.elapsed()));
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    for (what, s) in [("silent", &mut silent), ("half a record", &mut half)] {
+        let waited = closed_after(s) + Duration::from_secs(4);
+        assert!(
+            waited < Duration::from_secs(8),
+            "{what}: closed only after {waited:?}"
+        );
+    }
+    let quiet = closed_after(&mut busy);
+    assert!(
+        quiet >= Duration::from_secs(1) && quiet < Duration::from_secs(5),
+        "the busy connection closed {quiet:?} after its last call"
+    );
+}
