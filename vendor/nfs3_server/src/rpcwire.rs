@@ -116,13 +116,29 @@ where
     message.into_success_reply(&result)
 }
 
+/// Calls whose repetition has the effect of doing them once: NULL of any program, and
+/// NFSv3's reads and writes (WRITE stores the same bytes at the same offset again).
+/// (gridvfs patch: see PATCHES.md.)
+fn repeatable(call: &call_body<'_>) -> bool {
+    const NFS_PROGRAM: u32 = 100_003;
+    call.proc == 0
+        || (call.prog == NFS_PROGRAM
+            && matches!(
+                call.proc,
+                1 /* GETATTR */ | 3 /* LOOKUP */ | 4 /* ACCESS */ | 5 /* READLINK */
+                    | 6 /* READ */ | 7 /* WRITE */ | 16 /* READDIR */ | 17 /* READDIRPLUS */
+                    | 18 /* FSSTAT */ | 19 /* FSINFO */ | 20 /* PATHCONF */ | 21 /* COMMIT */
+            ))
+}
+
 fn lock_transaction(
     transaction_tracker: &transaction_tracker::TransactionTracker,
     client_addr: &str,
     xid: u32,
     call: &call_body<'_>,
 ) -> Result<TransactionLock, Option<accept_stat_data>> {
-    let transaction = transaction_tracker.start_transaction(client_addr, xid, Instant::now());
+    let transaction =
+        transaction_tracker.start_transaction(client_addr, xid, Instant::now(), repeatable(call));
 
     match transaction {
         Ok(lock) => Ok(lock),

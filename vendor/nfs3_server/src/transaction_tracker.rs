@@ -26,11 +26,15 @@ impl TransactionTracker {
         }
     }
 
+    /// `repeatable`: the call may be carried out again if an earlier one with this xid has
+    /// completed (an idempotent procedure whose reply was lost with its connection). A
+    /// retransmission of a call still in progress is always dropped (its reply will come).
     pub(crate) fn start_transaction(
         &self,
         client_addr: &str,
         xid: u32,
         now: Instant,
+        repeatable: bool,
     ) -> Result<TransactionLock, TransactionError> {
         // First, we check if client is already in the transactions map
         {
@@ -41,7 +45,7 @@ impl TransactionTracker {
 
             if let Some(client_transactions) = transactions.get(client_addr) {
                 let mut client_lock = client_transactions.lock().expect("lock is poisoned");
-                client_lock.add_transaction(xid, now)?;
+                client_lock.add_transaction(xid, now, repeatable)?;
                 return Ok(TransactionLock::new(
                     client_transactions.clone(),
                     xid,
@@ -60,7 +64,7 @@ impl TransactionTracker {
             .or_insert_with(|| self.new_client_transactions(now));
 
         let mut client_lock = val.lock().expect("lock is poisoned");
-        client_lock.add_transaction(xid, now)?;
+        client_lock.add_transaction(xid, now, repeatable)?;
 
         Ok(TransactionLock::new(
             val.clone(),
@@ -190,9 +194,22 @@ impl ClientTransactions {
         }
     }
 
-    fn add_transaction(&mut self, xid: u32, now: Instant) -> Result<(), TransactionError> {
+    fn add_transaction(
+        &mut self,
+        xid: u32,
+        now: Instant,
+        repeatable: bool,
+    ) -> Result<(), TransactionError> {
         self.last_active = now;
         match self.find_transaction(xid) {
+            Ok(p) if repeatable && matches!(self.transactions[p].state, TransactionState::Completed(_)) => {
+                if self.active_transactions >= self.max_active_transactions {
+                    return Err(TransactionError::TooManyRequests);
+                }
+                self.active_transactions += 1;
+                self.transactions[p].state = TransactionState::InProgress;
+                Ok(())
+            }
             Ok(_) => Err(TransactionError::AlreadyExists),
             Err(p) => {
                 if self.active_transactions >= self.max_active_transactions {
@@ -349,7 +366,7 @@ mod tests {
         assert_eq!(client_transactions.transactions.len(), 0);
         assert!(client_transactions.last_active.elapsed() < Duration::new(1, 0));
 
-        client_transactions.add_transaction(1, now).unwrap();
+        client_transactions.add_transaction(1, now, false).unwrap();
         assert_eq!(client_transactions.transactions.len(), 1);
         assert_eq!(client_transactions.transactions[0].xid, 1);
 
@@ -368,12 +385,12 @@ mod tests {
         let now = Instant::now();
         let mut client_transactions = ClientTransactions::new(now, 100, 1000);
 
-        client_transactions.add_transaction(9, now).unwrap();
-        client_transactions.add_transaction(1, now).unwrap();
+        client_transactions.add_transaction(9, now, false).unwrap();
+        client_transactions.add_transaction(1, now, false).unwrap();
         assert_eq!(collect_xids(&client_transactions)[..], [1, 9]);
-        client_transactions.add_transaction(5, now).unwrap();
+        client_transactions.add_transaction(5, now, false).unwrap();
         assert_eq!(collect_xids(&client_transactions)[..], [1, 5, 9]);
-        client_transactions.add_transaction(2, now).unwrap();
+        client_transactions.add_transaction(2, now, false).unwrap();
         assert_eq!(collect_xids(&client_transactions)[..], [1, 2, 5, 9]);
     }
 
@@ -386,8 +403,8 @@ mod tests {
         let now = Instant::now();
         let mut client_transactions = ClientTransactions::new(now, 100, 1000);
 
-        client_transactions.add_transaction(1, now).unwrap();
-        client_transactions.add_transaction(2, now).unwrap();
+        client_transactions.add_transaction(1, now, false).unwrap();
+        client_transactions.add_transaction(2, now, false).unwrap();
         client_transactions.complete_transaction(2, now);
 
         assert_eq!(client_transactions.transactions.len(), 2);
@@ -424,10 +441,10 @@ mod tests {
         let now = Instant::now();
         let mut client_transactions = ClientTransactions::new(now, 2, 1000);
 
-        assert!(client_transactions.add_transaction(1, now).is_ok());
-        assert!(client_transactions.add_transaction(2, now).is_ok());
+        assert!(client_transactions.add_transaction(1, now, false).is_ok());
+        assert!(client_transactions.add_transaction(2, now, false).is_ok());
         assert_eq!(
-            client_transactions.add_transaction(3, now).unwrap_err(),
+            client_transactions.add_transaction(3, now, false).unwrap_err(),
             TransactionError::TooManyRequests
         );
     }
@@ -437,9 +454,9 @@ mod tests {
         let now = Instant::now();
         let mut client_transactions = ClientTransactions::new(now, 100, 1000);
 
-        assert!(client_transactions.add_transaction(1, now).is_ok());
+        assert!(client_transactions.add_transaction(1, now, false).is_ok());
         assert_eq!(
-            client_transactions.add_transaction(1, now).unwrap_err(),
+            client_transactions.add_transaction(1, now, false).unwrap_err(),
             TransactionError::AlreadyExists
         );
     }
@@ -449,18 +466,18 @@ mod tests {
         let now = Instant::now();
         let mut client_transactions = ClientTransactions::new(now, 1, 2);
 
-        assert!(client_transactions.add_transaction(1, now).is_ok());
+        assert!(client_transactions.add_transaction(1, now, false).is_ok());
         client_transactions.complete_transaction(1, now);
 
-        assert!(client_transactions.add_transaction(2, now).is_ok());
+        assert!(client_transactions.add_transaction(2, now, false).is_ok());
         client_transactions.complete_transaction(2, now);
         assert_eq!(collect_xids(&client_transactions)[..], [1, 2]);
 
-        assert!(client_transactions.add_transaction(3, now).is_ok());
+        assert!(client_transactions.add_transaction(3, now, false).is_ok());
         assert_eq!(collect_xids(&client_transactions)[..], [2, 3]);
         client_transactions.complete_transaction(3, now);
 
-        assert!(client_transactions.add_transaction(4, now).is_ok());
+        assert!(client_transactions.add_transaction(4, now, false).is_ok());
         assert_eq!(collect_xids(&client_transactions)[..], [3, 4]);
     }
 
@@ -469,9 +486,9 @@ mod tests {
         let tracker = TransactionTracker::new(Duration::new(1, 0), 100, 1000);
         let now = Instant::now();
 
-        let transaction = tracker.start_transaction("client1", 1, now).unwrap();
+        let transaction = tracker.start_transaction("client1", 1, now, false).unwrap();
         assert_eq!(
-            tracker.start_transaction("client1", 1, now).unwrap_err(),
+            tracker.start_transaction("client1", 1, now, false).unwrap_err(),
             TransactionError::AlreadyExists
         );
         assert_eq!(transaction.xid, 1);
@@ -509,8 +526,8 @@ mod tests {
         let tracker = TransactionTracker::new(Duration::new(1, 0), 100, 1000);
         let now = Instant::now();
 
-        let transaction1 = tracker.start_transaction("client1", 1, now).unwrap();
-        let transaction2 = tracker.start_transaction("client1", 2, now).unwrap();
+        let transaction1 = tracker.start_transaction("client1", 1, now, false).unwrap();
+        let transaction2 = tracker.start_transaction("client1", 2, now, false).unwrap();
 
         tracker.cleanup(now + Duration::new(2, 0));
 
