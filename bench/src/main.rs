@@ -620,6 +620,7 @@ async fn run(
                     let flushed = Command::new(&client_bin)
                         .args(["flush", "--cache-dir"])
                         .arg(&wb_cache)
+                        .stdout(std::process::Stdio::null())
                         .stderr(std::process::Stdio::null())
                         .status()?;
                     anyhow::ensure!(flushed.success(), "gridvfs-client flush failed");

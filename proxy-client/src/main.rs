@@ -2,6 +2,7 @@
 
 mod demo;
 mod profile;
+mod progress;
 mod service;
 
 use std::net::SocketAddr;
@@ -745,30 +746,21 @@ async fn flush(cache_dir: &std::path::Path) -> anyhow::Result<()> {
         if !gridvfs::control::socket_path(&e.path()).exists() {
             continue;
         }
-        let bar = indicatif::ProgressBar::new(0);
-        bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{msg} [{bar:40}] {bytes}/{total_bytes} ({bytes_per_sec}, {eta})",
-            )
-            .expect("template")
-            .progress_chars("=> "),
-        );
+        let name = e.file_name().to_string_lossy().into_owned();
+        let mut bar = progress::Progress::new("flush", format!("export {name}"), 0);
         let mut total = None;
         let res = gridvfs::control::flush(&e.path(), |st| {
             let t = *total.get_or_insert(st.dirty_bytes);
-            bar.set_length(t.max(st.dirty_bytes));
-            bar.set_position(t.saturating_sub(st.dirty_bytes));
-            bar.set_message(format!("export {}", &st.export_id[..8]));
+            bar.set_total(t.max(st.dirty_bytes));
+            bar.set(t.saturating_sub(st.dirty_bytes));
         })
         .await;
         match res {
             Ok(()) => {
                 found += 1;
-                bar.finish_with_message("flushed");
+                bar.finish("flushed");
             }
-            Err(err) if err.kind() == std::io::ErrorKind::ConnectionRefused => {
-                bar.finish_and_clear()
-            }
+            Err(err) if err.kind() == std::io::ErrorKind::ConnectionRefused => bar.clear(),
             Err(err) => return Err(err).context("flush failed"),
         }
     }

@@ -97,15 +97,7 @@ pub fn prefetch(paths: &[PathBuf]) -> anyhow::Result<()> {
         let mut f =
             std::fs::File::open(p).with_context(|| format!("cannot open {}", p.display()))?;
         let len = f.metadata()?.len();
-        let bar = indicatif::ProgressBar::new(len);
-        bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{msg} [{bar:40}] {bytes}/{total_bytes} ({bytes_per_sec}, {eta})",
-            )
-            .expect("template")
-            .progress_chars("=> "),
-        );
-        bar.set_message(p.display().to_string());
+        let mut bar = crate::progress::Progress::new("prefetch", p.display().to_string(), len);
         let mut buf = vec![0u8; 1 << 20];
         loop {
             let n = f
@@ -116,7 +108,7 @@ pub fn prefetch(paths: &[PathBuf]) -> anyhow::Result<()> {
             }
             bar.inc(n as u64);
         }
-        bar.finish();
+        bar.finish("in the cache");
     }
     Ok(())
 }

@@ -378,3 +378,28 @@ async fn check_exit_codes_name_each_failure() {
     assert_eq!(code, 10, "{line}");
     assert!(line.starts_with("STORE UNREACHABLE"), "{line}");
 }
+
+/// Off a terminal, long commands report progress as JSON lines (here `prefetch` of a
+/// plain file, read through to its end), the last one `"event":"done"` with every byte.
+#[test]
+fn progress_is_json_lines_off_a_terminal() {
+    let d = dirs();
+    let file = d.tmp.path().join("image.raw");
+    std::fs::write(&file, vec![7u8; 3 << 20]).unwrap();
+    let out = std::process::Command::new(bin("gridvfs-client"))
+        .arg("prefetch")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("every line is JSON"))
+        .collect();
+    let last = lines.last().expect("at least the last line");
+    assert_eq!(last["event"], "done", "{lines:?}");
+    assert_eq!(last["what"], "prefetch");
+    assert_eq!(last["done_bytes"], 3 << 20);
+    assert_eq!(last["total_bytes"], 3 << 20);
+}
