@@ -149,14 +149,11 @@ impl Sources {
             uploaded_bytes: self.writeback.as_ref().map_or(0, |w| l(&w.uploaded_bytes)),
             upload_errors: self.writeback.as_ref().map_or(0, |w| l(&w.upload_errors)),
             quarantined_entries: self.writeback.as_ref().map_or(0, |w| w.quarantined().0),
-            writeback_waiting_secs: self.writeback.as_ref().and_then(|w| {
-                let pending = w.dirty_bytes.load(Ordering::Relaxed) > 0;
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_millis() as u64);
-                let since = w.progress_ms.load(Ordering::Relaxed);
-                pending.then(|| now.saturating_sub(since) as f64 / 1000.0)
-            }),
+            writeback_waiting_secs: self
+                .writeback
+                .as_ref()
+                .and_then(|w| w.waiting())
+                .map(|d| d.as_secs_f64()),
             quarantined_bytes: self.writeback.as_ref().map_or(0, |w| w.quarantined().1),
             journal_writes: self.writeback.as_ref().map_or(0, |w| l(&w.journal_writes)),
             journal_syncs: self.writeback.as_ref().map_or(0, |w| l(&w.journal_syncs)),

@@ -87,7 +87,7 @@ pub struct WriteBack {
     /// When the upload last moved (a batch landed) or, if later, when data started
     /// waiting in an empty journal (ms since the epoch): a backlog that has not moved
     /// for long is stuck (`gridvfs-client check`).
-    pub progress_ms: AtomicU64,
+    progress_ms: AtomicU64,
     /// The "cache full of write-back data" warning was given and still holds.
     full_warned: std::sync::atomic::AtomicBool,
     /// Readers hold it for reading from "which attributes?" to "overlay done"; the uploader
@@ -342,6 +342,14 @@ impl WriteBack {
         q.files
             .values()
             .fold((0, 0), |(n, b), (_, en, eb)| (n + en, b + eb))
+    }
+
+    /// With data pending: how long the upload has not moved (since a batch last landed,
+    /// or since data started waiting in an empty journal). `None` with nothing pending.
+    pub fn waiting(&self) -> Option<Duration> {
+        let pending = self.dirty_bytes.load(Ordering::Relaxed) > 0;
+        let since = self.progress_ms.load(Ordering::Relaxed);
+        pending.then(|| Duration::from_millis(now_ms().saturating_sub(since)))
     }
 
     /// Why the store refuses `file`'s write-back data, if it does.

@@ -30,6 +30,8 @@ const DOTDOT_COOKIE: u64 = 2;
 const DIR_PAGE: u32 = 1024;
 /// Directories larger than this are not kept for offline listing (a listing is one row).
 const MAX_KEPT_ENTRIES: usize = 100_000;
+/// Directories whose kept version is remembered (past it the memory starts afresh).
+const MAX_KEPT_DIRS: usize = 65_536;
 /// Listings being gathered at once (one per directory a client is paging through).
 const MAX_GATHERING: usize = 64;
 
@@ -52,10 +54,12 @@ struct Gathering {
     entries: BTreeMap<u64, ListedEntry>,
 }
 
-/// Whole listings being gathered, per directory id.
+/// Whole listings being gathered, per directory id, and the version last kept of each (a
+/// directory listed again unchanged is neither gathered nor written again).
 #[derive(Default)]
 pub struct Listings {
     gathering: Mutex<HashMap<u64, Gathering>>,
+    kept: Mutex<HashMap<u64, Vec<u8>>>,
 }
 
 impl Listings {
@@ -66,12 +70,23 @@ impl Listings {
         dir: u64,
         version: &[u8],
         after: u64,
-        page: &[ListedEntry],
+        page: impl Iterator<Item = ListedEntry>,
         last: Option<u64>,
         eof: bool,
     ) -> Option<Vec<ListedEntry>> {
         let mut map = self.gathering.lock().expect("listings lock");
         if after == 0 {
+            if self
+                .kept
+                .lock()
+                .expect("kept lock")
+                .get(&dir)
+                .map(Vec::as_slice)
+                == Some(version)
+            {
+                map.remove(&dir);
+                return None; // kept already, as of this version
+            }
             if map.len() >= MAX_GATHERING {
                 map.clear(); // abandoned walks; a new one starts cleanly
             }
@@ -90,7 +105,7 @@ impl Listings {
             return None;
         }
         for e in page {
-            g.entries.insert(e.cookie, e.clone());
+            g.entries.insert(e.cookie, e);
         }
         g.covered_to = g.covered_to.max(last.unwrap_or(after));
         if g.entries.len() > MAX_KEPT_ENTRIES {
@@ -101,6 +116,15 @@ impl Listings {
             return None;
         }
         map.remove(&dir).map(|g| g.entries.into_values().collect())
+    }
+
+    /// `dir`'s listing as of `version` is in the index now.
+    fn kept(&self, dir: u64, version: Vec<u8>) {
+        let mut kept = self.kept.lock().expect("kept lock");
+        if kept.len() >= MAX_KEPT_DIRS {
+            kept.clear(); // only an optimisation: at worst a listing is written again
+        }
+        kept.insert(dir, version);
     }
 }
 
@@ -191,27 +215,25 @@ impl<'a> DirIter<'a> {
     /// Gather this page into the directory's listing; keep it once whole.
     fn keep(&self, after: u64, page: &[Entry], last: Option<u64>, eof: bool) {
         let version = validator(&self.dir_attr);
-        let listed: Vec<ListedEntry> = page
-            .iter()
-            .map(|e| ListedEntry {
-                cookie: e.cookie,
-                name: e.name.clone(),
-                id: e.id,
-                fileid: e.fileid,
-            })
-            .collect();
-        let Some(whole) =
-            self.front
-                .listings
-                .page(self.dir_id, &version, after, &listed, last, eof)
+        let listed = page.iter().map(|e| ListedEntry {
+            cookie: e.cookie,
+            name: e.name.clone(),
+            id: e.id,
+            fileid: e.fileid,
+        });
+        let Some(whole) = self
+            .front
+            .listings
+            .page(self.dir_id, &version, after, listed, last, eof)
         else {
             return;
         };
-        if let Err(e) = self.front.index.save_listing(self.dir_id, &version, &whole) {
-            tracing::debug!(
+        match self.front.index.save_listing(self.dir_id, &version, &whole) {
+            Ok(()) => self.front.listings.kept(self.dir_id, version),
+            Err(e) => tracing::debug!(
                 "cannot keep the listing of {} for offline use: {e}",
                 self.dir_id
-            );
+            ),
         }
     }
 
