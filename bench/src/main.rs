@@ -3,6 +3,7 @@
 
 mod data;
 mod link;
+mod mirror;
 mod nfsread;
 mod peers;
 mod report;
@@ -20,7 +21,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use data::DataSpec;
 use link::{LinkSpec, Relay};
-use peers::{GridvfsClient, Rclone, Run, Sshfs, bounded, command_copy};
+use peers::{Daemon, Rclone, Run, Sshfs, bounded, command_copy};
 use report::Row;
 use setup::{connect, ensure_tools, server_bridge, sibling};
 
@@ -91,6 +92,9 @@ enum Peer {
     Scp,
     SshZstd,
     Rclone,
+    /// The warm ceiling: the same NFSv3 reader against a plain `std::fs` mirror on
+    /// `nfs3_server` serving the page-cached data (no cache, no checks, no gate).
+    Mirror,
 }
 
 #[derive(Subcommand)]
@@ -125,12 +129,42 @@ enum Cmd {
     Connect { addr: String },
     /// Redraw the SVG chart of a results JSON (written beside it).
     Svg { json: PathBuf },
+    /// Serve DIR's files read-only over NFSv3 from a plain std::fs mirror (the `mirror`
+    /// peer); prints the port.
+    Mirror { dir: PathBuf },
+    /// W1 alone, for profiling: read FILE (a file in the store's directory, also read
+    /// locally to check every byte) whole through the NFS server on 127.0.0.1:PORT.
+    Read {
+        #[arg(long)]
+        port: u16,
+        /// NFS connections, one 1 MiB READ in flight on each.
+        #[arg(long, default_value_t = 8)]
+        conns: usize,
+        file: PathBuf,
+    },
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().cmd {
         Cmd::Connect { addr } => connect(&addr).await,
+        Cmd::Mirror { dir } => mirror::serve(&dir).await,
+        Cmd::Read { port, conns, file } => {
+            let name = file
+                .file_name()
+                .and_then(|n| n.to_str())
+                .ok_or_else(|| anyhow::anyhow!("{}: no file name", file.display()))?;
+            let size = std::fs::metadata(&file)?.len();
+            let t = std::time::Instant::now();
+            let done = Arc::new(AtomicU64::new(0));
+            nfsread::read_whole(port, name, size, &file, conns, done).await?;
+            let s = t.elapsed().as_secs_f64();
+            println!(
+                "{name}: {size} bytes in {s:.3} s, {:.1} MB/s",
+                size as f64 / s / 1e6
+            );
+            Ok(())
+        }
         Cmd::Svg { json } => {
             let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json)?)?;
             let rows: Vec<Row> = serde_json::from_value(v["rows"].clone())?;
@@ -176,6 +210,7 @@ async fn main() -> anyhow::Result<()> {
                 Peer::Scp,
                 Peer::SshZstd,
                 Peer::Rclone,
+                Peer::Mirror,
             ];
             let peers = if peers.is_empty() {
                 all.to_vec()
@@ -298,7 +333,9 @@ async fn run(
     let server_bin = sibling("gridvfs-server")?;
     let bench_bin = std::env::current_exe()?;
     let needs_ssh = transports.iter().any(|t| *t != Transport::Pipe)
-        || peers.iter().any(|p| *p != Peer::Gridvfs);
+        || peers
+            .iter()
+            .any(|p| !matches!(p, Peer::Gridvfs | Peer::Mirror));
     if needs_ssh {
         ensure_tools(&[
             ("rclone", "rclone"),
@@ -469,7 +506,7 @@ async fn run(
                     let profile_hint = ds.dir.join(".vm1.img.gvhint");
                     let _ = std::fs::remove_file(&profile_hint);
                     for round in ["cold", "warm"] {
-                        let client = GridvfsClient::start(&client_bin, &remote, &cache, &flags)?;
+                        let client = Daemon::gridvfs(&client_bin, &remote, &cache, &flags)?;
                         let (w1, w2) = if round == "cold" {
                             ("W1", "W2")
                         } else {
@@ -551,8 +588,7 @@ async fn run(
                     // W2 once more, cold (empty cache, new client), with the recorded profile:
                     // the first read starts a prefetch in boot order.
                     let profile_cache = work.path().join(format!("{name}-profile-cache"));
-                    let client =
-                        GridvfsClient::start(&client_bin, &remote, &profile_cache, &flags)?;
+                    let client = Daemon::gridvfs(&client_bin, &remote, &profile_cache, &flags)?;
                     let done = Arc::new(AtomicU64::new(0));
                     let before = ctx.snapshot();
                     let r = bounded(bound, done.clone(), async {
@@ -574,7 +610,7 @@ async fn run(
                     let _ = std::fs::remove_file(&profile_hint);
                     if peers.contains(&Peer::Kernel) && transport == transports[0] {
                         let kcache = work.path().join(format!("{name}-kernel-cache"));
-                        let client = GridvfsClient::start(&client_bin, &remote, &kcache, &flags)?;
+                        let client = Daemon::gridvfs(&client_bin, &remote, &kcache, &flags)?;
                         let before = ctx.snapshot();
                         let share = work.path().join("guest-share");
                         let secs = peers::kernel_read(client.port, "vm1.mem", &ds.mem, &share)?;
@@ -603,7 +639,7 @@ async fn run(
                         .copied()
                         .chain(["--write-policy", "back"])
                         .collect();
-                    let client = GridvfsClient::start(&client_bin, &remote, &wb_cache, &wb_flags)?;
+                    let client = Daemon::gridvfs(&client_bin, &remote, &wb_cache, &wb_flags)?;
                     let before = ctx.snapshot();
                     let t = std::time::Instant::now();
                     let r = w4_write(client.port, &ds.mem, w4_bytes, bound).await?;
@@ -674,6 +710,45 @@ async fn run(
                 drop(m);
             }
             Peer::Kernel => {} // with the gridvfs rows
+            Peer::Mirror => {
+                let m = Daemon::mirror(&bench_bin, &ds.dir)?;
+                // One untimed pass puts the files in the page cache, as a warm gridvfs
+                // cache is (in its page cache or on its disk).
+                let warm = Arc::new(AtomicU64::new(0));
+                nfsread::read_whole(m.port, "vm1.mem", mem_size, &ds.mem, 8, warm.clone()).await?;
+                nfsread::replay(m.port, "vm1.img", &ds.trace, &ds.disk, warm).await?;
+                for (w, limit) in [("W3 (W1 again)", "W1"), ("W3 (W2 again)", "W2")] {
+                    let done = Arc::new(AtomicU64::new(0));
+                    let before = ctx.snapshot();
+                    let r = bounded(bound, done.clone(), async {
+                        if limit == "W1" {
+                            nfsread::read_whole(
+                                m.port,
+                                "vm1.mem",
+                                mem_size,
+                                &ds.mem,
+                                8,
+                                done.clone(),
+                            )
+                            .await
+                        } else {
+                            nfsread::replay(m.port, "vm1.img", &ds.trace, &ds.disk, done.clone())
+                                .await
+                        }
+                        .map(Some)
+                    })
+                    .await?;
+                    ctx.push(
+                        "nfs-mirror",
+                        w,
+                        limit,
+                        r,
+                        before,
+                        m.peak_rss_mib(),
+                        "ceiling: std::fs mirror on nfs3_server, page-cached",
+                    );
+                }
+            }
             Peer::Rclone => {
                 // Cold, then warm after a remount that keeps rclone's cache directory.
                 let s = sshd.as_ref().expect("sshd");
@@ -751,7 +826,12 @@ async fn run(
             .unwrap_or(9)
     };
     rows.sort_by_key(|r| order(&r.workload));
-    let table = report::table(&rows);
+    let mut table = report::table(&rows);
+    let ceiling = report::vs_ceiling(&rows);
+    if !ceiling.is_empty() {
+        table.push_str("\nWarm reads against the ceiling (same reader, same run):\n\n");
+        table.push_str(&ceiling);
+    }
     let uname = Command::new("uname")
         .arg("-srm")
         .output()

@@ -48,36 +48,51 @@ where
 }
 
 /// A running `gridvfs-client serve`.
-pub struct GridvfsClient {
+/// A serving child process that prints its port (the last `:`-separated field of its
+/// first stdout line): a gridvfs client proxy, or the `mirror` ceiling.
+pub struct Daemon {
     pub child: Child,
     pub port: u16,
 }
 
-impl GridvfsClient {
-    pub fn start(
+impl Daemon {
+    /// A gridvfs client proxy for `remote`, caching in `cache`.
+    pub fn gridvfs(
         client_bin: &Path,
         remote: &str,
         cache: &Path,
         extra: &[&str],
     ) -> anyhow::Result<Self> {
-        let mut child = Command::new(client_bin)
-            .args([
-                "serve",
-                "--remote",
-                remote,
-                "--listen",
-                "127.0.0.1:0",
-                "--cache-dir",
-            ])
-            .arg(cache)
-            // The bench's reader connects from an unprivileged port as root; the NFS
-            // front's checks still run for every call (they cost what they cost).
-            .args(["--allow-unprivileged-ports", "--no-root-squash"])
-            .args(extra)
+        let mut cmd = Command::new(client_bin);
+        cmd.args([
+            "serve",
+            "--remote",
+            remote,
+            "--listen",
+            "127.0.0.1:0",
+            "--cache-dir",
+        ])
+        .arg(cache)
+        // The bench's reader connects from an unprivileged port as root; the NFS
+        // front's checks still run for every call (they cost what they cost).
+        .args(["--allow-unprivileged-ports", "--no-root-squash"])
+        .args(extra);
+        Self::spawn(cmd, "gridvfs-client")
+    }
+
+    /// The warm ceiling: `bench mirror DIR` (see mirror.rs).
+    pub fn mirror(bench_bin: &Path, dir: &Path) -> anyhow::Result<Self> {
+        let mut cmd = Command::new(bench_bin);
+        cmd.arg("mirror").arg(dir);
+        Self::spawn(cmd, "bench mirror")
+    }
+
+    fn spawn(mut cmd: Command, what: &str) -> anyhow::Result<Self> {
+        let mut child = cmd
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
-            .context("start gridvfs-client")?;
+            .with_context(|| format!("start {what}"))?;
         let mut out = child.stdout.take().expect("stdout");
         let mut line = Vec::new();
         let mut b = [0u8; 1];
@@ -87,7 +102,7 @@ impl GridvfsClient {
         let line = String::from_utf8_lossy(&line).to_string();
         let Some(port) = line.rsplit(':').next().and_then(|p| p.trim().parse().ok()) else {
             let _ = child.kill();
-            bail!("gridvfs-client did not start: {line:?}");
+            bail!("{what} did not start: {line:?}");
         };
         std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
         Ok(Self { child, port })
@@ -107,7 +122,7 @@ impl GridvfsClient {
     }
 }
 
-impl Drop for GridvfsClient {
+impl Drop for Daemon {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

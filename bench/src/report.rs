@@ -109,3 +109,33 @@ pub fn svg(title: &str, rows: &[Row]) -> String {
         h = y + 10.0
     )
 }
+
+/// Warm rows as a fraction of the ceiling's rate (issue 12): each peer's `W3` MB/s over the
+/// `nfs-mirror` row of the same workload in the same run. Empty without a mirror row.
+pub fn vs_ceiling(rows: &[Row]) -> String {
+    let mut s = String::new();
+    for w in ["W3 (W1 again)", "W3 (W2 again)"] {
+        let Some(ceiling) = rows
+            .iter()
+            .find(|r| r.workload == w && r.peer == "nfs-mirror" && r.complete)
+        else {
+            continue;
+        };
+        for r in rows
+            .iter()
+            .filter(|r| r.workload == w && r.peer != "nfs-mirror")
+        {
+            if s.is_empty() {
+                s.push_str("| workload | peer | MB/s | ceiling MB/s | × ceiling |\n|---|---|---:|---:|---:|\n");
+            }
+            s.push_str(&format!(
+                "| {w} | {} | {:.1} | {:.1} | {:.2} |\n",
+                r.peer,
+                r.mb_s,
+                ceiling.mb_s,
+                r.mb_s / ceiling.mb_s
+            ));
+        }
+    }
+    s
+}

@@ -25,7 +25,8 @@
 //! 4. one of the std mutexes of this struct: `inflight` (the claim map), `sequential`,
 //!    `touched`, `recording`, `prefetching`, `revalidating`'s map; or the journal mutex
 //!    in `writeback`. Never two of them at once; `claim` and `compact` take 5 inside;
-//! 5. the SQLite connection mutex inside [`Index`] (innermost: every index call).
+//! 5. the SQLite connection mutex inside [`Index`] (innermost: every index call), or the
+//!    checked-sums mutex inside [`Store`] (innermost too: never held with the index's).
 //!
 //! The std mutexes are never held across an await; claims are released by dropping them.
 
@@ -334,7 +335,8 @@ impl DataPath {
         zero
     }
 
-    /// Copy verified cached blocks of `first..=last` into `buf`, marking them done.
+    /// Copy cached blocks of `first..=last` that pass their checksum into `buf`, marking
+    /// them done.
     fn cached_into(
         &self,
         id: u64,
@@ -357,8 +359,7 @@ impl DataPath {
             };
             let blen = range::block_len(b, size, bs) as usize;
             let slot = &mut buf[i * bs as usize..][..blen];
-            let n = self.blocks.read(id, b * bs, slot)?;
-            if n == blen && blake3::hash(slot).as_bytes() == sum {
+            if self.blocks.read_checked(id, b * bs, slot, sum)? {
                 self.stats.block_hits.fetch_add(1, Ordering::Relaxed);
                 done[i] = true;
                 self.touch(id, b)?;

@@ -309,6 +309,42 @@ impl Front {
         self.attr(id).await
     }
 
+    /// READ: up to `count` bytes at `offset`, whether they reach the end of the file, and
+    /// the file's attributes after the read (post-op, sized as the client must see it).
+    pub async fn read_bytes(
+        &self,
+        id: u64,
+        offset: u64,
+        count: u32,
+    ) -> Result<(Bytes, bool, Attr), nfsstat3> {
+        let _ns = self.ns.read().await;
+        let file = self.file_ref(id)?;
+        let _retire = self.write_back_view(id).await;
+        // Current attributes (cached up to attr_timeout) decide whether cached blocks hold.
+        let attr = self.attr(id).await?;
+        if attr.kind != crate::proto::FileKind::Regular {
+            return Err(if attr.kind == crate::proto::FileKind::Directory {
+                nfsstat3::NFS3ERR_ISDIR
+            } else {
+                nfsstat3::NFS3ERR_INVAL
+            });
+        }
+        match self
+            .data
+            .read(id, file, attr, offset, count.min(MAX_READ))
+            .await
+        {
+            Ok((bytes, eof, attr)) => {
+                if self.data.writeback.is_none() {
+                    self.attrs.remember(id, attr);
+                }
+                Ok((bytes, eof, attr))
+            }
+            Err(Error::Status(Status::NoEnt | Status::Stale)) => Err(nfsstat3::NFS3ERR_STALE),
+            Err(e) => Err(map_err(e)),
+        }
+    }
+
     pub fn read_only(&self) -> bool {
         self.read_only
     }
@@ -394,33 +430,10 @@ impl NfsReadFileSystem for Front {
         offset: u64,
         count: u32,
     ) -> Result<(Vec<u8>, bool), nfsstat3> {
-        let _ns = self.ns.read().await;
-        let id = id.as_u64();
-        let file = self.file_ref(id)?;
-        let _retire = self.write_back_view(id).await;
-        // Current attributes (cached up to attr_timeout) decide whether cached blocks hold.
-        let attr = self.attr(id).await?;
-        if attr.kind != crate::proto::FileKind::Regular {
-            return Err(if attr.kind == crate::proto::FileKind::Directory {
-                nfsstat3::NFS3ERR_ISDIR
-            } else {
-                nfsstat3::NFS3ERR_INVAL
-            });
-        }
-        match self
-            .data
-            .read(id, file, attr, offset, count.min(MAX_READ))
-            .await
-        {
-            Ok((bytes, eof, attr)) => {
-                if self.data.writeback.is_none() {
-                    self.attrs.remember(id, attr);
-                }
-                Ok((bytes.to_vec(), eof))
-            }
-            Err(Error::Status(Status::NoEnt | Status::Stale)) => Err(nfsstat3::NFS3ERR_STALE),
-            Err(e) => Err(map_err(e)),
-        }
+        // The gate answers READ itself ([`Front::read_bytes`]); only a caller of the
+        // dispatcher's own path gets here.
+        let (bytes, eof, _) = self.read_bytes(id.as_u64(), offset, count).await?;
+        Ok((bytes.to_vec(), eof))
     }
 
     async fn readdirplus(

@@ -34,7 +34,7 @@ use super::attr::set_attr;
 use super::procs::{
     MNT, MOUNT_PROC, PMAP_GETPORT, PMAP_NULL, PMAP_PROC, Procedures, answered_here, nfsproc::*,
 };
-use super::record::{auth_error, frame_record, is_call, nfs_error, read_record, xid_of};
+use super::record::{Record, auth_error, frame_record, is_call, nfs_error, read_record, xid_of};
 use super::replay::{self, ReplayCache, Seen};
 
 /// The changes answered here whose retransmission must not be carried out twice.
@@ -153,22 +153,22 @@ impl Gate {
         let up = self.dispatcher.connect(peer);
         let (mut kernel_rx, mut kernel_tx) = sock.into_split();
         let (mut up_rx, mut up_tx) = tokio::io::split(up);
-        let (reply_tx, mut reply_rx) = mpsc::channel::<Vec<u8>>(MAX_CALLS_PER_CONNECTION);
-        let (fwd_tx, mut fwd_rx) = mpsc::channel::<Vec<u8>>(MAX_CALLS_PER_CONNECTION);
+        let (reply_tx, mut reply_rx) = mpsc::channel::<Record>(MAX_CALLS_PER_CONNECTION);
+        let (fwd_tx, mut fwd_rx) = mpsc::channel::<Record>(MAX_CALLS_PER_CONNECTION);
         let slots = Arc::new(Semaphore::new(MAX_CALLS_PER_CONNECTION));
         let forwarded: Forwarded = Arc::default();
 
         // Replies (ours and the dispatcher's) to the kernel, one whole record at a time.
         let writer = tokio::spawn(async move {
             while let Some(rec) = reply_rx.recv().await {
-                kernel_tx.write_all(&rec).await?;
+                rec.write_to(&mut kernel_tx).await?;
             }
             std::io::Result::Ok(())
         });
         // Checked calls to the dispatcher, in the order their checks finish.
         let up_writer = tokio::spawn(async move {
             while let Some(rec) = fwd_rx.recv().await {
-                up_tx.write_all(&rec).await?;
+                rec.write_to(&mut up_tx).await?;
             }
             up_tx.shutdown().await
         });
@@ -181,7 +181,7 @@ impl Gate {
                     if let Some(xid) = xid_of(&body) {
                         forwarded.lock().expect("slot map").remove(&xid);
                     }
-                    if reply_tx.send(frame_record(&body)).await.is_err() {
+                    if reply_tx.send(Record::from(body)).await.is_err() {
                         break;
                     }
                 }
@@ -213,11 +213,11 @@ impl Gate {
             match route(&self.policy, &body, peer, client_ro, &mut warned) {
                 Route::Drop => {}
                 Route::Refuse(rec) => {
-                    let _ = reply_tx.send(frame_record(&rec)).await;
+                    let _ = reply_tx.send(Record::from(rec)).await;
                 }
                 Route::Forward => {
                     hold_slot(&forwarded, &body, permit);
-                    if fwd_tx.send(frame_record(&body)).await.is_err() {
+                    if fwd_tx.send(Record::from(body)).await.is_err() {
                         break Err(dispatcher_gone());
                     }
                 }
@@ -241,7 +241,7 @@ impl Gate {
                                 Seen::InProgress => return,
                                 Seen::Replay(reply) => {
                                     tracing::debug!(xid, proc_, "retransmission answered again");
-                                    let _ = reply_tx.send(frame_record(&reply)).await;
+                                    let _ = reply_tx.send(Record::from(reply)).await;
                                     return;
                                 }
                             }
@@ -258,16 +258,18 @@ impl Gate {
                             if let Some(key) = replay_key {
                                 gate.replay.finish(key, &rec);
                             }
-                            let _ = reply_tx.send(frame_record(&rec)).await;
+                            let _ = reply_tx.send(Record::from(rec)).await;
+                        } else if proc_ == READ {
+                            let _ = reply_tx.send(gate.procs.read(xid, args).await).await;
                         } else if special || answered_here(proc_) {
                             let reply = gate.procs.answer(xid, proc_, args, &caller).await;
                             if let Some(key) = replay_key {
                                 gate.replay.finish(key, &reply);
                             }
-                            let _ = reply_tx.send(frame_record(&reply)).await;
+                            let _ = reply_tx.send(Record::from(reply)).await;
                         } else {
                             hold_slot(&forwarded, &body, permit);
-                            let _ = fwd_tx.send(frame_record(&body)).await;
+                            let _ = fwd_tx.send(Record::from(body)).await;
                             return;
                         }
                         drop(permit);

@@ -1,10 +1,11 @@
 //! ONC RPC record marking (RFC 5531 §11) and the reply records the gate writes itself.
 
+use bytes::{Buf, Bytes};
 use nfs3_server::nfs3_types::rpc::{
     accept_stat_data, accepted_reply, auth_stat, msg_body, opaque_auth, reply_body, rpc_msg,
 };
 use nfs3_server::nfs3_types::xdr_codec::Pack;
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Largest RPC record accepted: a 1 MiB WRITE plus headers, with room to spare.
 pub const MAX_RECORD: usize = 4 * 1024 * 1024;
@@ -47,6 +48,49 @@ pub fn frame_record(body: &[u8]) -> Vec<u8> {
     out.extend_from_slice(&(0x8000_0000u32 | body.len() as u32).to_be_bytes());
     out.extend_from_slice(body);
     out
+}
+
+/// One outgoing record as a single last fragment, kept in parts: a READ's data goes to
+/// the socket from the buffer the cache filled, in one vectored write with its header,
+/// never copied into a reply buffer first.
+pub struct Record {
+    mark: [u8; 4],
+    head: Bytes,
+    data: Bytes,
+    pad: usize,
+}
+
+impl Record {
+    /// A record whose body is `head`, then `data`, then zeros to a multiple of 4 bytes
+    /// (XDR's padding of an opaque that `head` ends by announcing).
+    pub fn new(head: impl Into<Bytes>, data: Bytes) -> Self {
+        let head = head.into();
+        let pad = (4 - data.len() % 4) % 4;
+        let len = head.len() + data.len() + pad;
+        Self {
+            mark: (0x8000_0000u32 | len as u32).to_be_bytes(),
+            head,
+            data,
+            pad,
+        }
+    }
+
+    /// Write the whole record.
+    pub async fn write_to<W: tokio::io::AsyncWrite + Unpin>(
+        &self,
+        w: &mut W,
+    ) -> std::io::Result<()> {
+        const ZEROS: [u8; 3] = [0; 3];
+        let head = Buf::chain(&self.mark[..], &self.head[..]);
+        let mut buf = Buf::chain(Buf::chain(head, &self.data[..]), &ZEROS[..self.pad]);
+        w.write_all_buf(&mut buf).await
+    }
+}
+
+impl From<Vec<u8>> for Record {
+    fn from(body: Vec<u8>) -> Self {
+        Self::new(body, Bytes::new())
+    }
 }
 
 /// The xid of a record, if it is long enough to have one.
@@ -178,6 +222,20 @@ mod tests {
                 nfs3_server::nfs3_types::rpc::rejected_reply::AUTH_ERROR(auth_stat::AUTH_TOOWEAK)
             ))
         ));
+    }
+
+    #[tokio::test]
+    async fn a_record_in_parts_is_one_padded_fragment() {
+        let rec = Record::new(vec![1, 2, 3, 4, 0, 0, 0, 5], Bytes::from_static(b"hello"));
+        let mut out = Vec::new();
+        rec.write_to(&mut out).await.unwrap();
+        assert_eq!(&out[..4], &(0x8000_0000u32 | 16).to_be_bytes());
+        assert_eq!(&out[4..], b"\x01\x02\x03\x04\0\0\0\x05hello\0\0\0");
+        let mut r = &out[..];
+        assert_eq!(
+            read_record(&mut r).await.unwrap().unwrap(),
+            out[4..].to_vec()
+        );
     }
 
     #[tokio::test]
