@@ -142,6 +142,15 @@ enum Cmd {
         conns: usize,
         file: PathBuf,
     },
+    /// W2 alone, for profiling: replay TRACE (a trace.json of the data directory) against
+    /// FILE through the NFS server on 127.0.0.1:PORT, one pread at a time, checking bytes.
+    Replay {
+        #[arg(long)]
+        port: u16,
+        #[arg(long)]
+        trace: PathBuf,
+        file: PathBuf,
+    },
 }
 
 #[tokio::main]
@@ -162,6 +171,24 @@ async fn main() -> anyhow::Result<()> {
             println!(
                 "{name}: {size} bytes in {s:.3} s, {:.1} MB/s",
                 size as f64 / s / 1e6
+            );
+            Ok(())
+        }
+        Cmd::Replay { port, trace, file } => {
+            let name = file
+                .file_name()
+                .and_then(|n| n.to_str())
+                .ok_or_else(|| anyhow::anyhow!("{}: no file name", file.display()))?;
+            let trace: Vec<data::TraceRead> = serde_json::from_slice(&std::fs::read(&trace)?)?;
+            let bytes: u64 = trace.iter().map(|t| u64::from(t.len)).sum();
+            let t = std::time::Instant::now();
+            let done = Arc::new(AtomicU64::new(0));
+            nfsread::replay(port, name, &trace, &file, done).await?;
+            let s = t.elapsed().as_secs_f64();
+            println!(
+                "{name}: {} reads, {bytes} bytes in {s:.3} s, {:.1} MB/s",
+                trace.len(),
+                bytes as f64 / s / 1e6
             );
             Ok(())
         }

@@ -245,14 +245,16 @@ impl DataPath {
             return Ok((Bytes::new(), true, attr));
         };
         self.record(id, &file, first, last);
-        let mut buf = vec![0u8; ((last - first + 1) * bs) as usize];
+        // `buf` holds exactly the bytes asked for: blocks are copied in by their overlap.
+        let count = u64::from(len).min(size - offset) as usize;
+        let mut buf = vec![0u8; count];
         let mut done = vec![false; (last - first + 1) as usize];
         let mut now = attr;
         let mut hint = None;
         // Round 1 serves hits and fetches what nobody else is fetching; blocks another
         // reader is fetching are awaited, then picked up from the cache in the next round.
         for round in 0..4 {
-            self.cached_into(id, size, first, last, &mut buf, &mut done)?;
+            self.cached_into(id, size, offset, first, last, &mut buf, &mut done)?;
             if done.iter().all(|d| *d) {
                 break;
             }
@@ -291,7 +293,14 @@ impl DataPath {
                 let (data, fetched) = self
                     .fetch_into_cache(id, file.clone(), &attr, off, want)
                     .await?;
-                buf[((start - first) * bs) as usize..][..data.len()].copy_from_slice(&data);
+                let (lo, hi) = (
+                    offset.max(off),
+                    (offset + count as u64).min(off + data.len() as u64),
+                );
+                if lo < hi {
+                    buf[(lo - offset) as usize..(hi - offset) as usize]
+                        .copy_from_slice(&data[(lo - off) as usize..(hi - off) as usize]);
+                }
                 for b in start..start + n {
                     done[(b - first) as usize] = true;
                 }
@@ -310,10 +319,8 @@ impl DataPath {
         let hint = hint.or_else(|| self.hints.known(id, &validator(&attr)));
         self.stats.note_file(id, &file.path, size, 0, 0);
         self.read_ahead(id, file, attr, first, last, hint);
-        let from = (offset - first * bs) as usize;
-        let n = u64::from(len).min(size - offset) as usize;
-        let eof = offset + n as u64 >= size;
-        Ok((Bytes::from(buf).slice(from..from + n), eof, now))
+        let eof = offset + count as u64 >= size;
+        Ok((Bytes::from(buf), eof, now))
     }
 
     /// Mark the blocks of `first..=last` that the hint says are all zeros as done (`buf`
@@ -335,12 +342,14 @@ impl DataPath {
         zero
     }
 
-    /// Copy cached blocks of `first..=last` that pass their checksum into `buf`, marking
-    /// them done.
+    /// Copy the parts of cached blocks of `first..=last` that pass their checksum into
+    /// `buf` (the bytes from `offset` on), marking them done.
+    #[allow(clippy::too_many_arguments)]
     fn cached_into(
         &self,
         id: u64,
         size: u64,
+        offset: u64,
         first: u64,
         last: u64,
         buf: &mut [u8],
@@ -349,6 +358,8 @@ impl DataPath {
         let bs = self.block_size;
         let present: HashMap<u64, [u8; 32]> =
             self.index.blocks(id, first, last)?.into_iter().collect();
+        let end = offset + buf.len() as u64;
+        let mut scratch = Vec::new();
         for b in first..=last {
             let i = (b - first) as usize;
             if done[i] {
@@ -357,9 +368,13 @@ impl DataPath {
             let Some(sum) = present.get(&b) else {
                 continue;
             };
-            let blen = range::block_len(b, size, bs) as usize;
-            let slot = &mut buf[i * bs as usize..][..blen];
-            if self.blocks.read_checked(id, b * bs, slot, sum)? {
+            let block = (b * bs, range::block_len(b, size, bs));
+            let (lo, hi) = (offset.max(block.0), end.min(block.0 + block.1));
+            let part = &mut buf[(lo - offset) as usize..(hi - offset) as usize];
+            if self
+                .blocks
+                .read_checked(id, block, sum, lo, part, &mut scratch)?
+            {
                 self.stats.block_hits.fetch_add(1, Ordering::Relaxed);
                 done[i] = true;
                 self.touch(id, b)?;
@@ -542,7 +557,33 @@ impl DataPath {
         }
         let this = self.clone();
         tokio::spawn(async move {
-            for (start, n) in range::runs(&mine.blocks, MAX_FETCH / bs) {
+            // After a restart the hint is not known until a read misses: ask for it now,
+            // or the zero blocks past every cached run (a sparse image's holes) would
+            // cross the link, once per run, on a fully cached warm read.
+            let hint = match hint {
+                Some(h) => Some(h),
+                None => {
+                    let (h, fresh) = this
+                        .hints
+                        .get(&this.remote, id, &file, &validator(&attr))
+                        .await;
+                    if let (Some(h), true) = (&h, fresh) {
+                        this.start_prefetch(id, &file, &attr, h.clone());
+                    }
+                    h
+                }
+            };
+            let fetch: Vec<u64> = mine
+                .blocks
+                .iter()
+                .copied()
+                .filter(|&b| {
+                    !hint
+                        .as_ref()
+                        .is_some_and(|h| h.is_zero(b * bs, range::block_len(b, attr.size, bs)))
+                })
+                .collect();
+            for (start, n) in range::runs(&fetch, MAX_FETCH / bs) {
                 let off = start * bs;
                 let want = (n * bs).min(attr.size - off);
                 if this

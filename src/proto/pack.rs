@@ -33,13 +33,22 @@ fn pages(len: usize) -> usize {
     len.div_ceil(PACK_PAGE)
 }
 
+/// Whether `bytes` are all zero. At memory speed: a byte-wise `all()` with its early exit
+/// does not vectorise (it ran at ~1 GB/s and was a quarter of the client's CPU when
+/// read-ahead stored zero blocks); OR-folding 256-byte chunks does.
+pub fn all_zero(bytes: &[u8]) -> bool {
+    let mut chunks = bytes.chunks_exact(256);
+    chunks.all(|c| c.iter().fold(0u8, |a, &x| a | x) == 0)
+        && chunks.remainder().iter().all(|&x| x == 0)
+}
+
 /// Pack `data`.
 pub fn pack(data: &[u8]) -> Packed {
     let n = pages(data.len());
     let mut zero = vec![0u8; n.div_ceil(8)];
     let mut kept = Vec::with_capacity(data.len());
     for (i, page) in data.chunks(PACK_PAGE).enumerate() {
-        if page.iter().all(|b| *b == 0) {
+        if all_zero(page) {
             zero[i / 8] |= 1 << (i % 8);
         } else {
             kept.extend_from_slice(page);
@@ -109,6 +118,21 @@ pub fn zero_bytes(p: &Packed) -> u64 {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn all_zero_sees_one_byte_anywhere() {
+        for len in [0usize, 1, 255, 256, 257, 4096, 4097] {
+            let mut b = vec![0u8; len];
+            assert!(all_zero(&b), "{len} zeros");
+            for at in [0, len / 2, len.saturating_sub(1)] {
+                if len > 0 {
+                    b[at] = 1;
+                    assert!(!all_zero(&b), "len {len}, one at {at}");
+                    b[at] = 0;
+                }
+            }
+        }
+    }
 
     #[test]
     fn zero_pages_cost_nothing_and_text_compresses() {

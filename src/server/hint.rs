@@ -142,7 +142,7 @@ pub fn scan(f: &File, size: u64, block_size: u32) -> std::io::Result<(Extents, V
             sums.push(h);
         }
         for (i, page) in block.chunks(PAGE as usize).enumerate() {
-            if page.iter().all(|&b| b == 0) {
+            if crate::proto::pack::all_zero(page) {
                 let at = off + i as u64 * PAGE;
                 let full = extents.len() >= MAX_EXTENTS;
                 match extents.last_mut() {
