@@ -260,17 +260,10 @@ impl DataPath {
             }
             // Only now, when the store is needed anyway, is the file's hint asked for.
             if hint.is_none() {
-                let fresh;
-                (hint, fresh) = self
-                    .hints
-                    .get(&self.remote, id, &file, &validator(&attr))
-                    .await;
+                hint = self.ask_hint(id, &file, &attr).await;
                 if let Some(h) = &hint {
                     let zero = self.zero_fill(h, size, first, last, &mut done);
                     self.stats.note_file(id, &file.path, size, 0, zero);
-                    if fresh {
-                        self.start_prefetch(id, &file, &attr, h.clone());
-                    }
                 }
             }
             let missing: Vec<u64> = (first..=last)
@@ -323,6 +316,19 @@ impl DataPath {
         Ok((Bytes::from(buf), eof, now))
     }
 
+    /// The file's hint, asked of the store unless known; the first answer for this
+    /// version of the file starts the prefetch it describes.
+    async fn ask_hint(self: &Arc<Self>, id: u64, file: &FileRef, attr: &Attr) -> Option<Arc<Hint>> {
+        let (hint, fresh) = self
+            .hints
+            .get(&self.remote, id, file, &validator(attr))
+            .await;
+        if let (Some(h), true) = (&hint, fresh) {
+            self.start_prefetch(id, file, attr, h.clone());
+        }
+        hint
+    }
+
     /// Mark the blocks of `first..=last` that the hint says are all zeros as done (`buf`
     /// is zeroed already): nothing is fetched or cached for them. Returns their bytes.
     fn zero_fill(&self, hint: &Hint, size: u64, first: u64, last: u64, done: &mut [bool]) -> u64 {
@@ -331,7 +337,7 @@ impl DataPath {
         for b in first..=last {
             let i = (b - first) as usize;
             let len = range::block_len(b, size, bs);
-            if !done[i] && hint.is_zero(b * bs, len) {
+            if !done[i] && zero_block(Some(hint), b, size, bs) {
                 done[i] = true;
                 zero += len;
             }
@@ -544,12 +550,8 @@ impl DataPath {
             return;
         };
         let present: std::collections::HashSet<u64> = present.into_iter().map(|(b, _)| b).collect();
-        let zero = |b: u64| {
-            hint.as_ref()
-                .is_some_and(|h| h.is_zero(b * bs, range::block_len(b, attr.size, bs)))
-        };
         let missing: Vec<u64> = (from..=to)
-            .filter(|b| !present.contains(b) && !zero(*b))
+            .filter(|&b| !present.contains(&b) && !zero_block(hint.as_deref(), b, attr.size, bs))
             .collect();
         let (mine, _) = self.claim(id, &missing);
         if mine.blocks.is_empty() {
@@ -560,29 +562,17 @@ impl DataPath {
             // After a restart the hint is not known until a read misses: ask for it now,
             // or the zero blocks past every cached run (a sparse image's holes) would
             // cross the link, once per run, on a fully cached warm read.
-            let hint = match hint {
-                Some(h) => Some(h),
+            // After a restart the hint is not known until a read misses: ask for it now,
+            // or the zero blocks past every cached run (a sparse image's holes) would
+            // cross the link, once per run, on a fully cached warm read.
+            let fetch: Vec<u64> = match hint {
+                Some(_) => mine.blocks.clone(),
                 None => {
-                    let (h, fresh) = this
-                        .hints
-                        .get(&this.remote, id, &file, &validator(&attr))
-                        .await;
-                    if let (Some(h), true) = (&h, fresh) {
-                        this.start_prefetch(id, &file, &attr, h.clone());
-                    }
-                    h
+                    let hint = this.ask_hint(id, &file, &attr).await;
+                    let zero = |b| zero_block(hint.as_deref(), b, attr.size, bs);
+                    mine.blocks.iter().copied().filter(|&b| !zero(b)).collect()
                 }
             };
-            let fetch: Vec<u64> = mine
-                .blocks
-                .iter()
-                .copied()
-                .filter(|&b| {
-                    !hint
-                        .as_ref()
-                        .is_some_and(|h| h.is_zero(b * bs, range::block_len(b, attr.size, bs)))
-                })
-                .collect();
             for (start, n) in range::runs(&fetch, MAX_FETCH / bs) {
                 let off = start * bs;
                 let want = (n * bs).min(attr.size - off);
@@ -804,6 +794,11 @@ pub struct GcReport {
 /// Remove cached data nothing can read any more: files whose names are gone, and data
 /// files without a name in the map. Run by the process holding the export directory's
 /// lock: `cache gc` itself when no client runs, else the client (control socket `gc`).
+/// Whether `hint` says block `b` (of a file of `size` bytes) is all zeros.
+fn zero_block(hint: Option<&Hint>, b: u64, size: u64, bs: u64) -> bool {
+    hint.is_some_and(|h| h.is_zero(b * bs, range::block_len(b, size, bs)))
+}
+
 pub fn gc(export_dir: &std::path::Path) -> Result<GcReport> {
     use std::os::unix::fs::MetadataExt;
     let index = Index::open(&export_dir.join("index.sqlite"))?;

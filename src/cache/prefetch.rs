@@ -55,7 +55,7 @@ impl DataPath {
         };
         let order: Vec<u64> = order
             .into_iter()
-            .filter(|b| !hint.is_zero(b * bs, range::block_len(*b, attr.size, bs)))
+            .filter(|&b| !super::zero_block(Some(&hint), b, attr.size, bs))
             .collect();
         tracing::info!(
             file = id,
