@@ -141,6 +141,38 @@ async fn holes_are_answered_without_asking_the_store() {
     assert!(n(&st, "bytes_fetched") <= 2 << 20, "{st}");
 }
 
+/// Read-ahead on a warm read after a restart (every block a hit, so the hint was never
+/// asked for) used to fetch the holes past the cached run from the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warm_read_ahead_after_a_restart_fetches_no_holes() {
+    let d = dirs();
+    let f = std::fs::File::create(d.export.join("sparse.img")).unwrap();
+    f.set_len(64 << 20).unwrap();
+    let mid = noise(5, 1 << 20);
+    std::os::unix::fs::FileExt::write_all_at(&f, &mid, 32 << 20).unwrap();
+    drop(f);
+    let mut client = ClientProc::start(&d.export, &d.cache, 0, &[]);
+    for round in ["cold", "warm"] {
+        let mut nfs = Nfs::mount(client.port).await;
+        let fh = nfs.lookup(&nfs.root.clone(), "sparse.img").await.unwrap();
+        for off in (32u64 << 20..33 << 20).step_by(64 << 10) {
+            let (got, _) = nfs.read(&fh, off, 64 << 10).await.unwrap();
+            let at = (off - (32 << 20)) as usize;
+            assert!(got[..] == mid[at..at + (64 << 10)], "{round} read at {off}");
+        }
+        // Let read-ahead started by the last reads finish.
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        let st = status_json(&d.cache);
+        if round == "cold" {
+            assert!(n(&st, "bytes_fetched") >= 1 << 20, "{st}");
+            client.restart();
+        } else {
+            assert_eq!(n(&st, "block_misses"), 0, "{st}");
+            assert_eq!(n(&st, "bytes_fetched"), 0, "holes crossed the link: {st}");
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hint_files_are_invisible_through_the_mount() {
     let d = dirs();
