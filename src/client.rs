@@ -126,6 +126,8 @@ impl Client {
         }
         let sources = crate::control::Sources {
             export_id: store.welcome().export_id.clone(),
+            store_key: key.clone(),
+            listen: nfs.local_addr()?,
             index: index.clone(),
             data: drain.clone(),
             block_size: cfg.block_size,

@@ -20,6 +20,12 @@ use crate::remote::Counters;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Status {
     pub export_id: String,
+    /// The store served (`ssh://user@host:port/path`, `local:/path`, …) and the NFS
+    /// address it is served on.
+    #[serde(default)]
+    pub store: String,
+    #[serde(default)]
+    pub listen: Option<std::net::SocketAddr>,
     pub pid: u32,
     /// Requests sent through the tunnel, and bytes each way (frames included).
     pub tunnel_requests: u64,
@@ -97,6 +103,10 @@ pub struct FileProgress {
 /// Figures the socket reports, from the live counters.
 pub struct Sources {
     pub export_id: String,
+    /// The store this client serves (`Remote::store_key`) and its NFS address: how
+    /// `mount.gridvfs` recognises a running client it can attach to.
+    pub store_key: String,
+    pub listen: std::net::SocketAddr,
     pub data: Arc<crate::cache::DataPath>,
     pub index: Arc<crate::cache::Index>,
     pub block_size: u64,
@@ -114,6 +124,8 @@ impl Sources {
         let l = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
         Status {
             export_id: self.export_id.clone(),
+            store: self.store_key.clone(),
+            listen: Some(self.listen),
             pid: std::process::id(),
             tunnel_requests: l(&t.requests),
             tunnel_bytes_sent: l(&t.bytes_sent),

@@ -1,18 +1,20 @@
 //! `gridvfs-client`: the VM-host proxy. Serves a remote image store over NFSv3 on loopback.
 
 mod demo;
+mod mount;
 mod profile;
 mod progress;
 mod service;
+mod settings;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use gridvfs::client::{Client, ClientConfig};
-use gridvfs::tunnel::Remote;
+use gridvfs::client::Client;
+use serde::Serialize;
 
 #[derive(Parser)]
 #[command(
@@ -25,195 +27,171 @@ struct Cli {
     cmd: Cmd,
 }
 
-#[derive(clap::Args, Clone)]
+/// `serve`'s flags: the last layer of the settings (see settings.rs), so only those given
+/// are set here; the defaults are the settings' own.
+#[derive(clap::Args, Clone, Serialize)]
+#[serde(rename_all = "kebab-case")]
 struct ServeArgs {
+    #[command(flatten)]
+    #[serde(skip)]
+    config: settings::ConfigArgs,
     /// The store: `ssh://[user@]host[:port]/path`, `[user@]host:path` (as sshfs),
     /// `local:/path/to/export`, or `exec:COMMAND` (its stdin/stdout speak the protocol).
     #[arg(long)]
-    remote: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    remote: Option<String>,
     /// SSH: a private key to log in with (repeatable); ssh-agent's keys and ~/.ssh/id_*
     /// are tried after these.
     #[arg(short = 'i', long = "identity")]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     identity: Vec<PathBuf>,
-    /// SSH: the known_hosts file the store's host key is checked against.
-    #[arg(long, default_value = "~/.ssh/known_hosts")]
-    known_hosts: String,
+    /// SSH: the known_hosts file the store's host key is checked against
+    /// [default: ~/.ssh/known_hosts].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    known_hosts: Option<String>,
     /// SSH: record the store's host key if it is not known yet (a changed key is still
     /// refused), like OpenSSH's StrictHostKeyChecking=accept-new.
     #[arg(long)]
+    #[serde(skip_serializing_if = "not")]
     accept_new_host_key: bool,
-    /// SSH: the server program to run on the store.
-    #[arg(long, default_value = "gridvfs-server")]
-    server_command: String,
+    /// SSH: the server program to run on the store [default: gridvfs-server].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    server_command: Option<String>,
     /// SSH: use this system ssh command line as the transport instead of the built-in
     /// client (honours ~/.ssh/config, ProxyJump, ...), e.g. `ssh -o BatchMode=yes`.
     #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     ssh_command: Option<String>,
-    /// Loopback address for the kernel's NFS client.
-    #[arg(long, default_value = "127.0.0.1:20490")]
-    listen: SocketAddr,
-    /// Cache directory (default: $XDG_CACHE_HOME/gridvfs or ~/.cache/gridvfs).
+    /// Loopback address for the kernel's NFS client [default: 127.0.0.1:20490].
     #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    listen: Option<SocketAddr>,
+    /// Cache directory [default: $XDG_CACHE_HOME/gridvfs or ~/.cache/gridvfs].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     cache_dir: Option<PathBuf>,
-    /// Seconds attributes are reused before asking the store again.
-    #[arg(long, default_value_t = 1.0)]
-    attr_timeout: f64,
+    /// Seconds attributes are reused before asking the store again [default: 1].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    attr_timeout: Option<f64>,
     /// Seconds to keep retrying a lost store before NFS requests fail with EIO, with
     /// `--offline fail`. Otherwise the client goes offline after a few seconds of failed
-    /// reconnects (see --offline).
-    #[arg(long, default_value_t = 60.0)]
-    reconnect_timeout: f64,
+    /// reconnects (see --offline) [default: 60].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reconnect_timeout: Option<f64>,
     /// While the store is unreachable: `cached` answers from the cache (cached blocks,
     /// the last attributes and names known) and asks the NFS client to retry the rest
     /// later (JUKEBOX: the kernel waits, as on a hard mount); `wait` answers only what is
     /// fresh and makes everything else wait; `fail` makes requests fail with EIO after
-    /// --reconnect-timeout.
-    #[arg(long, value_enum, default_value_t = Offline::Cached)]
-    offline: Offline,
+    /// --reconnect-timeout [default: cached].
+    #[arg(long, value_enum)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    offline: Option<settings::Offline>,
     /// Seconds offline after which requests that need the store fail with EIO instead of
     /// waiting; by default they wait for ever (as a hard mount does).
     #[arg(long, value_name = "SECS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     offline_limit: Option<f64>,
     /// Seconds the store may stay silent while requests wait (a stuck disk on the store,
     /// a stopped process, a black-holed link) before the session is dropped and the
     /// requests are retried on a new one; 0 waits forever. Any reply counts as progress,
-    /// so slow links do not trip it.
-    #[arg(long, default_value_t = 60.0)]
-    request_timeout: f64,
+    /// so slow links do not trip it [default: 60].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    request_timeout: Option<f64>,
     /// Take over the cache of an earlier export id of this store (a directory name under
     /// the cache dir), e.g. after the export moved or its device was renumbered: its
     /// write-back data not yet on the store is then uploaded. Refused if the current
     /// export's cache holds write-back data of its own.
     #[arg(long, value_name = "OLD_EXPORT_ID")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     adopt_export: Option<String>,
     /// Start the server read-only (`local:` and SSH remotes).
     #[arg(long)]
+    #[serde(skip_serializing_if = "not")]
     read_only: bool,
     /// Also answer portmapper lookups here (e.g. 127.0.0.1:111), for NFS clients that
     /// cannot be given a port, such as qemu's nfs:// driver.
     #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     portmapper: Option<SocketAddr>,
     /// Serve Prometheus metrics (the figures of `status`) at http://ADDR/metrics, e.g.
     /// 127.0.0.1:9466. Off by default; a non-loopback address is warned about.
     #[arg(long, value_name = "ADDR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     metrics_addr: Option<SocketAddr>,
-    /// Cache block size in bytes: a power of two from 4096 to 4194304.
-    #[arg(long, default_value_t = gridvfs::cache::DEFAULT_BLOCK_SIZE)]
-    block_size: u64,
-    /// Cache capacity: bytes, or with a K, M, G or T suffix (powers of 1024).
-    #[arg(long, default_value = "16G", value_parser = parse_size)]
-    cache_size: u64,
+    /// Cache block size in bytes: a power of two from 4096 to 4194304 [default: 262144].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    block_size: Option<u64>,
+    /// Cache capacity: bytes, or with a K, M, G or T suffix (powers of 1024) [default: 16G].
+    #[arg(long, value_parser = settings::parse_size)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cache_size: Option<u64>,
     /// `through`: a WRITE is answered once the store has it. `back`: once it is synced to
-    /// the local journal; uploaded in the background, on `flush` and at shutdown.
-    #[arg(long, value_enum, default_value = "through")]
-    write_policy: Policy,
+    /// the local journal; uploaded in the background, on `flush` and at shutdown
+    /// [default: through].
+    #[arg(long, value_enum)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    write_policy: Option<settings::Policy>,
     #[command(flatten)]
+    #[serde(flatten)]
     access: AccessArgs,
+}
+
+fn not(b: &bool) -> bool {
+    !*b
 }
 
 /// Who may use the NFS port: knfsd's export options, with knfsd's defaults (`secure`,
 /// `root_squash`, AUTH_SYS only, loopback clients only).
-#[derive(clap::Args, Clone)]
+#[derive(clap::Args, Clone, Serialize)]
+#[serde(rename_all = "kebab-case")]
 #[command(next_help_heading = "Access (knfsd's export options)")]
 struct AccessArgs {
     /// Hosts allowed to connect, as /etc/exports names them: `CIDR` or `ADDR`, with `(ro)`
     /// (the default) or `(rw)`, repeatable or comma-separated, e.g. `10.1.2.0/24(rw)`.
     /// Without it only loopback clients get in, and --listen must be a loopback address.
     #[arg(long, value_delimiter = ',')]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     allow_clients: Vec<String>,
     /// Only these uids (as the client sends them, before squashing) may use the mount,
     /// e.g. `--allow-uid 0,64055` for root and libvirt's qemu user.
     #[arg(long, value_delimiter = ',')]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     allow_uid: Vec<u32>,
     /// Take uid 0 and gid 0 as sent (knfsd's no_root_squash); by default root acts as
     /// the anonymous uid/gid.
     #[arg(long, conflicts_with = "all_squash")]
+    #[serde(skip_serializing_if = "not")]
     no_root_squash: bool,
     /// Every caller acts as the anonymous uid/gid (knfsd's all_squash); with
     /// `--anonuid` set to the owner of the store's files and `--allow-uid`, the allowed
     /// users get the owner's rights.
     #[arg(long)]
+    #[serde(skip_serializing_if = "not")]
     all_squash: bool,
-    /// The anonymous uid squashed callers act as.
-    #[arg(long, default_value_t = gridvfs::nfs::access::NOBODY)]
-    anonuid: u32,
-    /// The anonymous gid squashed callers act as.
-    #[arg(long, default_value_t = gridvfs::nfs::access::NOBODY)]
-    anongid: u32,
+    /// The anonymous uid squashed callers act as [default: 65534].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    anonuid: Option<u32>,
+    /// The anonymous gid squashed callers act as [default: 65534].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    anongid: Option<u32>,
     /// Accept calls from unprivileged source ports (knfsd's `insecure`): any local user
     /// can then send calls with any uid it likes.
     #[arg(long)]
+    #[serde(skip_serializing_if = "not")]
     allow_unprivileged_ports: bool,
     /// Turn every check off: any port, any credential, no permission checks. Any user
     /// who can reach the port reads and writes every file of the export.
     #[arg(long)]
+    #[serde(skip_serializing_if = "not")]
     insecure: bool,
-}
-
-impl AccessArgs {
-    fn policy(&self) -> anyhow::Result<gridvfs::nfs::AccessPolicy> {
-        use gridvfs::nfs::access::{ClientRule, Squash};
-        let clients = self
-            .allow_clients
-            .iter()
-            .filter(|s| !s.trim().is_empty())
-            .map(|s| ClientRule::parse(s).map_err(anyhow::Error::msg))
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        if self.insecure {
-            tracing::warn!(
-                "--insecure: NO ACCESS CHECKS. Any user who can reach the NFS port reads and \
-                 writes every file of the export, whatever its mode"
-            );
-        } else if self.allow_unprivileged_ports {
-            tracing::warn!(
-                "--allow-unprivileged-ports: any local user can send NFS calls claiming any \
-                 uid, root included"
-            );
-        }
-        Ok(gridvfs::nfs::AccessPolicy {
-            insecure: self.insecure,
-            require_privileged_port: !self.allow_unprivileged_ports,
-            squash: if self.all_squash {
-                Squash::All
-            } else if self.no_root_squash {
-                Squash::None
-            } else {
-                Squash::Root
-            },
-            anon_uid: self.anonuid,
-            anon_gid: self.anongid,
-            allowed_uids: (!self.allow_uid.is_empty()).then(|| self.allow_uid.clone()),
-            clients,
-        })
-    }
-}
-
-#[derive(Clone, Copy, clap::ValueEnum)]
-enum Offline {
-    Cached,
-    Wait,
-    Fail,
-}
-
-#[derive(Clone, Copy, clap::ValueEnum)]
-enum Policy {
-    Through,
-    Back,
-}
-
-fn parse_size(s: &str) -> Result<u64, String> {
-    let (num, mult) = match s.trim().to_ascii_uppercase().chars().last() {
-        Some('K') => (&s[..s.len() - 1], 1u64 << 10),
-        Some('M') => (&s[..s.len() - 1], 1 << 20),
-        Some('G') => (&s[..s.len() - 1], 1 << 30),
-        Some('T') => (&s[..s.len() - 1], 1 << 40),
-        _ => (s, 1),
-    };
-    num.trim()
-        .parse::<u64>()
-        .ok()
-        .and_then(|n| n.checked_mul(mult))
-        .ok_or_else(|| format!("`{s}` is not a size (e.g. 512M, 16G, 1073741824)"))
 }
 
 #[derive(Subcommand)]
@@ -248,6 +226,18 @@ enum ProfileCmd {
         cache_dir: Option<PathBuf>,
         /// Only these files (paths in the export, as `status` shows them).
         paths: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCmd {
+    /// Print every setting as TOML (`--origin`: and where its value came from).
+    Show {
+        /// Say where each value came from: a file and table, a variable, a flag, a default.
+        #[arg(long)]
+        origin: bool,
+        #[command(flatten)]
+        serve: Box<ServeArgs>,
     },
 }
 
@@ -300,6 +290,15 @@ enum Cmd {
         #[arg(long, default_value_t = 300.0)]
         stuck_after: f64,
     },
+    /// The settings: `config show` prints what `serve` (with the same flags) would run
+    /// with, merged from built-in defaults, the config files, GRIDVFS_* variables and flags.
+    Config {
+        #[command(subcommand)]
+        cmd: ConfigCmd,
+    },
+    /// Mount a store on a directory as `mount -t gridvfs` does (the same program, installed
+    /// as /sbin/mount.gridvfs): start or reuse the client, wait until it serves, mount NFS.
+    Mount(mount::MountArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions { shell: clap_complete::Shell },
     /// Print the manual page (roff), e.g. `| gzip > /usr/local/share/man/man1/NAME.1.gz`.
@@ -314,71 +313,11 @@ fn cache_dir_or_default(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
     }
 }
 
-fn config(a: &ServeArgs) -> anyhow::Result<ClientConfig> {
-    let mut remote = Remote::parse(&a.remote)?;
-    remote.set_read_only(a.read_only);
-    if let Remote::Ssh { opts, .. } = &mut remote {
-        opts.identities = a.identity.clone();
-        opts.known_hosts = Some(match a.known_hosts.strip_prefix("~/") {
-            Some(rest) => std::env::var_os("HOME")
-                .map(PathBuf::from)
-                .unwrap_or_default()
-                .join(rest),
-            None => PathBuf::from(&a.known_hosts),
-        });
-        opts.accept_new_host_key = a.accept_new_host_key;
-        opts.server_command = a.server_command.clone();
-        opts.ssh_command = a.ssh_command.clone();
-    } else {
-        anyhow::ensure!(
-            a.identity.is_empty() && a.ssh_command.is_none() && !a.accept_new_host_key,
-            "-i, --ssh-command and --accept-new-host-key only apply to SSH remotes"
-        );
-    }
-    anyhow::ensure!(a.attr_timeout >= 0.0, "--attr-timeout must be >= 0");
-    anyhow::ensure!(
-        a.reconnect_timeout >= 0.0,
-        "--reconnect-timeout must be >= 0"
-    );
-    anyhow::ensure!(
-        a.request_timeout >= 0.0 && a.request_timeout.is_finite(),
-        "--request-timeout must be >= 0"
-    );
-    anyhow::ensure!(
-        a.offline_limit.is_none_or(|l| l >= 0.0 && l.is_finite()),
-        "--offline-limit must be >= 0"
-    );
-    let access = a.access.policy()?;
-    access.check_listen(a.listen).map_err(anyhow::Error::msg)?;
-    if let Some(pm) = a.portmapper {
-        access.check_listen(pm).map_err(anyhow::Error::msg)?;
-    }
-    Ok(ClientConfig {
-        access,
-        remote,
-        listen: a.listen,
-        cache_dir: cache_dir_or_default(a.cache_dir.clone())?,
-        attr_timeout: Duration::from_secs_f64(a.attr_timeout),
-        timeouts: gridvfs::remote::Timeouts {
-            reconnect: Duration::from_secs_f64(a.reconnect_timeout),
-            request: Duration::from_secs_f64(a.request_timeout),
-            offline: match a.offline {
-                Offline::Cached => gridvfs::remote::OfflinePolicy::Cached,
-                Offline::Wait => gridvfs::remote::OfflinePolicy::Wait,
-                Offline::Fail => gridvfs::remote::OfflinePolicy::Fail,
-            },
-            offline_limit: a.offline_limit.map(Duration::from_secs_f64),
-        },
-        adopt_export: a.adopt_export.clone(),
-        portmapper: a.portmapper,
-        metrics: a.metrics_addr,
-        block_size: a.block_size,
-        cache_size: a.cache_size,
-        write_policy: match a.write_policy {
-            Policy::Through => gridvfs::cache::WritePolicy::Through,
-            Policy::Back => gridvfs::cache::WritePolicy::Back,
-        },
-    })
+/// The settings `serve` runs with: defaults < config files < environment < flags.
+fn serve_settings(a: &ServeArgs) -> anyhow::Result<(settings::Loaded, settings::Settings)> {
+    let loaded = settings::Loaded::load(&a.config, settings::given(a)?, "flag")?;
+    let s = loaded.settings()?;
+    Ok((loaded, s))
 }
 
 fn main() -> anyhow::Result<()> {
@@ -411,8 +350,10 @@ fn init_logging() {
             Err(e) => eprintln!("journald unreachable ({e}); logging to stderr"),
         }
     }
+    use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_env_filter(filter())
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
 }
@@ -426,12 +367,41 @@ async fn run(io_flusher: bool) -> anyhow::Result<()> {
              bound the mount's dirty pages (README)"
         );
     }
+    // Installed as /sbin/mount.gridvfs, mount(8) runs us with its helper arguments.
+    let argv0 = std::env::args_os().next().unwrap_or_default();
+    if Path::new(&argv0)
+        .file_name()
+        .is_some_and(|n| n == "mount.gridvfs")
+    {
+        #[derive(Parser)]
+        #[command(name = "mount.gridvfs", about = "mount(8) helper for gridvfs")]
+        struct Helper {
+            #[command(flatten)]
+            args: mount::MountArgs,
+        }
+        let code = match Helper::try_parse() {
+            Ok(h) => helper_exit(mount::run(h.args).await),
+            Err(e) if !e.use_stderr() => {
+                let _ = e.print();
+                0
+            }
+            Err(e) => {
+                let _ = e.print();
+                mount::USAGE
+            }
+        };
+        std::process::exit(code);
+    }
     match Cli::parse().cmd {
         Cmd::Serve(a) => {
-            let cfg = config(&a)?;
-            let client = Client::start(&cfg)
-                .await
-                .with_context(|| format!("cannot start the client for {}", a.remote))?;
+            let (_, s) = serve_settings(&a)?;
+            let cfg = s.client_config()?;
+            let client = Client::start(&cfg).await.with_context(|| {
+                format!(
+                    "cannot start the client for {}",
+                    s.remote.as_deref().unwrap_or_default()
+                )
+            })?;
             println!(
                 "gridvfs-client serving export {} on {}",
                 client.store.welcome().export_id,
@@ -483,6 +453,14 @@ async fn run(io_flusher: bool) -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Demo => demo::run().await,
+        Cmd::Mount(a) => std::process::exit(helper_exit(mount::run(a).await)),
+        Cmd::Config {
+            cmd: ConfigCmd::Show { origin, serve },
+        } => {
+            let (loaded, _) = serve_settings(&serve)?;
+            print!("{}", settings::show(&loaded, origin)?);
+            Ok(())
+        }
         Cmd::Cache {
             cmd: CacheCmd::Gc { cache_dir },
         } => {
@@ -558,6 +536,17 @@ async fn run(io_flusher: bool) -> anyhow::Result<()> {
             use clap::CommandFactory;
             clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?;
             Ok(())
+        }
+    }
+}
+
+/// The helper's result as mount(8)'s exit status, the reason on stderr.
+fn helper_exit(r: Result<(), mount::Failed>) -> i32 {
+    match r {
+        Ok(()) => 0,
+        Err(mount::Failed(code, msg)) => {
+            eprintln!("mount.gridvfs: {msg}");
+            code
         }
     }
 }

@@ -695,3 +695,41 @@ pub fn n(v: &serde_json::Value, k: &str) -> u64 {
     v[k].as_u64()
         .unwrap_or_else(|| panic!("{k} missing in {v}"))
 }
+
+/// The host's shared libraries `bins` need, copied to `share/lib` and listed with their
+/// host paths in `share/lib/paths` (a guest copies them back into place).
+pub fn copy_libraries(share: &Path, bins: &[&Path]) {
+    let lib = share.join("lib");
+    std::fs::create_dir_all(&lib).unwrap();
+    let mut paths = std::collections::BTreeSet::new();
+    for b in bins {
+        let out = run_ok(Command::new("ldd").arg(b));
+        for line in out.lines() {
+            // "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x…)" or "/lib64/ld-linux-x86-64.so.2 (0x…)"
+            let p = line
+                .split("=>")
+                .last()
+                .and_then(|s| s.split_whitespace().next())
+                .unwrap_or("");
+            if p.starts_with('/') {
+                paths.insert(p.to_string());
+            }
+        }
+    }
+    assert!(!paths.is_empty(), "ldd found no libraries");
+    for p in &paths {
+        let name = Path::new(p).file_name().unwrap();
+        std::fs::copy(p, lib.join(name)).unwrap();
+    }
+    let list: String = paths.iter().map(|p| format!("{p}\n")).collect();
+    std::fs::write(lib.join("paths"), list).unwrap();
+}
+
+/// A port free on loopback now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}

@@ -9,6 +9,7 @@ mod guest;
 mod harness;
 mod hints;
 mod libnfs;
+mod mount_helper;
 mod nfs_ops;
 mod offline;
 mod power_loss;

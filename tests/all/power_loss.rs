@@ -73,34 +73,6 @@ umount /cache
 echo recovered
 "#;
 
-/// The host's shared libraries the binaries need, listed with their paths (for the guest).
-fn copy_libraries(share: &Path, bins: &[&Path]) {
-    let lib = share.join("lib");
-    std::fs::create_dir_all(&lib).unwrap();
-    let mut paths = std::collections::BTreeSet::new();
-    for b in bins {
-        let out = run_ok(Command::new("ldd").arg(b));
-        for line in out.lines() {
-            // "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x…)" or "/lib64/ld-linux-x86-64.so.2 (0x…)"
-            let p = line
-                .split("=>")
-                .last()
-                .and_then(|s| s.split_whitespace().next())
-                .unwrap_or("");
-            if p.starts_with('/') {
-                paths.insert(p.to_string());
-            }
-        }
-    }
-    assert!(!paths.is_empty(), "ldd found no libraries");
-    for p in &paths {
-        let name = Path::new(p).file_name().unwrap();
-        std::fs::copy(p, lib.join(name)).unwrap();
-    }
-    let list: String = paths.iter().map(|p| format!("{p}\n")).collect();
-    std::fs::write(lib.join("paths"), list).unwrap();
-}
-
 fn guest(share: &Path, disk: &Path, script: &str, pidfile: Option<&Path>) -> Command {
     let mut c = Command::new(super::guest::harness());
     c.args(["--no-mount", "--timeout", "600", "--share"])

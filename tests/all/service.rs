@@ -179,15 +179,6 @@ fn temp_file(bytes: &[u8]) -> tempfile::NamedTempFile {
     f
 }
 
-/// A port free on loopback now.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn curl(url: &str) -> String {
     let out = std::process::Command::new("curl")
         .args(["-sS", "--max-time", "5", url])
