@@ -77,6 +77,14 @@ pub struct Status {
     /// landed, or data started waiting). `None` with nothing pending.
     #[serde(default)]
     pub writeback_waiting_secs: Option<f64>,
+    /// Seconds the oldest write-back entry not yet on the store has waited since its
+    /// acknowledgement. `None` with nothing pending.
+    #[serde(default)]
+    pub writeback_oldest_secs: Option<f64>,
+    /// Smoothed round trip of small requests to the store (queueing behind bulk replies
+    /// included, as TCP's SRTT), in ms; `None` before the first reply.
+    #[serde(default)]
+    pub link_rtt_ms: Option<f64>,
     /// Write-back: writes acknowledged and the journal syncs they took (group commit).
     #[serde(default)]
     pub journal_writes: u64,
@@ -166,6 +174,12 @@ impl Sources {
                 .as_ref()
                 .and_then(|w| w.waiting())
                 .map(|d| d.as_secs_f64()),
+            writeback_oldest_secs: self
+                .writeback
+                .as_ref()
+                .and_then(|w| w.oldest_age().ok().flatten())
+                .map(|d| d.as_secs_f64()),
+            link_rtt_ms: t.rtt_ms(),
             quarantined_bytes: self.writeback.as_ref().map_or(0, |w| w.quarantined().1),
             journal_writes: self.writeback.as_ref().map_or(0, |w| l(&w.journal_writes)),
             journal_syncs: self.writeback.as_ref().map_or(0, |w| l(&w.journal_syncs)),

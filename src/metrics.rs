@@ -170,6 +170,24 @@ impl Collector for Figures {
             let g = ConstGauge::new(v);
             g.encode(enc.encode_descriptor(name, help, None, g.metric_type())?)?;
         }
+        let seconds: [(&str, &str, Option<f64>); 2] = [
+            (
+                "link_rtt_seconds",
+                "Smoothed round trip of small requests to the store (absent before the first).",
+                st.link_rtt_ms.map(|ms| ms / 1000.0),
+            ),
+            (
+                "writeback_oldest_dirty_age_seconds",
+                "How long the oldest write-back entry not yet on the store has waited (0: none).",
+                Some(st.writeback_oldest_secs.unwrap_or(0.0)),
+            ),
+        ];
+        for (name, help, v) in seconds {
+            if let Some(v) = v {
+                let g = ConstGauge::<f64>::new(v);
+                g.encode(enc.encode_descriptor(name, help, None, g.metric_type())?)?;
+            }
+        }
         Ok(())
     }
 }

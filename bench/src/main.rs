@@ -1,6 +1,7 @@
 //! `bench`: gridvfs side by side with the tools users would pick instead, over an emulated
 //! WAN, in one run on one machine. See bench/README.md.
 
+mod boot;
 mod data;
 mod link;
 mod mirror;
@@ -9,6 +10,7 @@ mod peers;
 mod report;
 mod setup;
 mod sshd;
+mod vm;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -125,6 +127,21 @@ enum Cmd {
     },
     /// CI smoke: tiny data, gridvfs only, plain TCP bridge, a short emulated link.
     Smoke,
+    /// Issue 13's reboot experiment: qemu boots Debian from a qcow2 base on the store
+    /// through gridvfs (qemu's nfs:// driver) over the emulated link, beside the local
+    /// disk and a whole-image copy; writes boot-PROFILE.{md,json} to --out. Needs root.
+    Boot {
+        #[arg(long, value_enum, default_value = "wan")]
+        profile: Profile,
+        /// Stop a boot that has not reached the marker after this many seconds.
+        #[arg(long, default_value_t = 900)]
+        bound: u64,
+        #[arg(long, default_value = "bench/results")]
+        out: PathBuf,
+        /// Where the guest image is kept between runs (default $XDG_CACHE_HOME/gridvfs-bench).
+        #[arg(long)]
+        data: Option<PathBuf>,
+    },
     /// Copy stdin/stdout to and from a TCP address (the `exec:` end of the pipe transport).
     Connect { addr: String },
     /// Redraw the SVG chart of a results JSON (written beside it).
@@ -219,6 +236,23 @@ async fn main() -> anyhow::Result<()> {
             )
             .await
         }
+        Cmd::Boot {
+            profile,
+            bound,
+            out,
+            data,
+        } => {
+            let data = data.unwrap_or_else(default_data);
+            let name = format!("{profile:?}").to_ascii_lowercase();
+            boot::run(
+                &name,
+                profile.link(),
+                Duration::from_secs(bound),
+                &out,
+                &data,
+            )
+            .await
+        }
         Cmd::Run {
             profile,
             size,
@@ -244,18 +278,21 @@ async fn main() -> anyhow::Result<()> {
             } else {
                 peers
             };
-            let data = data.unwrap_or_else(|| {
-                std::env::var_os("XDG_CACHE_HOME")
-                    .map(PathBuf::from)
-                    .unwrap_or_else(|| {
-                        PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache")
-                    })
-                    .join("gridvfs-bench")
-            });
+            let data = data.unwrap_or_else(default_data);
             let opts = RunOpts { bound, block_size };
             run(profile, size, &peers, &transport, opts, &out, &data).await
         }
     }
+}
+
+/// `$XDG_CACHE_HOME/gridvfs-bench` (or ~/.cache/gridvfs-bench).
+fn default_data() -> PathBuf {
+    std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache")
+        })
+        .join("gridvfs-bench")
 }
 
 /// W4 through a gridvfs client: write `bytes` of `src` as `redo.log`, then COMMIT.

@@ -88,6 +88,12 @@ pub struct WriteBack {
     /// waiting in an empty journal (ms since the epoch): a backlog that has not moved
     /// for long is stuck (`gridvfs-client check`).
     progress_ms: AtomicU64,
+    /// Per synced batch of this process: (first seq, last seq, ms since the epoch it was
+    /// acknowledged), oldest first; pruned as entries upload. For the age of the oldest
+    /// entry not yet on the store (`writeback_oldest_secs`).
+    acked: Mutex<std::collections::VecDeque<(u64, u64, u64)>>,
+    /// When this process opened the journal: the age floor of entries of earlier runs.
+    opened_ms: u64,
     /// The "cache full of write-back data" warning was given and still holds.
     full_warned: std::sync::atomic::AtomicBool,
     /// Readers hold it for reading from "which attributes?" to "overlay done"; the uploader
@@ -180,6 +186,8 @@ impl WriteBack {
             journal_syncs: AtomicU64::new(0),
             dirty_bytes: AtomicU64::new(dirty),
             progress_ms: AtomicU64::new(now_ms()),
+            acked: Mutex::default(),
+            opened_ms: now_ms(),
             quarantine: Mutex::default(),
             full_warned: std::sync::atomic::AtomicBool::new(false),
             retire: tokio::sync::RwLock::new(()),
@@ -254,7 +262,7 @@ impl WriteBack {
             self.journal_syncs.fetch_add(1, Ordering::Relaxed);
             let bytes: u64 = rows.iter().map(|r| r.len).sum();
             let (fd, index) = (self.sync_fd.clone(), self.index.clone());
-            let done = tokio::task::spawn_blocking(move || -> Result<()> {
+            let done = tokio::task::spawn_blocking(move || -> Result<Option<(u64, u64)>> {
                 fd.sync_data()?;
                 index.add_dirty_batch(&rows)
             })
@@ -265,7 +273,11 @@ impl WriteBack {
                 j.synced = to;
                 j.leader = false;
                 match done {
-                    Ok(()) => {
+                    Ok(seqs) => {
+                        if let Some((lo, hi)) = seqs {
+                            let mut acked = self.acked.lock().expect("acked lock");
+                            acked.push_back((lo, hi, now_ms()));
+                        }
                         if self.dirty_bytes.fetch_add(bytes, Ordering::Relaxed) == 0 {
                             self.progress_ms.store(now_ms(), Ordering::Relaxed);
                         }
@@ -350,6 +362,25 @@ impl WriteBack {
         let pending = self.dirty_bytes.load(Ordering::Relaxed) > 0;
         let since = self.progress_ms.load(Ordering::Relaxed);
         pending.then(|| Duration::from_millis(now_ms().saturating_sub(since)))
+    }
+
+    /// How long the oldest entry not yet on the store has waited since it was
+    /// acknowledged (entries of an earlier run: at least since this process started).
+    /// `None` with nothing pending.
+    pub fn oldest_age(&self) -> Result<Option<Duration>> {
+        let Some(oldest) = self.index.dirty_oldest(1)?.first().map(|e| e.seq) else {
+            self.acked.lock().expect("acked lock").clear();
+            return Ok(None);
+        };
+        let mut acked = self.acked.lock().expect("acked lock");
+        while acked.front().is_some_and(|&(_, hi, _)| hi < oldest) {
+            acked.pop_front();
+        }
+        let at = match acked.front() {
+            Some(&(lo, _, ms)) if lo <= oldest => ms,
+            _ => self.opened_ms,
+        };
+        Ok(Some(Duration::from_millis(now_ms().saturating_sub(at))))
     }
 
     /// Why the store refuses `file`'s write-back data, if it does.

@@ -38,10 +38,13 @@ use super::record::{Record, auth_error, frame_record, is_call, nfs_error, read_r
 use super::replay::{self, ReplayCache, Seen};
 
 /// The changes answered here whose retransmission must not be carried out twice.
-fn changes_here(proc_: u32) -> bool {
+/// Non-idempotent calls whose replies the duplicate-request cache keeps: those the gate
+/// answers and the two it forwards (RENAME, SYMLINK; their replies are kept as the
+/// dispatcher's answer passes back).
+fn kept_for_replay(proc_: u32) -> bool {
     matches!(
         proc_,
-        SETATTR | CREATE | MKDIR | MKNOD | REMOVE | RMDIR | LINK
+        SETATTR | CREATE | MKDIR | MKNOD | REMOVE | RMDIR | LINK | RENAME | SYMLINK
     )
 }
 
@@ -104,8 +107,15 @@ pub(crate) enum Route {
     Forward,
 }
 
-/// Calls forwarded and not answered yet, by xid: the slot each holds.
-type Forwarded = Arc<Mutex<HashMap<u32, (OwnedSemaphorePermit, Instant)>>>;
+/// Calls forwarded and not answered yet, by xid: the slot each holds, since when, and its
+/// key in the duplicate-request cache if its reply is kept there.
+type Forwarded = Arc<Mutex<HashMap<u32, ForwardedCall>>>;
+
+struct ForwardedCall {
+    _slot: OwnedSemaphorePermit,
+    since: Instant,
+    replay: Option<replay::Key>,
+}
 
 impl Gate {
     /// Accept kernel connections forever; a failed accept is logged and retried.
@@ -176,10 +186,13 @@ impl Gate {
         let mut up_reader = {
             let reply_tx = reply_tx.clone();
             let forwarded = forwarded.clone();
+            let gate = self.clone();
             tokio::spawn(async move {
                 while let Some(body) = read_record(&mut up_rx).await? {
-                    if let Some(xid) = xid_of(&body) {
-                        forwarded.lock().expect("slot map").remove(&xid);
+                    let call = xid_of(&body)
+                        .and_then(|xid| forwarded.lock().expect("slot map").remove(&xid));
+                    if let Some(key) = call.and_then(|c| c.replay) {
+                        gate.replay.finish(key, &body);
                     }
                     if reply_tx.send(Record::from(body)).await.is_err() {
                         break;
@@ -216,7 +229,7 @@ impl Gate {
                     let _ = reply_tx.send(Record::from(rec)).await;
                 }
                 Route::Forward => {
-                    hold_slot(&forwarded, &body, permit);
+                    hold_slot(&self.replay, &forwarded, &body, permit, None);
                     if fwd_tx.send(Record::from(body)).await.is_err() {
                         break Err(dispatcher_gone());
                     }
@@ -233,7 +246,7 @@ impl Gate {
                     tokio::spawn(async move {
                         let args = &body[args_at..];
                         // A retransmission of a change answered here is not made twice.
-                        let replay_key = changes_here(proc_)
+                        let replay_key = kept_for_replay(proc_)
                             .then(|| replay::Key::new(peer.ip(), xid, proc_, args));
                         if let Some(key) = replay_key {
                             match gate.replay.begin(key) {
@@ -268,7 +281,7 @@ impl Gate {
                             }
                             let _ = reply_tx.send(Record::from(reply)).await;
                         } else {
-                            hold_slot(&forwarded, &body, permit);
+                            hold_slot(&gate.replay, &forwarded, &body, permit, replay_key);
                             let _ = fwd_tx.send(Record::from(body)).await;
                             return;
                         }
@@ -280,6 +293,13 @@ impl Gate {
         drop(fwd_tx);
         let _ = up_writer.await;
         up_reader.abort();
+        // Calls the dispatcher never answered on this connection may or may not have been
+        // carried out: their retransmissions are carried out (again), not dropped.
+        for (_, call) in forwarded.lock().expect("slot map").drain() {
+            if let Some(key) = call.replay {
+                self.replay.abandon(key);
+            }
+        }
         drop(reply_tx);
         let _ = writer.await;
         result
@@ -461,7 +481,13 @@ async fn refuse_connection(mut sock: TcpStream) -> std::io::Result<()> {
 
 /// A forwarded call holds its slot until the dispatcher answers. A retransmission of a
 /// call still in flight holds no second slot (the dispatcher may answer it only once).
-fn hold_slot(forwarded: &Forwarded, body: &[u8], permit: OwnedSemaphorePermit) {
+fn hold_slot(
+    replay: &ReplayCache,
+    forwarded: &Forwarded,
+    body: &[u8],
+    permit: OwnedSemaphorePermit,
+    key: Option<replay::Key>,
+) {
     let Some(xid) = xid_of(body) else {
         return;
     };
@@ -469,7 +495,17 @@ fn hold_slot(forwarded: &Forwarded, body: &[u8], permit: OwnedSemaphorePermit) {
     if map.len() >= MAX_CALLS_PER_CONNECTION / 2 {
         // The dispatcher never answers a retransmission of a call it already answered:
         // free such slots after a while.
-        map.retain(|_, (_, t)| t.elapsed() < ABANDONED_AFTER);
+        map.retain(|_, c| {
+            let keep = c.since.elapsed() < ABANDONED_AFTER;
+            if let (false, Some(k)) = (keep, c.replay) {
+                replay.abandon(k);
+            }
+            keep
+        });
     }
-    map.entry(xid).or_insert((permit, Instant::now()));
+    map.entry(xid).or_insert(ForwardedCall {
+        _slot: permit,
+        since: Instant::now(),
+        replay: key,
+    });
 }

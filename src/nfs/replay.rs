@@ -1,5 +1,6 @@
-//! Duplicate-request cache for the non-idempotent procedures the gate answers itself
-//! (CREATE, MKDIR, MKNOD, REMOVE, RMDIR, LINK, SETATTR), as knfsd's reply cache.
+//! Duplicate-request cache for the non-idempotent procedures (CREATE, MKDIR, MKNOD,
+//! REMOVE, RMDIR, LINK, SETATTR answered by the gate; RENAME and SYMLINK forwarded to the
+//! dispatcher, their replies kept on the way back), as knfsd's reply cache.
 //!
 //! A kernel client that gets no reply (a dropped connection, a slow store) retransmits the
 //! call with the same xid, often on a new connection. Carried out twice, a REMOVE answers
@@ -96,6 +97,18 @@ impl ReplayCache {
     }
 }
 
+impl ReplayCache {
+    /// Forget a call [`Self::begin`] called new that will never finish here (its
+    /// connection to the dispatcher ended unanswered): a retransmission is then carried
+    /// out rather than dropped. A finished call's reply is kept.
+    pub fn abandon(&self, key: Key) {
+        let mut g = self.inner.lock().expect("replay cache lock");
+        if matches!(g.entries.get(&key), Some(Entry::InProgress)) {
+            g.entries.remove(&key);
+        }
+    }
+}
+
 impl Inner {
     fn expire_locked(&mut self) {
         while let Some((at, key)) = self.order.front().copied() {
@@ -125,6 +138,13 @@ mod tests {
         assert_eq!(c.begin(Key::new(ip, 7, 12, b"other")), Seen::New);
         let other: IpAddr = "127.0.0.2".parse().unwrap();
         assert_eq!(c.begin(Key::new(other, 7, 12, b"dir+name")), Seen::New);
+        // Abandoned while in progress: the next copy is carried out; a finished one stays.
+        let a = Key::new(ip, 8, 14, b"rename");
+        assert_eq!(c.begin(a), Seen::New);
+        c.abandon(a);
+        assert_eq!(c.begin(a), Seen::New);
+        c.abandon(k);
+        assert_eq!(c.begin(k), Seen::Replay(b"reply".to_vec()));
     }
 
     #[test]

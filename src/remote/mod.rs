@@ -124,6 +124,29 @@ pub struct Counters {
     /// Requests turned away while offline (JUKEBOX), and outages so far.
     pub offline_refused: AtomicU64,
     pub outages: AtomicU64,
+    /// Smoothed round trip of small requests in µs (0: none yet); see [`Counters::rtt_ms`].
+    pub srtt_us: AtomicU64,
+}
+
+/// Replies up to this size time the link (larger ones time the transfer too).
+const RTT_REPLY_MAX: usize = 4096;
+
+impl Counters {
+    /// Fold one small request's round trip into the estimate (RFC 6298's SRTT gain, 1/8).
+    fn sample_rtt(&self, rtt: Duration) {
+        let us = (rtt.as_micros() as u64).max(1);
+        let _ = self
+            .srtt_us
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |old| {
+                Some(if old == 0 { us } else { old - old / 8 + us / 8 })
+            });
+    }
+
+    /// The smoothed round trip of small requests to the store, in ms, if one was timed.
+    pub fn rtt_ms(&self) -> Option<f64> {
+        let us = self.srtt_us.load(Ordering::Relaxed);
+        (us > 0).then(|| us as f64 / 1000.0)
+    }
 }
 
 /// One live transport connection.
@@ -549,6 +572,9 @@ impl Session {
                             .as_mut()
                             .and_then(|m| m.remove(&f.id));
                         if let Some(w) = waiter {
+                            if !w.long && f.data.len() <= RTT_REPLY_MAX {
+                                counters.sample_rtt(w.sent.elapsed());
+                            }
                             let _ = w.done.send((reply, f.data));
                         }
                     }

@@ -590,8 +590,10 @@ async fn raw_call(
     u32::from_be_bytes(reply[24..28].try_into().unwrap())
 }
 
-/// Issue 11, item 18: a kernel's retransmission of REMOVE, CREATE (guarded), MKDIR or LINK
-/// (same xid, new connection) gets the first reply again instead of NOENT/EXIST.
+/// Issue 11, item 18: a kernel's retransmission of REMOVE, CREATE (guarded), MKDIR, LINK,
+/// RENAME or SYMLINK (same xid, new connection) gets the first reply again instead of
+/// NOENT/EXIST. (RENAME and SYMLINK are forwarded to the dispatcher: before their replies
+/// were kept, a retransmitted RENAME answered NOENT and a SYMLINK EXIST.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retransmitted_changes_are_answered_once() {
     let d = dirs();
@@ -652,6 +654,47 @@ async fn retransmitted_changes_are_answered_once() {
         nfsstat3::NFS3ERR_NOENT as u32
     );
     assert!(!d.export.join("victim").exists() && d.export.join("hard").exists());
+
+    let rename = RENAME3args {
+        from: dirop(&root, "hard"),
+        to: dirop(&root, "moved"),
+    };
+    assert_eq!(raw_call(client.port, 9006, 14, &rename).await, ok);
+    assert_eq!(
+        raw_call(client.port, 9006, 14, &rename).await,
+        ok,
+        "retransmitted RENAME carried out twice"
+    );
+    assert_eq!(
+        raw_call(client.port, 9007, 14, &rename).await,
+        nfsstat3::NFS3ERR_NOENT as u32,
+        "RENAME with a new xid"
+    );
+    assert!(!d.export.join("hard").exists() && d.export.join("moved").exists());
+    let symlink = SYMLINK3args {
+        where_: dirop(&root, "sl"),
+        symlink: symlinkdata3 {
+            symlink_attributes: attrs(None),
+            symlink_data: nfspath3(nfs3_client::nfs3_types::xdr_codec::Opaque::owned(
+                b"moved".to_vec(),
+            )),
+        },
+    };
+    assert_eq!(raw_call(client.port, 9008, 10, &symlink).await, ok);
+    assert_eq!(
+        raw_call(client.port, 9008, 10, &symlink).await,
+        ok,
+        "retransmitted SYMLINK carried out twice"
+    );
+    assert_eq!(
+        raw_call(client.port, 9009, 10, &symlink).await,
+        nfsstat3::NFS3ERR_EXIST as u32,
+        "SYMLINK with a new xid"
+    );
+    assert_eq!(
+        std::fs::read_link(d.export.join("sl")).unwrap(),
+        std::path::Path::new("moved")
+    );
 }
 
 /// Issue 11, item 19: every namespace change refreshes the attributes of the file it

@@ -221,6 +221,19 @@ async fn a_real_prometheus_scrapes_the_figures_of_status() {
         "{text}"
     );
     assert!(curl(&format!("http://{metrics}/other")).contains("only /metrics"));
+    // The link's round trip, timed on small requests (LOOKUP, GETATTR ...).
+    let rtt = st["link_rtt_ms"]
+        .as_f64()
+        .expect("link_rtt_ms after requests");
+    assert!(rtt > 0.0 && rtt < 10_000.0, "{st}");
+    let rtt_series = format!("gridvfs_link_rtt_seconds{{export=\"{export}\"}} ");
+    assert!(text.contains(&rtt_series), "{rtt_series} not in:\n{text}");
+    assert!(
+        text.contains(&format!(
+            "gridvfs_writeback_oldest_dirty_age_seconds{{export=\"{export}\"}} 0"
+        )),
+        "no write-back data pending: {text}"
+    );
 
     // Prometheus scraping it every second.
     let prom_port = free_port();
@@ -324,6 +337,10 @@ async fn check_exit_codes_name_each_failure() {
     let (code, line) = check(&d.cache, &[]);
     assert_eq!(code, 0, "{line}");
     assert!(line.starts_with("OK export"), "{line}");
+    assert!(
+        status_json(&d.cache)["writeback_oldest_secs"].is_null(),
+        "nothing pending"
+    );
 
     // The store refuses the write-back data for good (it came back read-only).
     let mut nfs = Nfs::mount(client.port).await;
@@ -351,6 +368,19 @@ async fn check_exit_codes_name_each_failure() {
     assert!(
         line.starts_with("WRITE-BACK STUCK") && line.contains("refused"),
         "{line}"
+    );
+    // The refused entry waits in the journal: its age since acknowledgement grows.
+    let age = |st: &serde_json::Value| {
+        st["writeback_oldest_secs"]
+            .as_f64()
+            .unwrap_or_else(|| panic!("writeback_oldest_secs with data pending: {st}"))
+    };
+    let first = age(&status_json(&d.cache));
+    std::thread::sleep(Duration::from_millis(1500));
+    let later = age(&status_json(&d.cache));
+    assert!(
+        later >= first + 1.0 && later < 60.0,
+        "oldest entry's age {first} then {later}"
     );
 
     // The store unreachable: the client goes offline.

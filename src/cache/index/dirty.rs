@@ -46,7 +46,8 @@ impl Index {
     /// (SQLite's documentation says so), leaving journal bytes nothing points at. So this
     /// commit (and [`Self::dirty_done`]'s) runs [`Self::durably`]; the other statements
     /// keep NORMAL, since a block row lost to a power cut only costs a refetch.
-    pub fn add_dirty_batch(&self, rows: &[DirtyRow]) -> Result<()> {
+    /// Returns the first and last `seq` given to the rows (`None` for no rows).
+    pub fn add_dirty_batch(&self, rows: &[DirtyRow]) -> Result<Option<(u64, u64)>> {
         self.durably(|conn| Self::insert_dirty_locked(conn, rows))
     }
 
@@ -65,8 +66,9 @@ impl Index {
     }
 
     /// The rows of [`Self::add_dirty_batch`], committed; the connection's lock is held.
-    fn insert_dirty_locked(conn: &mut Connection, rows: &[DirtyRow]) -> Result<()> {
+    fn insert_dirty_locked(conn: &mut Connection, rows: &[DirtyRow]) -> Result<Option<(u64, u64)>> {
         let tx = conn.transaction().map_err(db)?;
+        let mut seqs: Option<(u64, u64)> = None;
         {
             let mut st = tx
                 .prepare_cached(
@@ -84,11 +86,14 @@ impl Index {
                     to_sql(r.log_offset)
                 ])
                 .map_err(db)?;
-                sum.execute(params![tx.last_insert_rowid(), &r.sum[..]])
-                    .map_err(db)?;
+                let seq = tx.last_insert_rowid();
+                sum.execute(params![seq, &r.sum[..]]).map_err(db)?;
+                let seq = from_sql(seq);
+                seqs = Some((seqs.map_or(seq, |s| s.0), seq));
             }
         }
-        tx.commit().map_err(db)
+        tx.commit().map_err(db)?;
+        Ok(seqs)
     }
 
     /// The checksum recorded with entry `seq` (none for entries older than the table).
