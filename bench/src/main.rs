@@ -127,12 +127,30 @@ enum Cmd {
     },
     /// CI smoke: tiny data, gridvfs only, plain TCP bridge, a short emulated link.
     Smoke,
+    /// Issue 13's resume experiment: a booted Debian VM saved (qemu's migration stream)
+    /// to the store, restored with -incoming through gridvfs (nfs-cat) over the emulated
+    /// link, beside the local disk and a whole-file copy; writes resume-PROFILE.{md,json}.
+    Resume {
+        #[arg(long, value_enum, default_value = "wan")]
+        profile: Profile,
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        #[arg(long, default_value_t = 900)]
+        bound: u64,
+        #[arg(long, default_value = "bench/results")]
+        out: PathBuf,
+        #[arg(long)]
+        data: Option<PathBuf>,
+    },
     /// Issue 13's reboot experiment: qemu boots Debian from a qcow2 base on the store
     /// through gridvfs (qemu's nfs:// driver) over the emulated link, beside the local
     /// disk and a whole-image copy; writes boot-PROFILE.{md,json} to --out. Needs root.
     Boot {
         #[arg(long, value_enum, default_value = "wan")]
         profile: Profile,
+        /// Rounds (every row once each); the report gives medians.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
         /// Stop a boot that has not reached the marker after this many seconds.
         #[arg(long, default_value_t = 900)]
         bound: u64,
@@ -236,17 +254,38 @@ async fn main() -> anyhow::Result<()> {
             )
             .await
         }
-        Cmd::Boot {
+        Cmd::Resume {
             profile,
+            runs,
             bound,
             out,
             data,
         } => {
             let data = data.unwrap_or_else(default_data);
             let name = format!("{profile:?}").to_ascii_lowercase();
-            boot::run(
+            boot::resume(
                 &name,
                 profile.link(),
+                runs,
+                Duration::from_secs(bound),
+                &out,
+                &data,
+            )
+            .await
+        }
+        Cmd::Boot {
+            profile,
+            runs,
+            bound,
+            out,
+            data,
+        } => {
+            let data = data.unwrap_or_else(default_data);
+            let name = format!("{profile:?}").to_ascii_lowercase();
+            boot::boot(
+                &name,
+                profile.link(),
+                runs,
                 Duration::from_secs(bound),
                 &out,
                 &data,

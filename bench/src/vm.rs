@@ -26,7 +26,6 @@ pub const READY: &str = "GRIDVFS-BENCH-READY";
 pub const BASE: &str = "base.qcow2";
 
 pub struct Image {
-    pub dir: PathBuf,
     pub kernel: PathBuf,
     pub initrd: PathBuf,
     pub qcow2: PathBuf,
@@ -58,7 +57,6 @@ pub fn ensure_image(data: &Path) -> anyhow::Result<Image> {
         initrd: dir.join("initrd.img"),
         qcow2: dir.join(BASE),
         virtual_size: 0,
-        dir: dir.clone(),
     };
     if !dir.join("ready").exists() {
         crate::setup::ensure_tools(&[
@@ -169,45 +167,9 @@ pub async fn boot(img: &Image, backing: &str, work: &Path, bound: Duration) -> a
         ])
         .arg(&overlay)
         .arg(img.virtual_size.to_string()))?;
-    let mut qemu = tokio::process::Command::new("qemu-system-x86_64")
-        .args([
-            "-nodefaults",
-            "-no-user-config",
-            "-machine",
-            "pc",
-            "-accel",
-            "tcg",
-            "-cpu",
-            "max",
-            "-smp",
-            "1",
-            "-m",
-            "1024",
-            "-display",
-            "none",
-            "-monitor",
-            "none",
-            "-serial",
-            "stdio",
-            "-no-reboot",
-            "-kernel",
-        ])
-        .arg(&img.kernel)
-        .arg("-initrd")
-        .arg(&img.initrd)
-        .args([
-            "-append",
-            "root=LABEL=gvroot ro console=ttyS0 quiet systemd.show_status=false",
-            "-drive",
-        ])
-        .arg(format!(
-            "file={},if=virtio,format=qcow2,cache=writeback",
-            overlay.display()
-        ))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
+    let mon = work.join("boot.mon");
+    let _ = std::fs::remove_file(&mon);
+    let mut qemu = qemu(img, &overlay, &mon)
         .spawn()
         .context("qemu-system-x86_64")?;
     let mut lines = tokio::io::BufReader::new(qemu.stdout.take().expect("stdout")).lines();
@@ -227,19 +189,12 @@ pub async fn boot(img: &Image, backing: &str, work: &Path, bound: Duration) -> a
     let got = tokio::time::timeout(bound, wait).await;
     let secs = start.elapsed().as_secs_f64();
     let _ = qemu.kill().await;
-    let stderr = match qemu.stderr.take() {
-        Some(mut e) => {
-            let mut s = String::new();
-            let _ = tokio::io::AsyncReadExt::read_to_string(&mut e, &mut s).await;
-            s
-        }
-        None => String::new(),
-    };
     match got {
         Ok(Ok(true)) => Ok(secs),
         Ok(Ok(false)) => bail!(
-            "the guest ended without {READY} (backing {backing}); console:\n{}\nqemu: {stderr}",
-            tail.join("\n")
+            "the guest ended without {READY} (backing {backing}); console:\n{}\nqemu: {}",
+            tail.join("\n"),
+            qemu_err(&mon)
         ),
         Ok(Err(e)) => bail!("reading the guest's console: {e}"),
         Err(_) => bail!(
@@ -253,4 +208,236 @@ pub async fn boot(img: &Image, backing: &str, work: &Path, bound: Duration) -> a
 pub fn drop_caches() -> anyhow::Result<()> {
     run(&mut Command::new("sync"))?;
     std::fs::write("/proc/sys/vm/drop_caches", "3").context("drop_caches (needs root)")
+}
+
+/// A human monitor (HMP) on a unix socket: send a command, read to the next prompt.
+struct Monitor {
+    sock: tokio::net::UnixStream,
+}
+
+impl Monitor {
+    async fn connect(path: &Path, bound: Duration) -> anyhow::Result<Self> {
+        let t = Instant::now();
+        let sock = loop {
+            match tokio::net::UnixStream::connect(path).await {
+                Ok(s) => break s,
+                Err(e) if t.elapsed() > bound => bail!("qemu monitor {}: {e}", path.display()),
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        };
+        let mut m = Self { sock };
+        m.until_prompt().await?;
+        Ok(m)
+    }
+
+    async fn until_prompt(&mut self) -> anyhow::Result<String> {
+        use tokio::io::AsyncReadExt;
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !out.ends_with(b"(qemu) ") {
+            let n = self.sock.read(&mut buf).await?;
+            anyhow::ensure!(n > 0, "qemu monitor closed");
+            out.extend_from_slice(&buf[..n]);
+        }
+        Ok(String::from_utf8_lossy(&out).into_owned())
+    }
+
+    async fn cmd(&mut self, c: &str) -> anyhow::Result<String> {
+        use tokio::io::AsyncWriteExt;
+        self.sock.write_all(format!("{c}\n").as_bytes()).await?;
+        self.until_prompt().await
+    }
+}
+
+/// qemu's stderr, kept beside its monitor socket for error messages.
+fn qemu_err(monitor: &Path) -> String {
+    std::fs::read_to_string(monitor.with_extension("err")).unwrap_or_default()
+}
+
+/// The qemu command line of both boot and resume (serial on stdio, HMP on `monitor`,
+/// stderr beside it).
+fn qemu(img: &Image, disk: &Path, monitor: &Path) -> tokio::process::Command {
+    let mut q = tokio::process::Command::new("qemu-system-x86_64");
+    q.args([
+        "-nodefaults",
+        "-no-user-config",
+        "-machine",
+        "pc",
+        "-accel",
+        "tcg",
+        "-cpu",
+        "max",
+        "-smp",
+        "1",
+        "-m",
+        "1024",
+        "-display",
+        "none",
+        "-serial",
+        "stdio",
+        "-no-reboot",
+        "-monitor",
+    ])
+    .arg(format!("unix:{},server=on,wait=off", monitor.display()))
+    .arg("-kernel")
+    .arg(&img.kernel)
+    .arg("-initrd")
+    .arg(&img.initrd)
+    .args([
+        "-append",
+        "root=LABEL=gvroot ro console=ttyS0 quiet systemd.show_status=false",
+        "-drive",
+    ])
+    .arg(format!(
+        "file={},if=virtio,format=qcow2,cache=writeback",
+        disk.display()
+    ))
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .stderr(
+        std::fs::File::create(monitor.with_extension("err"))
+            .map(Stdio::from)
+            .unwrap_or_else(|_| Stdio::null()),
+    )
+    .kill_on_drop(true);
+    q
+}
+
+/// Boot from the local base, and once the guest is up save its state to `state` with
+/// qemu's migration stream (what `virsh save` writes) and its disk (the overlay) to
+/// `disk`: the saved VM that [`resume`] restores.
+pub async fn save(
+    img: &Image,
+    work: &Path,
+    state: &Path,
+    disk: &Path,
+    bound: Duration,
+) -> anyhow::Result<()> {
+    let overlay = work.join("save.qcow2");
+    let _ = std::fs::remove_file(&overlay);
+    run(Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
+        .arg(&img.qcow2)
+        .arg(&overlay))?;
+    let mon = work.join("save.mon");
+    let _ = std::fs::remove_file(&mon);
+    let mut q = qemu(img, &overlay, &mon)
+        .spawn()
+        .context("qemu-system-x86_64")?;
+    let mut out = q.stdout.take().expect("stdout");
+    let up = async {
+        use tokio::io::AsyncReadExt;
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = out.read(&mut buf).await?;
+            anyhow::ensure!(n > 0, "the guest ended before {READY}");
+            seen.extend_from_slice(&buf[..n]);
+            // Up, and getty is at its prompt (what a resumed guest answers with).
+            if let Some(i) = find(&seen, READY.as_bytes())
+                && find(&seen[i..], b"login:").is_some()
+            {
+                return Ok(());
+            }
+        }
+    };
+    tokio::time::timeout(bound, up)
+        .await
+        .context("booting to save")??;
+    let mut m = Monitor::connect(&mon, bound).await?;
+    m.cmd("stop").await?;
+    let _ = std::fs::remove_file(state);
+    m.cmd(&format!("migrate \"exec:cat > {}\"", state.display()))
+        .await?;
+    let t = Instant::now();
+    loop {
+        let info = m.cmd("info migrate").await?;
+        if info.contains("Migration status: completed") {
+            break;
+        }
+        anyhow::ensure!(
+            !info.contains("Migration status: failed") && t.elapsed() < bound,
+            "saving the VM's state failed: {info}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let _ = m.cmd("quit").await;
+    let _ = q.wait().await;
+    std::fs::copy(&overlay, disk)?;
+    Ok(())
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Restore a saved VM: a copy of its disk `disk` (backed by `backing`), its state read
+/// from `incoming`'s stdout (`cat FILE`, `nfs-cat URL`). Seconds from qemu's start until
+/// the guest answers on its console (a newline sent, getty's prompt back).
+pub async fn resume(
+    img: &Image,
+    disk: &Path,
+    backing: &str,
+    incoming: &str,
+    work: &Path,
+    bound: Duration,
+) -> anyhow::Result<f64> {
+    let copy = work.join("resume.qcow2");
+    std::fs::copy(disk, &copy)?;
+    run(Command::new("qemu-img")
+        .args(["rebase", "-u", "-F", "qcow2", "-b", backing])
+        .arg(&copy))?;
+    let mon = work.join("resume.mon");
+    let _ = std::fs::remove_file(&mon);
+    let start = Instant::now();
+    let mut q = qemu(img, &copy, &mon)
+        .arg("-incoming")
+        .arg(format!("exec:{incoming}"))
+        .spawn()
+        .context("qemu-system-x86_64")?;
+    let mut out = q.stdout.take().expect("stdout");
+    let mut input = q.stdin.take().expect("stdin");
+    let answered = async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut m = Monitor::connect(&mon, bound).await?;
+        loop {
+            let st = m.cmd("info status").await?;
+            if st.contains("status: running") {
+                break;
+            }
+            anyhow::ensure!(
+                !st.contains("shutdown") && !st.contains("internal-error"),
+                "the resumed VM is not running: {st}"
+            );
+            // Saved paused (as `virsh save` does), so it arrives paused: once the state
+            // is in, continue it (as libvirt's restore does).
+            if st.contains("paused") && !st.contains("inmigrate") {
+                m.cmd("cont").await?;
+                continue;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        input.write_all(b"\r").await?;
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = out.read(&mut buf).await?;
+            anyhow::ensure!(n > 0, "the resumed guest ended");
+            seen.extend_from_slice(&buf[..n]);
+            if find(&seen, b"login:").is_some() {
+                return Ok(());
+            }
+        }
+    };
+    let r = tokio::time::timeout(bound, answered).await;
+    let secs = start.elapsed().as_secs_f64();
+    let _ = q.kill().await;
+    match r {
+        Ok(Ok(())) => Ok(secs),
+        Ok(Err(e)) => Err(e.context(format!(
+            "resuming from `{incoming}`; qemu: {}",
+            qemu_err(&mon)
+        ))),
+        Err(_) => bail!("the resumed VM did not answer within {bound:?} (`{incoming}`)"),
+    }
 }
