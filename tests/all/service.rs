@@ -424,3 +424,68 @@ fn progress_is_json_lines_off_a_terminal() {
     assert_eq!(last["done_bytes"], 3 << 20);
     assert_eq!(last["total_bytes"], 3 << 20);
 }
+
+/// Issue 15: the shipped unit and config are valid as shipped. systemd's own
+/// `systemd-analyze verify` checks `dist/systemd/gridvfs@.service` (its ExecStart pointed
+/// at the built binary), and a broken copy is flagged, so the check can fail; the example
+/// config `dist/gridvfs.toml` parses into a runnable [mount.images] (`config show`).
+#[test]
+fn the_shipped_unit_and_config_are_valid() {
+    let d = dirs();
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/dist/systemd/gridvfs@.service"
+    ))
+    .unwrap();
+    assert!(unit.contains("serve --name %i") && unit.contains("Type=notify"));
+    let client = bin("gridvfs-client");
+    let units = d.tmp.path().join("units");
+    std::fs::create_dir(&units).unwrap();
+    std::fs::write(
+        units.join("gridvfs@.service"),
+        unit.replace("/usr/local/bin/gridvfs-client", client.to_str().unwrap()),
+    )
+    .unwrap();
+    std::fs::write(
+        units.join("broken@.service"),
+        unit.replace("Type=notify", "Type=notify\nTypo=1"),
+    )
+    .unwrap();
+    let verify = |name: &str| {
+        std::process::Command::new("systemd-analyze")
+            .args(["verify", "--man=no"])
+            .arg(units.join(name))
+            .output()
+            .expect("systemd-analyze (Debian's systemd package)")
+    };
+    let good = verify("gridvfs@images.service");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&good.stdout),
+        String::from_utf8_lossy(&good.stderr)
+    );
+    assert!(
+        good.status.success() && !said.contains("Unknown"),
+        "the unit: {said}"
+    );
+    let bad = verify("broken@images.service");
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("Unknown key 'Typo'"),
+        "a broken unit is flagged: {bad:?}"
+    );
+
+    let out = std::process::Command::new(&client)
+        .args(["config", "show", "--origin", "--config"])
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/dist/gridvfs.toml"))
+        .args(["--name", "images"])
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        shown.contains("remote = \"alice@store.example.org:/srv/images\"")
+            && shown.contains("write-policy = \"back\"")
+            && shown.contains("allow-uid = [0, 64055]"),
+        "{shown}"
+    );
+}
