@@ -85,6 +85,11 @@ struct Bed {
     remote: String,
     client_bin: PathBuf,
     cache: PathBuf,
+    /// While this file exists the store is unreachable ([`Bed::cut`]).
+    down: PathBuf,
+    /// The command line of the link's `bench connect` processes (to cut them; the
+    /// client's own command line contains it too, so it is matched whole).
+    connect: String,
 }
 
 impl Bed {
@@ -114,12 +119,17 @@ impl Bed {
             None => None,
         };
         let port = relay.as_ref().map_or(bridge.port(), |r| r.addr.port());
+        let down = work.path().join("link-down");
+        let bench = std::env::current_exe()?;
+        let connect = format!("{} connect 127.0.0.1:{port}", bench.display());
         let remote = format!(
-            "exec:{} connect 127.0.0.1:{port}",
-            std::env::current_exe()?.display()
+            "exec:if [ -e {} ]; then exit 255; fi; exec {connect}",
+            down.display()
         );
         let cache = work.path().join("cache");
         Ok(Self {
+            down,
+            connect,
             img,
             store,
             work,
@@ -146,6 +156,28 @@ impl Bed {
             &self.cache,
             &["--portmapper", "127.0.0.1:111"],
         )
+    }
+
+    /// The link goes down: the tunnel's process is killed and new ones fail at once.
+    fn cut(&self) -> anyhow::Result<()> {
+        std::fs::write(&self.down, "")?;
+        let _ = std::process::Command::new("pkill")
+            .args(["-f", &format!("^{}$", self.connect)])
+            .status();
+        Ok(())
+    }
+
+    fn restore(&self) {
+        let _ = std::fs::remove_file(&self.down);
+    }
+
+    fn status(&self) -> Option<serde_json::Value> {
+        let out = std::process::Command::new(&self.client_bin)
+            .args(["status", "--json", "--cache-dir"])
+            .arg(&self.cache)
+            .output()
+            .ok()?;
+        serde_json::from_slice(&out.stdout).ok()
     }
 
     fn crossed(&self) -> Option<u64> {
@@ -387,6 +419,81 @@ pub async fn resume(
         zst_bytes as f64 / 1e6
     );
     write(out, &format!("resume-{name}"), &title, runs, link, rows)
+}
+
+/// Issue 16 with a real VM: a guest running from gridvfs reads its (cached) disk through
+/// a link outage. The guest boots to a shell from the base on the store, reads every
+/// file of its programs, libraries and /usr/share once (into the client's cache), the link is cut, the guest drops its
+/// page cache and reads them all again: the same checksum, no I/O error on its console,
+/// while the client reports the store offline. Then the link returns.
+pub async fn outage(
+    name: &str,
+    link: Option<LinkSpec>,
+    bound: Duration,
+    data: &Path,
+) -> anyhow::Result<()> {
+    let bed = Bed::new(link, data).await?;
+    let _ = std::fs::remove_file(bed.hint(vm::BASE));
+    let client = bed.client(true)?;
+    let mut sh = vm::Shell::boot(&bed.img, BASE_URL, bed.work.path(), bound).await?;
+    // Programs, libraries and data (not the kernel modules: 400 MB the boot never needs).
+    let read_all =
+        "tar -cf - /usr/bin /usr/sbin /usr/lib/x86_64-linux-gnu /usr/share 2>/dev/null | cksum";
+    let (st, _) = sh.run("mount -t proc proc /proc", bound).await?;
+    anyhow::ensure!(st == 0, "mount /proc in the guest failed");
+    let t = Instant::now();
+    let (st, online) = sh.run(read_all, bound).await?;
+    anyhow::ensure!(st == 0, "reading /usr in the guest failed: {online}");
+    let first = t.elapsed().as_secs_f64();
+    let sum = |text: &str| {
+        text.lines()
+            .rev()
+            .find(|l| {
+                l.split_whitespace().count() == 2
+                    && l.trim().chars().next().is_some_and(|c| c.is_ascii_digit())
+            })
+            .map(|l| l.trim().to_string())
+    };
+    let want = sum(&online).with_context(|| format!("no cksum output in:\n{online}"))?;
+    eprintln!("bench outage: the guest read /usr ({want}) in {first:.1} s; cutting the link");
+    bed.cut()?;
+    let t = Instant::now();
+    let (st, offline) = sh
+        .run(
+            &format!("echo 3 > /proc/sys/vm/drop_caches; {read_all}"),
+            bound,
+        )
+        .await?;
+    let again = t.elapsed().as_secs_f64();
+    let status = bed.status();
+    let offline_secs = status.as_ref().and_then(|s| s["offline_seconds"].as_f64());
+    let console = sh.console();
+    bed.restore();
+    sh.kill().await;
+    drop(client);
+    let got = sum(&offline);
+    eprintln!(
+        "bench outage ({name}): during the outage the guest read /usr again in {again:.1} s: \
+         status {st}, cksum {got:?} (before: {want}); the client offline for {offline_secs:?} s"
+    );
+    anyhow::ensure!(
+        st == 0 && got.as_deref() == Some(want.as_str()),
+        "the guest's reads failed or differed during the outage:\n{offline}"
+    );
+    anyhow::ensure!(
+        !console.contains("I/O error") && !console.contains("EXT4-fs error"),
+        "the guest saw I/O errors:\n{console}"
+    );
+    println!(
+        "outage ({name}): a VM running from gridvfs re-read its programs and libraries \
+         ({want}) from the cache in {again:.1} s while the store was unreachable ({}), \
+         with no I/O error in the guest",
+        match offline_secs {
+            Some(s) => format!("the client offline for {s:.0} s"),
+            None => "the client had not needed the store, so not yet offline".into(),
+        }
+    );
+    Ok(())
 }
 
 fn link_text(link: Option<LinkSpec>) -> String {

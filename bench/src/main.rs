@@ -142,6 +142,16 @@ enum Cmd {
         #[arg(long)]
         data: Option<PathBuf>,
     },
+    /// Issue 16 with a real VM: a guest running from gridvfs re-reads its cached disk
+    /// while the link to the store is cut; fails if the guest sees an error.
+    Outage {
+        #[arg(long, value_enum, default_value = "wan")]
+        profile: Profile,
+        #[arg(long, default_value_t = 900)]
+        bound: u64,
+        #[arg(long)]
+        data: Option<PathBuf>,
+    },
     /// Issue 13's reboot experiment: qemu boots Debian from a qcow2 base on the store
     /// through gridvfs (qemu's nfs:// driver) over the emulated link, beside the local
     /// disk and a whole-image copy; writes boot-PROFILE.{md,json} to --out. Needs root.
@@ -253,6 +263,15 @@ async fn main() -> anyhow::Result<()> {
                 data.path(),
             )
             .await
+        }
+        Cmd::Outage {
+            profile,
+            bound,
+            data,
+        } => {
+            let data = data.unwrap_or_else(default_data);
+            let name = format!("{profile:?}").to_ascii_lowercase();
+            boot::outage(&name, profile.link(), Duration::from_secs(bound), &data).await
         }
         Cmd::Resume {
             profile,

@@ -257,6 +257,11 @@ fn qemu_err(monitor: &Path) -> String {
 /// The qemu command line of both boot and resume (serial on stdio, HMP on `monitor`,
 /// stderr beside it).
 fn qemu(img: &Image, disk: &Path, monitor: &Path) -> tokio::process::Command {
+    qemu_with(img, disk, monitor, "")
+}
+
+/// [`qemu`] with more kernel command line (`init=/bin/sh` for [`Shell`]).
+fn qemu_with(img: &Image, disk: &Path, monitor: &Path, cmdline: &str) -> tokio::process::Command {
     let mut q = tokio::process::Command::new("qemu-system-x86_64");
     q.args([
         "-nodefaults",
@@ -283,11 +288,11 @@ fn qemu(img: &Image, disk: &Path, monitor: &Path) -> tokio::process::Command {
     .arg(&img.kernel)
     .arg("-initrd")
     .arg(&img.initrd)
-    .args([
-        "-append",
-        "root=LABEL=gvroot ro console=ttyS0 quiet systemd.show_status=false",
-        "-drive",
-    ])
+    .arg("-append")
+    .arg(format!(
+        "root=LABEL=gvroot ro console=ttyS0 quiet systemd.show_status=false {cmdline}"
+    ))
+    .arg("-drive")
     .arg(format!(
         "file={},if=virtio,format=qcow2,cache=writeback",
         disk.display()
@@ -439,5 +444,133 @@ pub async fn resume(
             qemu_err(&mon)
         ))),
         Err(_) => bail!("the resumed VM did not answer within {bound:?} (`{incoming}`)"),
+    }
+}
+
+/// A guest booted to a root shell on its serial console (`init=/bin/sh`, the root file
+/// system read-only from the image): commands in, their output and status out. For
+/// experiments that need the guest to do I/O on cue.
+pub struct Shell {
+    qemu: tokio::process::Child,
+    input: tokio::process::ChildStdin,
+    out: tokio::process::ChildStdout,
+    seen: Vec<u8>,
+    n: u32,
+}
+
+impl Shell {
+    pub async fn boot(
+        img: &Image,
+        backing: &str,
+        work: &Path,
+        bound: Duration,
+    ) -> anyhow::Result<Self> {
+        let overlay = work.join("shell.qcow2");
+        let _ = std::fs::remove_file(&overlay);
+        run(Command::new("qemu-img")
+            .args([
+                "create", "-q", "-f", "qcow2", "-F", "qcow2", "-u", "-b", backing,
+            ])
+            .arg(&overlay)
+            .arg(img.virtual_size.to_string()))?;
+        let mon = work.join("shell.mon");
+        let _ = std::fs::remove_file(&mon);
+        let mut qemu = qemu_with(img, &overlay, &mon, "init=/bin/sh")
+            .spawn()
+            .context("qemu-system-x86_64")?;
+        let input = qemu.stdin.take().expect("stdin");
+        let out = qemu.stdout.take().expect("stdout");
+        let mut sh = Self {
+            qemu,
+            input,
+            out,
+            seen: Vec::new(),
+            n: 0,
+        };
+        // Nothing is typed before the shell's first prompt (earlier input is lost or
+        // mangled while the kernel and initramfs own the console).
+        sh.wait_for("# ", bound).await?;
+        let (status, _) = sh.run("echo up", bound).await?;
+        anyhow::ensure!(
+            status == 0,
+            "the guest's shell did not start (status {status}); console:\n{}",
+            sh.console()
+        );
+        Ok(sh)
+    }
+
+    /// Read the console until it shows `what`.
+    async fn wait_for(&mut self, what: &str, bound: Duration) -> anyhow::Result<()> {
+        use tokio::io::AsyncReadExt;
+        let t = Instant::now();
+        let mut buf = [0u8; 8192];
+        while find(&self.seen, what.as_bytes()).is_none() {
+            anyhow::ensure!(
+                t.elapsed() < bound,
+                "no `{what}` on the console in {bound:?}:\n{}",
+                self.console()
+            );
+            match tokio::time::timeout(Duration::from_millis(500), self.out.read(&mut buf)).await {
+                Ok(Ok(0)) => bail!("the guest ended; console:\n{}", self.console()),
+                Ok(Ok(n)) => self.seen.extend_from_slice(&buf[..n]),
+                Ok(Err(e)) => return Err(e.into()),
+                Err(_) => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Run `cmd` in the guest's shell: (exit status, what the console showed meanwhile).
+    pub async fn run(&mut self, cmd: &str, bound: Duration) -> anyhow::Result<(i32, String)> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        self.n += 1;
+        let tag = format!("__GV_DONE_{}_", self.n);
+        let start = self.seen.len();
+        let line = format!("{cmd}; echo {tag}$?\n");
+        self.input.write_all(line.as_bytes()).await?;
+        let t = Instant::now();
+        let mut buf = [0u8; 8192];
+        loop {
+            let text = String::from_utf8_lossy(&self.seen[start..]).into_owned();
+            // The echo of the typed line shows `$?`; the command's own output, digits.
+            let mut from = 0;
+            while let Some(i) = text[from..].find(&tag) {
+                let at = from + i + tag.len();
+                let digits: String = text[at..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_digit())
+                    .collect();
+                if !digits.is_empty() && text[at + digits.len()..].starts_with(['\r', '\n']) {
+                    return Ok((digits.parse()?, text[..from + i].to_string()));
+                }
+                from = at;
+            }
+            anyhow::ensure!(
+                t.elapsed() < bound,
+                "`{cmd}` did not finish in {bound:?}; console:\n{}",
+                text.chars()
+                    .rev()
+                    .take(3000)
+                    .collect::<String>()
+                    .chars()
+                    .rev()
+                    .collect::<String>()
+            );
+            match tokio::time::timeout(Duration::from_millis(500), self.out.read(&mut buf)).await {
+                Ok(Ok(0)) => bail!("the guest ended; console:\n{text}"),
+                Ok(Ok(n)) => self.seen.extend_from_slice(&buf[..n]),
+                Ok(Err(e)) => return Err(e.into()),
+                Err(_) => {}
+            }
+        }
+    }
+
+    /// Everything the console showed so far.
+    pub fn console(&self) -> String {
+        String::from_utf8_lossy(&self.seen).into_owned()
+    }
+
+    pub async fn kill(mut self) {
+        let _ = self.qemu.kill().await;
     }
 }
