@@ -188,7 +188,9 @@ impl Bed {
     fn bytes_since(&self, before: Option<u64>) -> Option<u64> {
         match self.crossed().zip(before) {
             Some((a, b)) => Some(a - b),
-            None => tunnel_bytes(&self.client_bin, &self.cache),
+            None => self.status().and_then(|v| {
+                Some(v["tunnel_bytes_sent"].as_u64()? + v["tunnel_bytes_received"].as_u64()?)
+            }),
         }
     }
 
@@ -504,17 +506,6 @@ fn link_text(link: Option<LinkSpec>) -> String {
             l.bytes_per_sec.map_or(f64::INFINITY, |b| b * 8.0 / 1e6)
         )
     })
-}
-
-/// Bytes the client's tunnel carried both ways (`status --json`).
-fn tunnel_bytes(client_bin: &Path, cache: &Path) -> Option<u64> {
-    let out = std::process::Command::new(client_bin)
-        .args(["status", "--json", "--cache-dir"])
-        .arg(cache)
-        .output()
-        .ok()?;
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-    Some(v["tunnel_bytes_sent"].as_u64()? + v["tunnel_bytes_received"].as_u64()?)
 }
 
 /// The table as markdown (printed, and OUT/NAME.md) and JSON (OUT/NAME.json).

@@ -269,8 +269,7 @@ async fn main() -> anyhow::Result<()> {
             bound,
             data,
         } => {
-            let data = data.unwrap_or_else(default_data);
-            let name = format!("{profile:?}").to_ascii_lowercase();
+            let (name, data) = vm_run(profile, data);
             boot::outage(&name, profile.link(), Duration::from_secs(bound), &data).await
         }
         Cmd::Resume {
@@ -280,8 +279,7 @@ async fn main() -> anyhow::Result<()> {
             out,
             data,
         } => {
-            let data = data.unwrap_or_else(default_data);
-            let name = format!("{profile:?}").to_ascii_lowercase();
+            let (name, data) = vm_run(profile, data);
             boot::resume(
                 &name,
                 profile.link(),
@@ -299,8 +297,7 @@ async fn main() -> anyhow::Result<()> {
             out,
             data,
         } => {
-            let data = data.unwrap_or_else(default_data);
-            let name = format!("{profile:?}").to_ascii_lowercase();
+            let (name, data) = vm_run(profile, data);
             boot::boot(
                 &name,
                 profile.link(),
@@ -341,6 +338,14 @@ async fn main() -> anyhow::Result<()> {
             run(profile, size, &peers, &transport, opts, &out, &data).await
         }
     }
+}
+
+/// A VM experiment's report name (the profile's) and data directory.
+fn vm_run(profile: Profile, data: Option<PathBuf>) -> (String, PathBuf) {
+    (
+        format!("{profile:?}").to_ascii_lowercase(),
+        data.unwrap_or_else(default_data),
+    )
 }
 
 /// `$XDG_CACHE_HOME/gridvfs-bench` (or ~/.cache/gridvfs-bench).

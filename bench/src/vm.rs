@@ -154,19 +154,24 @@ fn configure(root: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Boot the image from `backing` (a path or an `nfs://` URL) under a fresh local qcow2
-/// overlay in `work`: seconds from qemu's start to [`READY`] on the console.
-pub async fn boot(img: &Image, backing: &str, work: &Path, bound: Duration) -> anyhow::Result<f64> {
-    let overlay = work.join("overlay.qcow2");
-    let _ = std::fs::remove_file(&overlay);
-    let start = Instant::now();
-    // -u: the backing file is not opened now (qemu opens it when the VM starts).
+/// A fresh qcow2 overlay at `path` over `backing` (a path or an `nfs://` URL). `-u`:
+/// the backing file is not opened now (qemu opens it when the VM starts).
+fn make_overlay(img: &Image, backing: &str, path: &Path) -> anyhow::Result<()> {
+    let _ = std::fs::remove_file(path);
     run(Command::new("qemu-img")
         .args([
             "create", "-q", "-f", "qcow2", "-F", "qcow2", "-u", "-b", backing,
         ])
-        .arg(&overlay)
-        .arg(img.virtual_size.to_string()))?;
+        .arg(path)
+        .arg(img.virtual_size.to_string()))
+}
+
+/// Boot the image from `backing` (a path or an `nfs://` URL) under a fresh local qcow2
+/// overlay in `work`: seconds from qemu's start to [`READY`] on the console.
+pub async fn boot(img: &Image, backing: &str, work: &Path, bound: Duration) -> anyhow::Result<f64> {
+    let overlay = work.join("overlay.qcow2");
+    let start = Instant::now();
+    make_overlay(img, backing, &overlay)?;
     let mon = work.join("boot.mon");
     let _ = std::fs::remove_file(&mon);
     let mut qemu = qemu(img, &overlay, &mon)
@@ -466,13 +471,7 @@ impl Shell {
         bound: Duration,
     ) -> anyhow::Result<Self> {
         let overlay = work.join("shell.qcow2");
-        let _ = std::fs::remove_file(&overlay);
-        run(Command::new("qemu-img")
-            .args([
-                "create", "-q", "-f", "qcow2", "-F", "qcow2", "-u", "-b", backing,
-            ])
-            .arg(&overlay)
-            .arg(img.virtual_size.to_string()))?;
+        make_overlay(img, backing, &overlay)?;
         let mon = work.join("shell.mon");
         let _ = std::fs::remove_file(&mon);
         let mut qemu = qemu_with(img, &overlay, &mon, "init=/bin/sh")

@@ -37,7 +37,6 @@ use super::procs::{
 use super::record::{Record, auth_error, frame_record, is_call, nfs_error, read_record, xid_of};
 use super::replay::{self, ReplayCache, Seen};
 
-/// The changes answered here whose retransmission must not be carried out twice.
 /// Non-idempotent calls whose replies the duplicate-request cache keeps: those the gate
 /// answers and the two it forwards (RENAME, SYMLINK; their replies are kept as the
 /// dispatcher's answer passes back).
