@@ -40,6 +40,10 @@ pub struct Status {
     pub outages: u64,
     #[serde(default)]
     pub offline_refused: u64,
+    /// Calls held for clients that cannot retry JUKEBOX (libnfs, qemu's `nfs://` driver):
+    /// they are retried here until the store answers.
+    #[serde(default)]
+    pub held: u64,
     /// The last outage: how long, and what it served that had changed on the store.
     #[serde(default)]
     pub last_outage: Option<crate::nfs::stale::OutageReport>,
@@ -142,6 +146,7 @@ impl Sources {
             offline_seconds: self.store.offline_for().map(|d| d.as_secs_f64()),
             outages: l(&t.outages),
             offline_refused: l(&t.offline_refused),
+            held: l(&t.held),
             last_outage: self.stale.last(),
             block_hits: l(&c.block_hits),
             block_misses: l(&c.block_misses),

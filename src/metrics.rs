@@ -134,7 +134,7 @@ impl Collector for Figures {
             let c = ConstCounter::new(v);
             c.encode(enc.encode_descriptor(name, help, None, c.metric_type())?)?;
         }
-        let gauges: [(&str, &str, i64); 6] = [
+        let gauges: [(&str, &str, i64); 7] = [
             (
                 "writeback_dirty_entries",
                 "Acknowledged writes not yet on the store.",
@@ -164,6 +164,11 @@ impl Collector for Figures {
                 "offline_refused",
                 "Requests asked to wait (JUKEBOX) while offline, so far.",
                 st.offline_refused as i64,
+            ),
+            (
+                "held",
+                "Calls held right now for NFS clients that do not retry JUKEBOX (libnfs).",
+                st.held as i64,
             ),
         ];
         for (name, help, v) in gauges {

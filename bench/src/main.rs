@@ -143,10 +143,14 @@ enum Cmd {
         data: Option<PathBuf>,
     },
     /// Issue 16 with a real VM: a guest running from gridvfs re-reads its cached disk
-    /// while the link to the store is cut; fails if the guest sees an error.
+    /// while the link to the store is cut, and reads something uncached that waits for the
+    /// link's return; fails if the guest sees an error or other bytes.
     Outage {
         #[arg(long, value_enum, default_value = "wan")]
         profile: Profile,
+        /// How long the link stays down in all (the profile's default: 60 s, smoke 20 s).
+        #[arg(long)]
+        outage_secs: Option<u64>,
         #[arg(long, default_value_t = 900)]
         bound: u64,
         #[arg(long)]
@@ -266,11 +270,19 @@ async fn main() -> anyhow::Result<()> {
         }
         Cmd::Outage {
             profile,
+            outage_secs,
             bound,
             data,
         } => {
             let (name, data) = vm_run(profile, data);
-            boot::outage(&name, profile.link(), Duration::from_secs(bound), &data).await
+            let default = if matches!(profile, Profile::Smoke) {
+                20
+            } else {
+                60
+            };
+            let hold = Duration::from_secs(outage_secs.unwrap_or(default));
+            let bound = Duration::from_secs(bound);
+            boot::outage(&name, profile.link(), hold, bound, &data).await
         }
         Cmd::Resume {
             profile,

@@ -583,8 +583,8 @@ async fn check(cache_dir: &std::path::Path, stuck_after: f64) -> i32 {
             (
                 STORE_UNREACHABLE,
                 format!(
-                    "STORE UNREACHABLE export {}: for {secs:.0} s (serving the cache; {} requests waiting so far)",
-                    st.export_id, st.offline_refused
+                    "STORE UNREACHABLE export {}: for {secs:.0} s (serving the cache; {} requests asked to wait so far, {} held now)",
+                    st.export_id, st.offline_refused, st.held
                 ),
             )
         } else if free < 64 << 20 {
@@ -655,8 +655,8 @@ async fn status(cache_dir: &std::path::Path, json: bool) -> anyhow::Result<()> {
             if let Some(secs) = st.offline_seconds {
                 println!(
                     "  OFFLINE  the store has been unreachable for {secs:.0} s: serving from the \
-                     cache, {} requests asked to wait so far",
-                    st.offline_refused
+                     cache, {} requests asked to wait so far, {} held now (libnfs clients)",
+                    st.offline_refused, st.held
                 );
             }
             if let Some(o) = st.last_outage.as_ref().filter(|o| o.changed > 0) {

@@ -137,6 +137,11 @@ pub struct Caller {
     pub read_only: bool,
     /// `--insecure`: every check passes.
     pub unchecked: bool,
+    /// The client retries a call answered NFS3ERR_JUKEBOX by itself (every kernel
+    /// client does). libnfs does not: it hands EAGAIN to its caller, and qemu's `nfs://`
+    /// driver turns that into an I/O error on the VM's disk. Such a caller's call is
+    /// retried by the gate instead, so it waits, as on a hard mount.
+    pub retries_jukebox: bool,
 }
 
 impl Caller {
@@ -152,6 +157,7 @@ impl Caller {
             gids: Vec::new(),
             read_only: true,
             unchecked: false,
+            retries_jukebox: true,
         }
     }
 }
@@ -199,6 +205,7 @@ impl AccessPolicy {
                 gids: Vec::new(),
                 read_only,
                 unchecked: true,
+                retries_jukebox: retries_jukebox(cred),
             });
         }
         if self.require_privileged_port && peer.port() >= PRIVILEGED_PORT_END {
@@ -217,6 +224,7 @@ impl AccessPolicy {
         {
             return Err(Refusal::TooWeak);
         }
+        let retries_jukebox = &*sys.machinename != LIBNFS_MACHINE_NAME;
         let (uid, gid, gids) = match self.squash {
             Squash::All => (self.anon_uid, self.anon_gid, Vec::new()),
             Squash::Root => {
@@ -235,8 +243,23 @@ impl AccessPolicy {
             gids,
             read_only,
             unchecked: false,
+            retries_jukebox,
         })
     }
+}
+
+/// The AUTH_SYS machine name every libnfs client sends (libnfs's `libnfs_authunix_create`),
+/// whatever host it runs on: how the gate knows a caller that does not retry JUKEBOX.
+const LIBNFS_MACHINE_NAME: &[u8] = b"libnfs";
+
+/// Whether the client behind `cred` retries JUKEBOX itself (see [`Caller::retries_jukebox`]);
+/// a credential that does not decode is taken to be a kernel's.
+fn retries_jukebox(cred: &opaque_auth<'_>) -> bool {
+    if cred.flavor != auth_flavor::AUTH_UNIX {
+        return true;
+    }
+    let mut body = std::io::Cursor::new(&cred.body[..]);
+    auth_unix::unpack(&mut body).map_or(true, |(sys, _)| &*sys.machinename != LIBNFS_MACHINE_NAME)
 }
 
 /// An IPv4 peer reached through an IPv6 socket (`::ffff:a.b.c.d`) is that IPv4 address.

@@ -11,6 +11,11 @@
 //!   to the dispatcher over an in-process pipe: no TCP port reaches the dispatcher, so
 //!   nothing skips these checks (or the record-size cap, which the dispatcher lacks).
 //!
+//! A caller that cannot retry NFS3ERR_JUKEBOX itself (libnfs, hence qemu's `nfs://`
+//! driver: see [`Caller::retries_jukebox`]) never sees one: the gate tries its call again
+//! every [`HOLD_RETRY`] until the answer is something else (the link is back, or
+//! `--offline-limit` turned the wait into EIO), holding the call's slot meanwhile.
+//!
 //! It is also where back-pressure lives: at most [`MAX_CALLS_PER_CONNECTION`] calls per
 //! connection are being worked on; past that the gate stops reading the socket, so a
 //! kernel with hundreds of READs queued is slowed by TCP, never answered with an error.
@@ -18,9 +23,11 @@
 use std::collections::HashMap;
 use std::io::Cursor;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use nfs3_server::nfs3_types::nfs3::{self as n, diropargs3, nfs_fh3, nfsstat3, sattr3};
 use nfs3_server::nfs3_types::rpc::{auth_stat, msg_body, rpc_msg};
 use nfs3_server::nfs3_types::xdr_codec::Unpack;
@@ -29,12 +36,16 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
+use crate::remote::Counters;
+
 use super::access::{AccessPolicy, Caller, Denied, Want, permits, setattr_allowed};
 use super::attr::set_attr;
 use super::procs::{
     MNT, MOUNT_PROC, PMAP_GETPORT, PMAP_NULL, PMAP_PROC, Procedures, answered_here, nfsproc::*,
 };
-use super::record::{Record, auth_error, frame_record, is_call, nfs_error, read_record, xid_of};
+use super::record::{
+    Record, auth_error, frame_record, is_call, nfs_error, nfs_status, read_record, xid_of,
+};
 use super::replay::{self, ReplayCache, Seen};
 
 /// Non-idempotent calls whose replies the duplicate-request cache keeps: those the gate
@@ -46,6 +57,11 @@ fn kept_for_replay(proc_: u32) -> bool {
         SETATTR | CREATE | MKDIR | MKNOD | REMOVE | RMDIR | LINK | RENAME | SYMLINK
     )
 }
+
+/// How often a held call is tried again (a kernel retries a JUKEBOX after 5 s; a held
+/// caller should see the link's return sooner).
+pub const HOLD_RETRY: Duration = Duration::from_secs(1);
+const JUKEBOX: u32 = nfsstat3::NFS3ERR_JUKEBOX as u32;
 
 /// Calls being worked on per kernel connection (the dispatcher's own limit is 256).
 pub const MAX_CALLS_PER_CONNECTION: usize = 128;
@@ -114,6 +130,46 @@ struct ForwardedCall {
     _slot: OwnedSemaphorePermit,
     since: Instant,
     replay: Option<replay::Key>,
+    /// The call itself, to send again while the dispatcher answers JUKEBOX, for a caller
+    /// that does not retry it; counted while it is held.
+    hold: Option<Bytes>,
+    held: Option<Held>,
+}
+
+/// A call's answer, as far as the gate gives it.
+enum Answer {
+    /// A reply the duplicate-request cache may keep.
+    Reply(Vec<u8>),
+    /// READ's reply, in parts.
+    Read(Record),
+    /// For the dispatcher.
+    Forward,
+}
+
+impl Answer {
+    fn is_jukebox(&self) -> bool {
+        match self {
+            Answer::Reply(r) => nfs_status(r) == Some(JUKEBOX),
+            Answer::Read(r) => r.nfs_status() == Some(JUKEBOX),
+            Answer::Forward => false,
+        }
+    }
+}
+
+/// Counts a held call in the status (`held`) while it waits.
+struct Held(Arc<Counters>);
+
+impl Held {
+    fn new(c: &Arc<Counters>) -> Self {
+        c.held.fetch_add(1, Ordering::Relaxed);
+        Self(c.clone())
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.0.held.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Gate {
@@ -166,6 +222,8 @@ impl Gate {
         let (fwd_tx, mut fwd_rx) = mpsc::channel::<Record>(MAX_CALLS_PER_CONNECTION);
         let slots = Arc::new(Semaphore::new(MAX_CALLS_PER_CONNECTION));
         let forwarded: Forwarded = Arc::default();
+        // Set when the kernel's connection is over: held calls stop waiting.
+        let ended = Arc::new(AtomicBool::new(false));
 
         // Replies (ours and the dispatcher's) to the kernel, one whole record at a time.
         let writer = tokio::spawn(async move {
@@ -186,12 +244,35 @@ impl Gate {
             let reply_tx = reply_tx.clone();
             let forwarded = forwarded.clone();
             let gate = self.clone();
+            let (again_tx, ended) = (fwd_tx.downgrade(), ended.clone());
             tokio::spawn(async move {
                 while let Some(body) = read_record(&mut up_rx).await? {
-                    let call = xid_of(&body)
-                        .and_then(|xid| forwarded.lock().expect("slot map").remove(&xid));
-                    if let Some(key) = call.and_then(|c| c.replay) {
-                        gate.replay.finish(key, &body);
+                    let xid = xid_of(&body);
+                    let call = xid.and_then(|x| forwarded.lock().expect("slot map").remove(&x));
+                    if let (Some(xid), Some(mut call)) = (xid, call) {
+                        if let Some(again) = call.hold.clone()
+                            && nfs_status(&body) == Some(JUKEBOX)
+                            && !ended.load(Ordering::Relaxed)
+                        {
+                            // Held: the same call again in a while, on the same slot.
+                            call.since = Instant::now();
+                            if call.held.is_none() {
+                                tracing::debug!(xid, "held until the store answers");
+                                call.held = Some(Held::new(&gate.procs.front.store.counters));
+                            }
+                            forwarded.lock().expect("slot map").insert(xid, call);
+                            let again_tx = again_tx.clone();
+                            tokio::spawn(async move {
+                                tokio::time::sleep(HOLD_RETRY).await;
+                                if let Some(tx) = again_tx.upgrade() {
+                                    let _ = tx.send(Record::new(again, Bytes::new())).await;
+                                }
+                            });
+                            continue;
+                        }
+                        if let Some(key) = call.replay {
+                            gate.replay.finish(key, &body);
+                        }
                     }
                     if reply_tx.send(Record::from(body)).await.is_err() {
                         break;
@@ -228,7 +309,9 @@ impl Gate {
                     let _ = reply_tx.send(Record::from(rec)).await;
                 }
                 Route::Forward => {
-                    hold_slot(&self.replay, &forwarded, &body, permit, None);
+                    if let Some(xid) = xid_of(&body) {
+                        hold_slot(&self.replay, &forwarded, xid, permit, None, None);
+                    }
                     if fwd_tx.send(Record::from(body)).await.is_err() {
                         break Err(dispatcher_gone());
                     }
@@ -240,8 +323,12 @@ impl Gate {
                     caller,
                 } => {
                     let gate = self.clone();
-                    let (reply_tx, fwd_tx, forwarded) =
-                        (reply_tx.clone(), fwd_tx.clone(), forwarded.clone());
+                    let (reply_tx, fwd_tx, forwarded, ended) = (
+                        reply_tx.clone(),
+                        fwd_tx.clone(),
+                        forwarded.clone(),
+                        ended.clone(),
+                    );
                     tokio::spawn(async move {
                         let args = &body[args_at..];
                         // A retransmission of a change answered here is not made twice.
@@ -258,37 +345,47 @@ impl Gate {
                                 }
                             }
                         }
-                        let special = proc_ & (MOUNT_PROC | PMAP_PROC) != 0;
-                        let checked = if caller.unchecked || special {
-                            Ok(())
-                        } else {
-                            gate.check(proc_, args, &caller).await
+                        let mut held = None;
+                        let answer = loop {
+                            let answer = gate.answer(xid, proc_, args, &caller).await;
+                            if caller.retries_jukebox
+                                || !answer.is_jukebox()
+                                || ended.load(Ordering::Relaxed)
+                            {
+                                break answer;
+                            }
+                            if held.is_none() {
+                                tracing::debug!(xid, proc_, "held until the store answers");
+                                held = Some(Held::new(&gate.procs.front.store.counters));
+                            }
+                            tokio::time::sleep(HOLD_RETRY).await;
                         };
-                        if let Err(status) = checked {
-                            tracing::debug!(xid, proc_, uid = caller.uid, ?status, "refused");
-                            let rec = nfs_error(xid, proc_, status as u32);
-                            if let Some(key) = replay_key {
-                                gate.replay.finish(key, &rec);
+                        drop(held);
+                        match answer {
+                            Answer::Reply(reply) => {
+                                if let Some(key) = replay_key {
+                                    gate.replay.finish(key, &reply);
+                                }
+                                let _ = reply_tx.send(Record::from(reply)).await;
                             }
-                            let _ = reply_tx.send(Record::from(rec)).await;
-                        } else if proc_ == READ {
-                            let _ = reply_tx.send(gate.procs.read(xid, args).await).await;
-                        } else if special || answered_here(proc_) {
-                            let reply = gate.procs.answer(xid, proc_, args, &caller).await;
-                            if let Some(key) = replay_key {
-                                gate.replay.finish(key, &reply);
+                            Answer::Read(rec) => {
+                                let _ = reply_tx.send(rec).await;
                             }
-                            let _ = reply_tx.send(Record::from(reply)).await;
-                        } else {
-                            hold_slot(&gate.replay, &forwarded, &body, permit, replay_key);
-                            let _ = fwd_tx.send(Record::from(body)).await;
-                            return;
+                            Answer::Forward => {
+                                let body = Bytes::from(body);
+                                let hold = (!caller.retries_jukebox).then(|| body.clone());
+                                let rec = Record::new(body, Bytes::new());
+                                hold_slot(&gate.replay, &forwarded, xid, permit, replay_key, hold);
+                                let _ = fwd_tx.send(rec).await;
+                                return;
+                            }
                         }
                         drop(permit);
                     });
                 }
             }
         };
+        ended.store(true, Ordering::Relaxed);
         drop(fwd_tx);
         let _ = up_writer.await;
         up_reader.abort();
@@ -302,6 +399,26 @@ impl Gate {
         drop(reply_tx);
         let _ = writer.await;
         result
+    }
+
+    /// One try at answering a call: refused by the checks, answered here, or forwarded.
+    async fn answer(&self, xid: u32, proc_: u32, args: &[u8], caller: &Caller) -> Answer {
+        let special = proc_ & (MOUNT_PROC | PMAP_PROC) != 0;
+        let checked = if caller.unchecked || special {
+            Ok(())
+        } else {
+            self.check(proc_, args, caller).await
+        };
+        if let Err(status) = checked {
+            tracing::debug!(xid, proc_, uid = caller.uid, ?status, "refused");
+            Answer::Reply(nfs_error(xid, proc_, status as u32))
+        } else if proc_ == READ {
+            Answer::Read(self.procs.read(xid, args).await)
+        } else if special || answered_here(proc_) {
+            Answer::Reply(self.procs.answer(xid, proc_, args, caller).await)
+        } else {
+            Answer::Forward
+        }
     }
 
     /// Whether `caller` may make NFS call `proc_` with these arguments. Arguments that do
@@ -483,13 +600,11 @@ async fn refuse_connection(mut sock: TcpStream) -> std::io::Result<()> {
 fn hold_slot(
     replay: &ReplayCache,
     forwarded: &Forwarded,
-    body: &[u8],
+    xid: u32,
     permit: OwnedSemaphorePermit,
     key: Option<replay::Key>,
+    hold: Option<Bytes>,
 ) {
-    let Some(xid) = xid_of(body) else {
-        return;
-    };
     let mut map = forwarded.lock().expect("slot map");
     if map.len() >= MAX_CALLS_PER_CONNECTION / 2 {
         // The dispatcher never answers a retransmission of a call it already answered:
@@ -506,5 +621,7 @@ fn hold_slot(
         _slot: permit,
         since: Instant::now(),
         replay: key,
+        hold,
+        held: None,
     });
 }

@@ -87,6 +87,13 @@ impl Record {
     }
 }
 
+impl Record {
+    /// The NFS status this reply starts its result with (see [`nfs_status`]).
+    pub fn nfs_status(&self) -> Option<u32> {
+        nfs_status(&self.head)
+    }
+}
+
 impl From<Vec<u8>> for Record {
     fn from(body: Vec<u8>) -> Self {
         Self::new(body, Bytes::new())
@@ -97,6 +104,25 @@ impl From<Vec<u8>> for Record {
 pub fn xid_of(body: &[u8]) -> Option<u32> {
     body.get(..4)
         .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+}
+
+/// The first word of an accepted, successful reply's result: the `nfsstat3` every NFSv3
+/// result starts with. `None` for a denied reply or one the RPC layer refused.
+pub fn nfs_status(body: &[u8]) -> Option<u32> {
+    let word = |at: usize| {
+        body.get(at..at + 4)
+            .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    // xid, REPLY (1), MSG_ACCEPTED (0), verifier (flavor, length, body), SUCCESS (0).
+    if word(4)? != 1 || word(8)? != 0 {
+        return None;
+    }
+    let verf_len = word(16)? as usize;
+    let at = 20usize.checked_add(verf_len.checked_add(3)? & !3)?;
+    if word(at)? != 0 {
+        return None;
+    }
+    word(at + 4)
 }
 
 /// Whether a record that did not decode still says it is a CALL (so it deserves a reply).
@@ -174,6 +200,31 @@ mod tests {
     };
     use nfs3_server::nfs3_types::xdr_codec::Unpack;
     use std::io::Cursor;
+
+    /// The status is found after any verifier, and only in an accepted, successful reply.
+    #[test]
+    fn a_replys_nfs_status() {
+        let jukebox = nfsstat3::NFS3ERR_JUKEBOX as u32;
+        assert_eq!(nfs_status(&nfs_error(9, 6, jukebox)), Some(jukebox));
+        assert_eq!(
+            Record::new(nfs_error(9, 1, 0), Bytes::new()).nfs_status(),
+            Some(0)
+        );
+        // A 5-byte verifier body, padded to 8.
+        let mut r = nfs_error(9, 6, jukebox);
+        r[16..20].copy_from_slice(&5u32.to_be_bytes());
+        r.splice(20..20, [1u8, 2, 3, 4, 5, 0, 0, 0]);
+        assert_eq!(nfs_status(&r), Some(jukebox));
+        assert_eq!(nfs_status(&auth_error(9, auth_stat::AUTH_TOOWEAK)), None);
+        assert_eq!(
+            nfs_status(&reply(9, accept_stat_data::GARBAGE_ARGS, &[])),
+            None
+        );
+        let mut huge = nfs_error(9, 6, jukebox);
+        huge[16..20].copy_from_slice(&u32::MAX.to_be_bytes());
+        assert_eq!(nfs_status(&huge), None, "a verifier longer than the reply");
+        assert_eq!(nfs_status(&[0; 7]), None);
+    }
 
     /// The hand-made error results decode as the real types do.
     #[test]

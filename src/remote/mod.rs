@@ -124,6 +124,9 @@ pub struct Counters {
     /// Requests turned away while offline (JUKEBOX), and outages so far.
     pub offline_refused: AtomicU64,
     pub outages: AtomicU64,
+    /// Calls the NFS gate holds right now for clients that do not retry JUKEBOX
+    /// themselves (libnfs, qemu's `nfs://` driver): they wait for the store.
+    pub held: AtomicU64,
     /// Smoothed round trip of small requests in µs (0: none yet); see [`Counters::rtt_ms`].
     pub srtt_us: AtomicU64,
 }
