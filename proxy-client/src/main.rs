@@ -198,9 +198,8 @@ struct AccessArgs {
 enum CacheCmd {
     /// Remove cached data of files that no longer exist (their names are gone).
     Gc {
-        /// Cache directory (default: $XDG_CACHE_HOME/gridvfs or ~/.cache/gridvfs).
-        #[arg(long)]
-        cache_dir: Option<PathBuf>,
+        #[command(flatten)]
+        dir: CacheDirArgs,
     },
 }
 
@@ -208,8 +207,8 @@ enum CacheCmd {
 enum ProfileCmd {
     /// Start recording, wait for Ctrl-C (or --seconds), then save.
     Record {
-        #[arg(long)]
-        cache_dir: Option<PathBuf>,
+        #[command(flatten)]
+        dir: CacheDirArgs,
         #[arg(long)]
         seconds: Option<f64>,
         /// Only these files (paths in the export, as `status` shows them).
@@ -217,13 +216,13 @@ enum ProfileCmd {
     },
     /// Start recording.
     Start {
-        #[arg(long)]
-        cache_dir: Option<PathBuf>,
+        #[command(flatten)]
+        dir: CacheDirArgs,
     },
     /// Stop recording and save the profiles in the files' hints on the store.
     Save {
-        #[arg(long)]
-        cache_dir: Option<PathBuf>,
+        #[command(flatten)]
+        dir: CacheDirArgs,
         /// Only these files (paths in the export, as `status` shows them).
         paths: Vec<String>,
     },
@@ -254,9 +253,8 @@ enum Cmd {
     },
     /// Upload all write-back data now and wait for it (with a progress bar).
     Flush {
-        /// Cache directory (default: $XDG_CACHE_HOME/gridvfs or ~/.cache/gridvfs).
-        #[arg(long)]
-        cache_dir: Option<PathBuf>,
+        #[command(flatten)]
+        dir: CacheDirArgs,
     },
     /// Access profiles: record the order a workload (a VM boot) reads files in, and keep
     /// it in each file's hint on the store; the next cold start prefetches in that order.
@@ -271,9 +269,8 @@ enum Cmd {
     },
     /// Figures of the clients running on a cache directory (cache hits, bytes fetched, ...).
     Status {
-        /// Cache directory (default: $XDG_CACHE_HOME/gridvfs or ~/.cache/gridvfs).
-        #[arg(long)]
-        cache_dir: Option<PathBuf>,
+        #[command(flatten)]
+        dir: CacheDirArgs,
         /// One JSON object per running client, one per line.
         #[arg(long)]
         json: bool,
@@ -283,9 +280,8 @@ enum Cmd {
     /// is unusable (refused, or its disk nearly full), 12 write-back is stuck (refused by
     /// the store, or no upload progress for --stuck-after), 13 no client is running.
     Check {
-        /// Cache directory (default: $XDG_CACHE_HOME/gridvfs or ~/.cache/gridvfs).
-        #[arg(long)]
-        cache_dir: Option<PathBuf>,
+        #[command(flatten)]
+        dir: CacheDirArgs,
         /// Seconds pending write-back data may go without upload progress.
         #[arg(long, default_value_t = 300.0)]
         stuck_after: f64,
@@ -305,11 +301,27 @@ enum Cmd {
     Man,
 }
 
-/// `--cache-dir`, else the default (never a shared directory such as /tmp).
-fn cache_dir_or_default(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
-    match given {
-        Some(d) => Ok(d),
-        None => Ok(gridvfs::cache::dir::default_root()?),
+/// Which cache directory a maintenance command looks at: the one `serve` with the same
+/// config would use.
+#[derive(clap::Args)]
+struct CacheDirArgs {
+    /// Cache directory [default: the config's `cache-dir` (or $GRIDVFS_CACHE_DIR), else
+    /// $XDG_CACHE_HOME/gridvfs or ~/.cache/gridvfs].
+    #[arg(long)]
+    cache_dir: Option<PathBuf>,
+    #[command(flatten)]
+    config: settings::ConfigArgs,
+}
+
+impl CacheDirArgs {
+    /// `--cache-dir`, else the config's (its `[mount.NAME]` with `--name`), else the
+    /// default (never a shared directory such as /tmp).
+    fn resolve(self) -> anyhow::Result<PathBuf> {
+        if let Some(d) = self.cache_dir {
+            return Ok(d);
+        }
+        let loaded = settings::Loaded::load(&self.config, Default::default(), "flag")?;
+        loaded.settings()?.cache_root()
     }
 }
 
@@ -462,9 +474,9 @@ async fn run(io_flusher: bool) -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Cache {
-            cmd: CacheCmd::Gc { cache_dir },
+            cmd: CacheCmd::Gc { dir },
         } => {
-            let dir = cache_dir_or_default(cache_dir)?;
+            let dir = dir.resolve()?;
             let root = gridvfs::cache::dir::CacheRoot::open(&dir)
                 .with_context(|| format!("cannot use cache directory {}", dir.display()))?;
             let (mut files, mut bytes) = (0, 0);
@@ -499,27 +511,20 @@ async fn run(io_flusher: bool) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Cmd::Flush { cache_dir } => flush(&cache_dir_or_default(cache_dir)?).await,
+        Cmd::Flush { dir } => flush(&dir.resolve()?).await,
         Cmd::Profile { cmd } => match cmd {
             ProfileCmd::Record {
-                cache_dir,
+                dir,
                 seconds,
                 paths,
-            } => profile::record(&cache_dir_or_default(cache_dir)?, seconds, &paths).await,
-            ProfileCmd::Start { cache_dir } => {
-                profile::start(&cache_dir_or_default(cache_dir)?).await
-            }
-            ProfileCmd::Save { cache_dir, paths } => {
-                profile::save(&cache_dir_or_default(cache_dir)?, &paths).await
-            }
+            } => profile::record(&dir.resolve()?, seconds, &paths).await,
+            ProfileCmd::Start { dir } => profile::start(&dir.resolve()?).await,
+            ProfileCmd::Save { dir, paths } => profile::save(&dir.resolve()?, &paths).await,
         },
         Cmd::Prefetch { paths } => profile::prefetch(&paths),
-        Cmd::Status { cache_dir, json } => status(&cache_dir_or_default(cache_dir)?, json).await,
-        Cmd::Check {
-            cache_dir,
-            stuck_after,
-        } => {
-            let code = check(&cache_dir_or_default(cache_dir)?, stuck_after).await;
+        Cmd::Status { dir, json } => status(&dir.resolve()?, json).await,
+        Cmd::Check { dir, stuck_after } => {
+            let code = check(&dir.resolve()?, stuck_after).await;
             std::process::exit(code);
         }
         Cmd::Completions { shell } => {

@@ -424,6 +424,7 @@ while [ ! -f /host/restored ]; do
 done
 wait
 cat /host/cold.txt
+echo "kernel log:"; dmesg 2>/dev/null | grep -i -e nfs -e 'i/o' | tail -20
 echo done
 "#;
     let mut guest = guest_cmd(client.port, &share, script)

@@ -155,6 +155,27 @@ fn config_layers_file_then_env_then_flag_with_origins() {
     assert_eq!(st["listen"], format!("127.0.0.1:{port}"), "{st}");
     assert_eq!(st["store"], format!("local:{}", d.export.display()), "{st}");
     assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
+    // The maintenance commands look where `serve` with the same config does: the table's
+    // cache-dir, with no --cache-dir given (before, they looked in ~/.cache/gridvfs).
+    let by_config = |args: &[&str]| {
+        let out = Command::new(bin("gridvfs-client"))
+            .args(args)
+            .arg("--config")
+            .arg(&conf)
+            .args(["--name", "images"])
+            .env("HOME", d.tmp.path().join("elsewhere"))
+            .env_remove("XDG_CACHE_HOME")
+            .output()
+            .unwrap();
+        (out.status.code(), text(&out))
+    };
+    let (code, out) = by_config(&["status", "--json"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains(&format!("127.0.0.1:{port}")), "{out}");
+    let (code, out) = by_config(&["check"]);
+    assert_eq!(code, Some(0), "check finds the client: {out}");
+    let (code, out) = by_config(&["flush"]);
+    assert_eq!(code, Some(0), "{out}");
     serve.kill().unwrap();
     let _ = serve.wait();
 
