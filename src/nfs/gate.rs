@@ -345,13 +345,14 @@ impl Gate {
                                 }
                             }
                         }
+                        // Only NFS results start with an nfsstat3 (a portmapper's
+                        // reply may be the number 10008).
+                        let holds =
+                            !caller.retries_jukebox && proc_ & (MOUNT_PROC | PMAP_PROC) == 0;
                         let mut held = None;
                         let answer = loop {
                             let answer = gate.answer(xid, proc_, args, &caller).await;
-                            if caller.retries_jukebox
-                                || !answer.is_jukebox()
-                                || ended.load(Ordering::Relaxed)
-                            {
+                            if !holds || !answer.is_jukebox() || ended.load(Ordering::Relaxed) {
                                 break answer;
                             }
                             if held.is_none() {
@@ -373,7 +374,7 @@ impl Gate {
                             }
                             Answer::Forward => {
                                 let body = Bytes::from(body);
-                                let hold = (!caller.retries_jukebox).then(|| body.clone());
+                                let hold = holds.then(|| body.clone());
                                 let rec = Record::new(body, Bytes::new());
                                 hold_slot(&gate.replay, &forwarded, xid, permit, replay_key, hold);
                                 let _ = fwd_tx.send(rec).await;
