@@ -488,3 +488,95 @@ echo done
         "{err}"
     );
 }
+
+/// Issue 16, write-through: a write made while the store is unreachable cannot be
+/// acknowledged (write-through promises the store has it), so the kernel is told JUKEBOX
+/// and the writer waits, as on a hard mount; when the link returns the write completes and
+/// is on the store. No I/O error, and nothing reaches the store before the return.
+#[test]
+fn kernel_client_write_through_waits_out_an_outage() {
+    let d = dirs();
+    let share = d.tmp.path().join("share");
+    std::fs::create_dir(&share).unwrap();
+    std::fs::create_dir(d.export.join("vm")).unwrap();
+    std::fs::write(d.export.join("vm/log.img"), vec![b'.'; 65536]).unwrap();
+    let flag = d.tmp.path().join("link-down");
+    let remote = unreachable_when(&flag, &d.export);
+    let client = ClientProc::start_remote(
+        &remote,
+        &d.export,
+        &d.cache,
+        0,
+        &[
+            "--allow-unprivileged-ports",
+            "--no-root-squash",
+            "--write-policy",
+            "through",
+        ],
+    );
+    let script = r#"
+cd vm
+cat log.img > /dev/null
+touch /host/warm
+while [ ! -f /host/cut ]; do sleep 0.2; done
+s=$(date +%s)
+echo 'written through during the outage' | dd of=log.img bs=1 seek=200 conv=notrunc,fsync 2>/dev/null && echo "write-done after $(( $(date +%s) - s ))s"
+echo "kernel log:"; dmesg 2>/dev/null | grep -i -e nfs -e 'i/o' | tail -20
+echo done
+"#;
+    let mut guest = guest_cmd(client.port, &share, script)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    while !share.join("warm").exists() {
+        assert!(
+            t.elapsed() < Duration::from_secs(300),
+            "guest never read the file"
+        );
+        if let Some(st) = guest.try_wait().unwrap() {
+            panic!("guest ended early: {st:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::fs::write(&flag, "").unwrap();
+    client.kill_servers();
+    std::fs::write(share.join("cut"), "").unwrap();
+    let outage = Duration::from_secs(20);
+    std::thread::sleep(outage);
+    assert!(
+        guest.try_wait().unwrap().is_none(),
+        "the writer did not wait for the store"
+    );
+    let during = status_json(&d.cache);
+    let on_store = std::fs::read(d.export.join("vm/log.img")).unwrap();
+    assert_eq!(
+        on_store,
+        vec![b'.'; 65536],
+        "nothing reached the store offline"
+    );
+    std::fs::remove_file(&flag).unwrap();
+    let out = guest.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    println!("{}\nstatus during the outage: {during}", show(&out));
+    assert!(out.status.success(), "{}", show(&out));
+    assert!(during["offline_seconds"].as_f64().is_some(), "{during}");
+    assert!(n(&during, "offline_refused") >= 1, "{during}");
+    let waited: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("write-done after "))
+        .and_then(|s| s.trim_end_matches('s').parse().ok())
+        .unwrap_or_else(|| panic!("the write never completed: {text}"));
+    assert!(
+        waited + 2 >= outage.as_secs(),
+        "the write completed after {waited} s, inside a {outage:?} outage: {text}"
+    );
+    let on_store = std::fs::read(d.export.join("vm/log.img")).unwrap();
+    assert_eq!(&on_store[200..234], b"written through during the outage\n");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !err.contains("Input/output error") && !text.contains("Input/output error"),
+        "{err}"
+    );
+}
