@@ -374,7 +374,11 @@ impl Gate {
                             }
                             Answer::Forward => {
                                 let body = Bytes::from(body);
-                                let hold = holds.then(|| body.clone());
+                                // The dispatcher drops a resent xid of a completed
+                                // RENAME/SYMLINK as a retransmission: those are not held
+                                // (their JUKEBOX reaches the caller).
+                                let resendable = !matches!(proc_, RENAME | SYMLINK);
+                                let hold = (holds && resendable).then(|| body.clone());
                                 let rec = Record::new(body, Bytes::new());
                                 hold_slot(&gate.replay, &forwarded, xid, permit, replay_key, hold);
                                 let _ = fwd_tx.send(rec).await;
