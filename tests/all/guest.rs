@@ -26,6 +26,28 @@ fn guest_cmd(port: u16, share: &Path, script: &str) -> Command {
     c
 }
 
+/// Start `script` in the guest and wait (up to 5 minutes) until it creates `/host/MARKER`,
+/// failing if the guest ends first. Its output is piped for `wait_with_output`.
+fn guest_until(port: u16, share: &Path, script: &str, marker: &str) -> std::process::Child {
+    let mut guest = guest_cmd(port, share, script)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    while !share.join(marker).exists() {
+        assert!(
+            t.elapsed() < Duration::from_secs(300),
+            "the guest never reached /host/{marker}"
+        );
+        if let Some(st) = guest.try_wait().unwrap() {
+            panic!("guest ended early: {st:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    guest
+}
+
 fn show(out: &Output) -> String {
     format!(
         "status {:?}\n--- stdout\n{}--- stderr\n{}",
@@ -204,21 +226,7 @@ echo "whole: $(md5sum held.bin)"
 echo after > new.txt
 echo ok
 "#;
-    let mut guest = guest_cmd(client.port, &share, script)
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let started = Instant::now();
-    while !share.join("ready").exists() {
-        assert!(
-            started.elapsed() < Duration::from_secs(300),
-            "guest never got ready"
-        );
-        if let Some(status) = guest.try_wait().unwrap() {
-            panic!("guest exited early: {status:?}");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let guest = guest_until(client.port, &share, script, "ready");
     client.restart();
     std::fs::write(share.join("restarted"), b"").unwrap();
     let out = guest.wait_with_output().unwrap();
@@ -427,22 +435,7 @@ cat /host/cold.txt
 echo "kernel log:"; dmesg 2>/dev/null | grep -i -e nfs -e 'i/o' | tail -20
 echo done
 "#;
-    let mut guest = guest_cmd(client.port, &share, script)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let t = Instant::now();
-    while !share.join("warm").exists() {
-        assert!(
-            t.elapsed() < Duration::from_secs(300),
-            "guest never warmed the cache"
-        );
-        if let Some(st) = guest.try_wait().unwrap() {
-            panic!("guest ended early: {st:?}");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let guest = guest_until(client.port, &share, script, "warm");
     std::fs::write(&flag, "").unwrap();
     client.kill_servers();
     std::fs::write(share.join("cut"), "").unwrap();
@@ -524,22 +517,7 @@ echo 'written through during the outage' | dd of=log.img bs=1 seek=200 conv=notr
 echo "kernel log:"; dmesg 2>/dev/null | grep -i -e nfs -e 'i/o' | tail -20
 echo done
 "#;
-    let mut guest = guest_cmd(client.port, &share, script)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let t = Instant::now();
-    while !share.join("warm").exists() {
-        assert!(
-            t.elapsed() < Duration::from_secs(300),
-            "guest never read the file"
-        );
-        if let Some(st) = guest.try_wait().unwrap() {
-            panic!("guest ended early: {st:?}");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let mut guest = guest_until(client.port, &share, script, "warm");
     std::fs::write(&flag, "").unwrap();
     client.kill_servers();
     std::fs::write(share.join("cut"), "").unwrap();
