@@ -37,22 +37,7 @@ async fn mount(port: u16) -> anyhow::Result<(Client, nfs_fh3)> {
 /// AUTH_SYS as uid 0, as a kernel client run by root sends it (the bench's gridvfs
 /// clients take it as sent: `--no-root-squash`, see peers.rs).
 fn auth_sys_root() -> nfs3_client::nfs3_types::rpc::opaque_auth<'static> {
-    use nfs3_client::nfs3_types::rpc::{auth_flavor, auth_unix, opaque_auth};
-    use nfs3_client::nfs3_types::xdr_codec::Pack;
-    let cred = auth_unix {
-        stamp: 0,
-        machinename: Opaque::owned(b"gridvfs-bench".to_vec()),
-        uid: 0,
-        gid: 0,
-        gids: Vec::new(),
-    };
-    let mut body = Vec::new();
-    cred.pack(&mut body)
-        .expect("packing into a Vec cannot fail");
-    opaque_auth {
-        flavor: auth_flavor::AUTH_UNIX,
-        body: Opaque::owned(body),
-    }
+    gridvfs_testkit::nfs::auth_sys("gridvfs-bench", 0, 0, &[])
 }
 
 async fn lookup(c: &mut Client, root: &nfs_fh3, name: &str) -> anyhow::Result<nfs_fh3> {

@@ -286,7 +286,7 @@ fn kernel_client_through_openssh() {
     let d = dirs();
     let share = d.tmp.path().join("share");
     std::fs::create_dir(&share).unwrap();
-    let sshd = crate::sshd::Sshd::start(&d.tmp.path().join("ssh"));
+    let sshd = crate::sshd::Sshd::start(&d.tmp.path().join("ssh")).unwrap();
     let data = noise(61, (32 << 20) + 11);
     std::fs::write(d.export.join("in.img"), &data).unwrap();
     let up = noise(62, (16 << 20) + 5);

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use nfs3_client::Nfs3Client;
 use nfs3_client::nfs3_types::nfs3::*;
-use nfs3_client::nfs3_types::rpc::{auth_flavor, auth_unix, opaque_auth};
+use nfs3_client::nfs3_types::rpc::opaque_auth;
 use nfs3_client::nfs3_types::xdr_codec::Opaque;
 use nfs3_client::tokio::TokioIo;
 use tokio::net::TcpStream;
@@ -261,20 +261,7 @@ impl nfs3_client::net::Connector for SourceConnector {
 
 /// An AUTH_SYS credential, as a kernel client sends it.
 pub fn auth_sys(uid: u32, gid: u32, gids: &[u32]) -> opaque_auth<'static> {
-    use nfs3_client::nfs3_types::xdr_codec::Pack;
-    let cred = auth_unix {
-        stamp: 1,
-        machinename: Opaque::owned(b"gridvfs-test".to_vec()),
-        uid,
-        gid,
-        gids: gids.to_vec(),
-    };
-    let mut body = Vec::new();
-    cred.pack(&mut body).expect("pack");
-    opaque_auth {
-        flavor: auth_flavor::AUTH_UNIX,
-        body: Opaque::owned(body),
-    }
+    gridvfs_testkit::nfs::auth_sys("gridvfs-test", uid, gid, gids)
 }
 
 impl Nfs {
@@ -633,19 +620,7 @@ pub fn unreachable_when(flag: &Path, export: &Path) -> String {
     )
 }
 
-/// Deterministic pseudo-random bytes.
-pub fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
+pub use gridvfs_testkit::data::noise;
 
 /// A fresh export and cache directory under one temp dir.
 pub struct Dirs {
@@ -727,9 +702,5 @@ pub fn copy_libraries(share: &Path, bins: &[&Path]) {
 
 /// A port free on loopback now.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    gridvfs_testkit::net::free_port().expect("a free loopback port")
 }

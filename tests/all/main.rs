@@ -2,6 +2,9 @@
 //!
 //! Needs the workspace binaries built first: `cargo build --workspace && cargo test --workspace`.
 
+/// The real sshd and the cuttable relay, shared with the bench.
+use gridvfs_testkit::{net, sshd};
+
 mod backpressure;
 mod cache;
 mod confinement;
@@ -18,5 +21,4 @@ mod restart;
 mod security;
 mod service;
 mod ssh;
-mod sshd;
 mod writeback;

@@ -8,7 +8,8 @@ use std::time::Duration;
 use nfs3_client::nfs3_types::nfs3::*;
 
 use crate::harness::*;
-use crate::sshd::*;
+use crate::net::{Relay, wait_for_port};
+use crate::sshd::{Sshd, keygen};
 
 /// Client flags to log in to `sshd` with its key, recording the host key in `kh`.
 fn ssh_flags(key: &Path, kh: &Path) -> Vec<String> {
@@ -101,7 +102,7 @@ async fn read_and_write(port: u16, export: &Path, name: &str, expect: &[u8], see
 #[test]
 fn russh_and_system_ssh_through_openssh() {
     let d = dirs();
-    let sshd = Sshd::start(&d.tmp.path().join("ssh"));
+    let sshd = Sshd::start(&d.tmp.path().join("ssh")).unwrap();
     let data = noise(3, (48 << 20) + 5);
     std::fs::write(d.export.join("disk.img"), &data).unwrap();
     // No user in the URL: the client finds the local user name itself.
@@ -137,7 +138,7 @@ fn russh_and_system_ssh_through_openssh() {
 #[test]
 fn ssh_refusals_say_what_is_wrong() {
     let d = dirs();
-    let sshd = Sshd::start(&d.tmp.path().join("ssh"));
+    let sshd = Sshd::start(&d.tmp.path().join("ssh")).unwrap();
     let remote = format!("ssh://127.0.0.1:{}{}", sshd.port, d.export.display());
     let kh = d.tmp.path().join("known_hosts");
     let server = bin("gridvfs-server").display().to_string();
@@ -162,7 +163,7 @@ fn ssh_refusals_say_what_is_wrong() {
 
     // Changed host key: known_hosts holds another ed25519 key for this host and port.
     let other = d.tmp.path().join("other");
-    keygen(&other);
+    keygen(&other).unwrap();
     let other_pub = std::fs::read_to_string(other.with_extension("pub")).unwrap();
     let fake = other_pub
         .split_whitespace()
@@ -277,11 +278,7 @@ fn embedded_listener_confines_session_keys() {
     };
     mint(&d.export, false, "a.key");
     mint(&other_export, true, "b.key");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let mut listener = Command::new(bin("gridvfs-server"))
         .args([
             "listen",
@@ -294,7 +291,7 @@ fn embedded_listener_confines_session_keys() {
         .arg(&ak)
         .spawn()
         .unwrap();
-    wait_for_port(port);
+    wait_for_port(port, Duration::from_secs(10)).unwrap();
     let kh = keys.join("known_hosts");
     let flags = |key: &str| {
         vec![
@@ -339,7 +336,7 @@ fn embedded_listener_confines_session_keys() {
 
     // A key that is not listed at all.
     let stranger = keys.join("stranger");
-    keygen(&stranger);
+    keygen(&stranger).unwrap();
     let e = refused(&url(&d.export), &d.cache, &flags("stranger"));
     assert!(e.contains("refused every key"), "{e}");
     let _ = listener.kill();
@@ -349,8 +346,8 @@ fn embedded_listener_confines_session_keys() {
 #[test]
 fn link_cuts_are_a_delay_not_an_error() {
     let d = dirs();
-    let sshd = Sshd::start(&d.tmp.path().join("ssh"));
-    let mut relay = Relay::start(format!("127.0.0.1:{}", sshd.port).parse().unwrap());
+    let sshd = Sshd::start(&d.tmp.path().join("ssh")).unwrap();
+    let mut relay = Relay::start(sshd.addr()).unwrap();
     let data = noise(21, 256 << 20);
     std::fs::write(d.export.join("disk.img"), &data).unwrap();
     let remote = format!("ssh://127.0.0.1:{}{}", relay.port, d.export.display());
@@ -432,11 +429,7 @@ fn embedded_listener_survives_a_connection_flood() {
             .unwrap()
             .success()
     );
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     // Few descriptors, so the flood below runs the listener out of them.
     let mut listener = Command::new("prlimit")
         .arg("--nofile=48:48")
@@ -452,7 +445,7 @@ fn embedded_listener_survives_a_connection_flood() {
         .arg(&ak)
         .spawn()
         .expect("prlimit (util-linux)");
-    wait_for_port(port);
+    wait_for_port(port, Duration::from_secs(10)).unwrap();
     let flood: Vec<std::net::TcpStream> = (0..80)
         .filter_map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).ok())
         .collect();
