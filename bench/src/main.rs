@@ -2,6 +2,7 @@
 //! WAN, in one run on one machine. See bench/README.md.
 
 mod boot;
+mod contenders;
 mod data;
 mod link;
 mod mirror;
