@@ -43,6 +43,36 @@ pub struct Bed<'a> {
 }
 
 impl Bed<'_> {
+    /// W1 through the NFS server on `port`: the memory image whole, 8 READs in flight,
+    /// bounded; every byte compared with the original.
+    async fn nfs_w1(&self, port: u16) -> anyhow::Result<Run> {
+        let done = Arc::new(AtomicU64::new(0));
+        bounded(self.bound, done.clone(), async {
+            nfsread::read_whole(
+                port,
+                "vm1.mem",
+                self.mem_size,
+                &self.ds.mem,
+                8,
+                done.clone(),
+            )
+            .await
+            .map(Some)
+        })
+        .await
+    }
+
+    /// W2 through the NFS server on `port`: the boot trace replayed, bounded.
+    async fn nfs_w2(&self, port: u16) -> anyhow::Result<Run> {
+        let done = Arc::new(AtomicU64::new(0));
+        bounded(self.bound, done.clone(), async {
+            nfsread::replay(port, "vm1.img", &self.ds.trace, &self.ds.disk, done.clone())
+                .await
+                .map(Some)
+        })
+        .await
+    }
+
     fn sshd(&self) -> anyhow::Result<&Sshd> {
         self.sshd
             .ok_or_else(|| anyhow::anyhow!("this contender needs the store's sshd"))
@@ -216,21 +246,8 @@ impl Contender for Gridvfs {
             } else {
                 ("W3 (W1 again)", "W3 (W2 again)")
             };
-            let done = Arc::new(AtomicU64::new(0));
             let before = ctx.snapshot();
-            let r = bounded(bed.bound, done.clone(), async {
-                nfsread::read_whole(
-                    client.port,
-                    "vm1.mem",
-                    bed.mem_size,
-                    &bed.ds.mem,
-                    8,
-                    done.clone(),
-                )
-                .await
-                .map(Some)
-            })
-            .await?;
+            let r = bed.nfs_w1(client.port).await?;
             ctx.push(
                 name,
                 w1,
@@ -240,24 +257,12 @@ impl Contender for Gridvfs {
                 client.peak_rss_mib(),
                 "8 NFS connections, 1 MiB READs",
             );
-            let done = Arc::new(AtomicU64::new(0));
             let before = ctx.snapshot();
             if round == "cold" {
                 // The cold boot is recorded: its profile drives `W2 (profile)`.
                 peers::gridvfs_control(bed.client_bin, &["profile", "start"], &cache)?;
             }
-            let r = bounded(bed.bound, done.clone(), async {
-                nfsread::replay(
-                    client.port,
-                    "vm1.img",
-                    &bed.ds.trace,
-                    &bed.ds.disk,
-                    done.clone(),
-                )
-                .await
-                .map(Some)
-            })
-            .await?;
+            let r = bed.nfs_w2(client.port).await?;
             if round == "cold" {
                 peers::gridvfs_control(bed.client_bin, &["profile", "save", "vm1.img"], &cache)?;
             }
@@ -289,20 +294,8 @@ impl Contender for Gridvfs {
         // the first read starts a prefetch in boot order.
         let profile_cache = bed.work.join(format!("{name}-profile-cache"));
         let client = Daemon::gridvfs(bed.client_bin, &remote, &profile_cache, &flags)?;
-        let done = Arc::new(AtomicU64::new(0));
         let before = ctx.snapshot();
-        let r = bounded(bed.bound, done.clone(), async {
-            nfsread::replay(
-                client.port,
-                "vm1.img",
-                &bed.ds.trace,
-                &bed.ds.disk,
-                done.clone(),
-            )
-            .await
-            .map(Some)
-        })
-        .await?;
+        let r = bed.nfs_w2(client.port).await?;
         ctx.push(
             name,
             "W2 (profile)",
@@ -446,26 +439,12 @@ impl Contender for Mirror {
         .await?;
         nfsread::replay(m.port, "vm1.img", &bed.ds.trace, &bed.ds.disk, warm).await?;
         for (w, limit) in [("W3 (W1 again)", "W1"), ("W3 (W2 again)", "W2")] {
-            let done = Arc::new(AtomicU64::new(0));
             let before = ctx.snapshot();
-            let r = bounded(bed.bound, done.clone(), async {
-                if limit == "W1" {
-                    nfsread::read_whole(
-                        m.port,
-                        "vm1.mem",
-                        bed.mem_size,
-                        &bed.ds.mem,
-                        8,
-                        done.clone(),
-                    )
-                    .await
-                } else {
-                    nfsread::replay(m.port, "vm1.img", &bed.ds.trace, &bed.ds.disk, done.clone())
-                        .await
-                }
-                .map(Some)
-            })
-            .await?;
+            let r = if limit == "W1" {
+                bed.nfs_w1(m.port).await?
+            } else {
+                bed.nfs_w2(m.port).await?
+            };
             ctx.push(
                 "nfs-mirror",
                 w,
