@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use tokio::io::AsyncWriteExt;
 
+use crate::boot_peers::Peers;
 use crate::link::{LinkSpec, Relay};
 use crate::peers::{Daemon, gridvfs_control};
 use crate::setup::{server_bridge, sibling};
@@ -242,18 +243,23 @@ impl Bed {
     }
 }
 
-/// The reboot experiment.
+/// The reboot experiment; with `peers`, also through sshfs, qemu's ssh driver and rclone.
 pub async fn boot(
     name: &str,
     link: Option<LinkSpec>,
     runs: usize,
     bound: Duration,
+    peers: bool,
     out: &Path,
     data: &Path,
 ) -> anyhow::Result<()> {
     anyhow::ensure!(runs >= 1, "--runs must be at least 1");
     let bed = Bed::new(link, data).await?;
     let (img, work) = (&bed.img, bed.work.path());
+    let peers = match peers {
+        true => Some(Peers::start(&bed.store, link, work).await?),
+        false => None,
+    };
     let hint = bed.hint(vm::BASE);
     let _ = std::fs::remove_file(&hint);
     let local = img.qcow2.display().to_string();
@@ -304,6 +310,10 @@ pub async fn boot(
             drop(client);
         }
 
+        if let Some(p) = &peers {
+            boot_peers(p, img, work, bound, &mut t).await?;
+        }
+
         let copy = work.join("copy.qcow2");
         let (fetch, bytes) = bed.fetch_whole(&img.qcow2, &copy).await?;
         let secs = vm::boot(img, &copy.display().to_string(), work, bound).await?;
@@ -339,12 +349,17 @@ pub async fn resume(
     link: Option<LinkSpec>,
     runs: usize,
     bound: Duration,
+    peers: bool,
     out: &Path,
     data: &Path,
 ) -> anyhow::Result<()> {
     anyhow::ensure!(runs >= 1, "--runs must be at least 1");
     let bed = Bed::new(link, data).await?;
     let (img, work) = (&bed.img, bed.work.path());
+    let peers = match peers {
+        true => Some(Peers::start(&bed.store, link, work).await?),
+        false => None,
+    };
     let _ = std::fs::remove_file(bed.hint(vm::BASE));
     let state = bed.store.join(STATE);
     let disk = work.join("saved-disk.qcow2");
@@ -389,6 +404,10 @@ pub async fn resume(
             drop(client);
         }
         let _ = std::fs::remove_file(&state_hint);
+
+        if let Some(p) = &peers {
+            resume_peers(p, img, &disk, work, bound, &mut t).await?;
+        }
 
         let copy = work.join("copy.state");
         let (fetch, bytes) = bed.fetch_whole(&state, &copy).await?;
@@ -550,6 +569,113 @@ pub async fn outage(
     );
     Ok(())
 }
+
+/// One round of the peers' boots: sshfs (page cache dropped), qemu's ssh driver, rclone
+/// cold (empty VFS cache) and warm (remounted, cache kept).
+async fn boot_peers(
+    p: &Peers,
+    img: &vm::Image,
+    work: &Path,
+    bound: Duration,
+    t: &mut Table,
+) -> anyhow::Result<()> {
+    let since = |before: Option<u64>| p.crossed().zip(before).map(|(a, b)| a - b);
+    vm::drop_caches()?;
+    let m = p.sshfs()?;
+    let before = p.crossed();
+    let secs = vm::boot(
+        img,
+        &m.mnt.join(vm::BASE).display().to_string(),
+        work,
+        bound,
+    )
+    .await?;
+    t.add(SSHFS, secs, since(before));
+    drop(m);
+
+    let before = p.crossed();
+    let secs = vm::boot(img, &p.qemu_ssh_url(vm::BASE), work, bound).await?;
+    t.add(QEMU_SSH, secs, since(before));
+
+    let cache = work.join("rclone-cache");
+    let _ = std::fs::remove_dir_all(&cache);
+    for how in [RCLONE_COLD, RCLONE_WARM] {
+        vm::drop_caches()?;
+        let m = p.rclone(&cache)?;
+        let before = p.crossed();
+        let secs = vm::boot(
+            img,
+            &m.mnt.join(vm::BASE).display().to_string(),
+            work,
+            bound,
+        )
+        .await?;
+        t.add(how, secs, since(before));
+        drop(m);
+    }
+    Ok(())
+}
+
+/// One round of the peers' resumes: the disk and the state through sshfs, through qemu's
+/// ssh driver and `ssh cat`, through rclone (cold), and scp of the state first.
+async fn resume_peers(
+    p: &Peers,
+    img: &vm::Image,
+    disk: &Path,
+    work: &Path,
+    bound: Duration,
+    t: &mut Table,
+) -> anyhow::Result<()> {
+    let since = |before: Option<u64>| p.crossed().zip(before).map(|(a, b)| a - b);
+    vm::drop_caches()?;
+    let m = p.sshfs()?;
+    let before = p.crossed();
+    let base = m.mnt.join(vm::BASE).display().to_string();
+    let incoming = format!("cat {}", m.mnt.join(STATE).display());
+    let secs = vm::resume(img, disk, &base, &incoming, work, bound).await?;
+    t.add(SSHFS, secs, since(before));
+    drop(m);
+
+    let before = p.crossed();
+    let base = p.qemu_ssh_url(vm::BASE);
+    let secs = vm::resume(img, disk, &base, &p.ssh_cat(STATE), work, bound).await?;
+    t.add(
+        "qemu's ssh:// block driver, the state streamed by `ssh cat`",
+        secs,
+        since(before),
+    );
+
+    let cache = work.join("rclone-cache");
+    let _ = std::fs::remove_dir_all(&cache);
+    vm::drop_caches()?;
+    let m = p.rclone(&cache)?;
+    let before = p.crossed();
+    let base = m.mnt.join(vm::BASE).display().to_string();
+    let incoming = format!("cat {}", m.mnt.join(STATE).display());
+    let secs = vm::resume(img, disk, &base, &incoming, work, bound).await?;
+    t.add(RCLONE_COLD, secs, since(before));
+    drop(m);
+
+    // scp the state, then resume it with the disk's base local (as the whole-fetch row).
+    let copy = work.join("scp.state");
+    let before = p.crossed();
+    let fetch = p.scp(STATE, &copy)?;
+    let incoming = format!("cat {}", copy.display());
+    let base = img.qcow2.display().to_string();
+    let secs = vm::resume(img, disk, &base, &incoming, work, bound).await?;
+    t.add(
+        "scp of the state first, then resumed locally",
+        fetch + secs,
+        since(before),
+    );
+    let _ = std::fs::remove_file(&copy);
+    Ok(())
+}
+
+const SSHFS: &str = "sshfs mount (tuned: 1 MiB reads, 16 MiB readahead), page cache dropped";
+const QEMU_SSH: &str = "qemu's ssh:// block driver";
+const RCLONE_COLD: &str = "rclone mount (sftp, --vfs-cache-mode full), cold";
+const RCLONE_WARM: &str = "rclone mount, warm (remounted, VFS cache kept)";
 
 fn link_text(link: Option<LinkSpec>) -> String {
     link.map_or(String::new(), |l| {

@@ -2,6 +2,7 @@
 //! WAN, in one run on one machine. See bench/README.md.
 
 mod boot;
+mod boot_peers;
 mod contenders;
 mod data;
 mod link;
@@ -135,6 +136,10 @@ enum Cmd {
         runs: usize,
         #[arg(long, default_value_t = 900)]
         bound: u64,
+        /// Only gridvfs, the local disk and the whole-file copy: not the peers (sshfs tuned,
+        /// qemu's ssh:// driver, rclone, scp).
+        #[arg(long)]
+        no_peers: bool,
         #[arg(long, default_value = "bench/results")]
         out: PathBuf,
         #[arg(long)]
@@ -166,6 +171,10 @@ enum Cmd {
         /// Stop a boot that has not reached the marker after this many seconds.
         #[arg(long, default_value_t = 900)]
         bound: u64,
+        /// Only gridvfs, the local disk and the whole-file copy: not the peers (sshfs tuned,
+        /// qemu's ssh:// driver, rclone).
+        #[arg(long)]
+        no_peers: bool,
         #[arg(long, default_value = "bench/results")]
         out: PathBuf,
         /// Where the guest image is kept between runs (default $XDG_CACHE_HOME/gridvfs-bench).
@@ -288,6 +297,7 @@ async fn main() -> anyhow::Result<()> {
             bound,
             out,
             data,
+            no_peers,
         } => {
             let (name, data) = vm_run(profile, data);
             boot::resume(
@@ -295,6 +305,7 @@ async fn main() -> anyhow::Result<()> {
                 profile.link(),
                 runs,
                 Duration::from_secs(bound),
+                !no_peers,
                 &out,
                 &data,
             )
@@ -306,6 +317,7 @@ async fn main() -> anyhow::Result<()> {
             bound,
             out,
             data,
+            no_peers,
         } => {
             let (name, data) = vm_run(profile, data);
             boot::boot(
@@ -313,6 +325,7 @@ async fn main() -> anyhow::Result<()> {
                 profile.link(),
                 runs,
                 Duration::from_secs(bound),
+                !no_peers,
                 &out,
                 &data,
             )

@@ -261,6 +261,14 @@ fn qemu_err(monitor: &Path) -> String {
 
 /// The qemu command line of both boot and resume (serial on stdio, HMP on `monitor`,
 /// stderr beside it).
+/// The ssh-agent qemu's `ssh://` block driver authenticates through (boot_peers.rs).
+static SSH_AGENT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// Every qemu started from now on finds its SSH keys in the agent at `sock`.
+pub fn use_ssh_agent(sock: &Path) {
+    let _ = SSH_AGENT.set(sock.to_path_buf());
+}
+
 fn qemu(img: &Image, disk: &Path, monitor: &Path) -> tokio::process::Command {
     qemu_with(img, disk, monitor, "")
 }
@@ -268,6 +276,9 @@ fn qemu(img: &Image, disk: &Path, monitor: &Path) -> tokio::process::Command {
 /// [`qemu`] with more kernel command line (`init=/bin/sh` for [`Shell`]).
 fn qemu_with(img: &Image, disk: &Path, monitor: &Path, cmdline: &str) -> tokio::process::Command {
     let mut q = tokio::process::Command::new("qemu-system-x86_64");
+    if let Some(sock) = SSH_AGENT.get() {
+        q.env("SSH_AUTH_SOCK", sock);
+    }
     q.args([
         "-nodefaults",
         "-no-user-config",
