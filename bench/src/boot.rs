@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use tokio::io::AsyncWriteExt;
 
-use crate::boot_peers::Peers;
+use crate::boot_peers::{Peers, SSHFS, boot_peers, resume_peers};
 use crate::link::{LinkSpec, Relay};
 use crate::peers::{Daemon, gridvfs_control};
 use crate::setup::{server_bridge, sibling};
@@ -31,17 +31,20 @@ pub struct Row {
 
 /// NFS paths qemu and nfs-cat open: the client's export is `/`.
 const BASE_URL: &str = "nfs://127.0.0.1//base.qcow2";
-const STATE: &str = "vm.state";
+pub(crate) const STATE: &str = "vm.state";
 const STATE_URL: &str = "nfs://127.0.0.1//vm.state";
+/// The saved guest's RAM, raw (as VMware's `.vmem`): read whole, no hypervisor needed.
+const RAW_MEM: &str = "memory.vmem";
+const RAW_MEM_URL: &str = "nfs://127.0.0.1//memory.vmem";
 
 /// Samples of each row across the rounds, in first-seen order.
 #[derive(Default)]
-struct Table {
+pub(crate) struct Table {
     rows: Vec<(String, Vec<f64>, Option<u64>)>,
 }
 
 impl Table {
-    fn add(&mut self, how: &str, secs: f64, link_bytes: Option<u64>) {
+    pub(crate) fn add(&mut self, how: &str, secs: f64, link_bytes: Option<u64>) {
         eprintln!(
             "bench: {how}: {secs:.1} s{}",
             link_bytes.map_or(String::new(), |b| format!(
@@ -199,7 +202,9 @@ impl Bed {
     /// (seconds, bytes over the link).
     async fn fetch_whole(&self, file: &Path, dest: &Path) -> anyhow::Result<(f64, u64)> {
         let zst = file.with_extension("zst");
-        if !zst.exists() {
+        let mtime = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+        // (Made again when the file is newer: each resume run saves a new state.)
+        if mtime(&zst) < mtime(file) {
             let tmp = file.with_extension("zst.tmp");
             let mut input = std::fs::File::open(file)?;
             let mut enc = zstd::stream::Encoder::new(std::fs::File::create(&tmp)?, 1)?;
@@ -364,7 +369,8 @@ pub async fn resume(
     let state = bed.store.join(STATE);
     let disk = work.join("saved-disk.qcow2");
     eprintln!("bench resume: booting and saving the VM ...");
-    vm::save(img, work, &state, &disk, bound).await?;
+    let raw_mem = bed.store.join(RAW_MEM);
+    vm::save(img, work, &state, &disk, &raw_mem, bound).await?;
     let state_bytes = std::fs::metadata(&state)?.len();
     let local_base = img.qcow2.display().to_string();
     let state_hint = bed.hint(STATE);
@@ -439,7 +445,103 @@ pub async fn resume(
         state_bytes as f64 / 1e6,
         zst_bytes as f64 / 1e6
     );
-    write(out, &format!("resume-{name}"), &title, runs, link, rows)
+    write(out, &format!("resume-{name}"), &title, runs, link, rows)?;
+    raw_memory(&bed, peers.as_ref(), name, runs, out).await
+}
+
+/// The raw memory image (the saved guest's RAM, [`RAW_MEM`]) read whole by a real NFS
+/// client (libnfs's nfs-cat, qemu's NFS library) through gridvfs: blocks on demand, with
+/// the `whole` hint, warm; beside the local disk, the peers and a whole-file copy.
+async fn raw_memory(
+    bed: &Bed,
+    peers: Option<&Peers>,
+    name: &str,
+    runs: usize,
+    out: &Path,
+) -> anyhow::Result<()> {
+    let raw = bed.store.join(RAW_MEM);
+    let raw_bytes = std::fs::metadata(&raw)?.len();
+    let hint = bed.hint(RAW_MEM);
+    let server_bin = sibling("gridvfs-server")?;
+    let work = bed.work.path();
+    let read_all = |cmd: &mut std::process::Command| -> anyhow::Result<f64> {
+        let t = Instant::now();
+        let st = cmd
+            .stdout(std::process::Stdio::null())
+            .status()
+            .with_context(|| format!("{cmd:?}"))?;
+        anyhow::ensure!(st.success(), "{cmd:?}: {st}");
+        Ok(t.elapsed().as_secs_f64())
+    };
+    let mut t = Table::default();
+    for round in 1..=runs {
+        eprintln!("bench resume: raw memory image, round {round} of {runs}");
+        vm::drop_caches()?;
+        let secs = read_all(std::process::Command::new("cat").arg(&raw))?;
+        t.add("local disk (page cache dropped)", secs, None);
+        for (how, fresh, whole) in [
+            ("gridvfs cold (blocks on demand)", true, false),
+            ("gridvfs cold, hinted `whole`", true, true),
+            ("gridvfs warm (client restarted, cache kept)", false, true),
+        ] {
+            let _ = std::fs::remove_file(&hint);
+            if whole {
+                let st = std::process::Command::new(&server_bin)
+                    .args(["hint", "--policy", "whole"])
+                    .arg(&raw)
+                    .stdout(std::process::Stdio::null())
+                    .status()?;
+                anyhow::ensure!(st.success(), "gridvfs-server hint --policy whole failed");
+            }
+            let client = bed.client(fresh)?;
+            let before = bed.crossed();
+            let secs = read_all(std::process::Command::new("nfs-cat").arg(RAW_MEM_URL))?;
+            t.add(how, secs, bed.bytes_since(before));
+            drop(client);
+        }
+        let _ = std::fs::remove_file(&hint);
+        if let Some(p) = peers {
+            let since = |before: Option<u64>| p.crossed().zip(before).map(|(a, b)| a - b);
+            vm::drop_caches()?;
+            let m = p.sshfs()?;
+            let before = p.crossed();
+            let secs = read_all(std::process::Command::new("cat").arg(m.mnt.join(RAW_MEM)))?;
+            t.add(SSHFS, secs, since(before));
+            drop(m);
+            let copy = work.join("scp.vmem");
+            let before = p.crossed();
+            let secs = p.scp(RAW_MEM, &copy)?;
+            t.add("scp", secs, since(before));
+            let _ = std::fs::remove_file(&copy);
+        }
+        let copy = work.join("copy.vmem");
+        let (fetch, bytes) = bed.fetch_whole(&raw, &copy).await?;
+        t.add(
+            "whole file fetched first (zstd -1 over the link)",
+            fetch,
+            Some(bytes),
+        );
+        let _ = std::fs::remove_file(&copy);
+    }
+    let zst_bytes = std::fs::metadata(raw.with_extension("zst"))?.len();
+    let link = bed.link;
+    let rows = t.medians();
+    let limit = rows[0].secs
+        + link
+            .and_then(|l| l.bytes_per_sec)
+            .map_or(0.0, |b| zst_bytes as f64 / b)
+        + link.map_or(0.0, |l| l.rtt.as_secs_f64());
+    let title = format!(
+        "## A raw memory image (the saved guest's 1 GiB of RAM, `pmemsave`: the layout of \
+         VMware's `.vmem` or a `memory-backend-file`) read whole from the store ({name}{})\n\n\
+         {:.0} MB ({:.0} MB with zstd -1), read by libnfs's `nfs-cat {RAW_MEM_URL}` through \
+         gridvfs (sshfs and scp: through their own SSH connection on the same link). Limit: \
+         local read + compressed bytes / link rate + RTT = {limit:.1} s.",
+        link_text(link),
+        raw_bytes as f64 / 1e6,
+        zst_bytes as f64 / 1e6
+    );
+    write(out, &format!("vmem-{name}"), &title, runs, link, rows)
 }
 
 /// Issue 16 with a real VM: a guest running from gridvfs reads its disk through a link
@@ -570,113 +672,6 @@ pub async fn outage(
     Ok(())
 }
 
-/// One round of the peers' boots: sshfs (page cache dropped), qemu's ssh driver, rclone
-/// cold (empty VFS cache) and warm (remounted, cache kept).
-async fn boot_peers(
-    p: &Peers,
-    img: &vm::Image,
-    work: &Path,
-    bound: Duration,
-    t: &mut Table,
-) -> anyhow::Result<()> {
-    let since = |before: Option<u64>| p.crossed().zip(before).map(|(a, b)| a - b);
-    vm::drop_caches()?;
-    let m = p.sshfs()?;
-    let before = p.crossed();
-    let secs = vm::boot(
-        img,
-        &m.mnt.join(vm::BASE).display().to_string(),
-        work,
-        bound,
-    )
-    .await?;
-    t.add(SSHFS, secs, since(before));
-    drop(m);
-
-    let before = p.crossed();
-    let secs = vm::boot(img, &p.qemu_ssh_url(vm::BASE), work, bound).await?;
-    t.add(QEMU_SSH, secs, since(before));
-
-    let cache = work.join("rclone-cache");
-    let _ = std::fs::remove_dir_all(&cache);
-    for how in [RCLONE_COLD, RCLONE_WARM] {
-        vm::drop_caches()?;
-        let m = p.rclone(&cache)?;
-        let before = p.crossed();
-        let secs = vm::boot(
-            img,
-            &m.mnt.join(vm::BASE).display().to_string(),
-            work,
-            bound,
-        )
-        .await?;
-        t.add(how, secs, since(before));
-        drop(m);
-    }
-    Ok(())
-}
-
-/// One round of the peers' resumes: the disk and the state through sshfs, through qemu's
-/// ssh driver and `ssh cat`, through rclone (cold), and scp of the state first.
-async fn resume_peers(
-    p: &Peers,
-    img: &vm::Image,
-    disk: &Path,
-    work: &Path,
-    bound: Duration,
-    t: &mut Table,
-) -> anyhow::Result<()> {
-    let since = |before: Option<u64>| p.crossed().zip(before).map(|(a, b)| a - b);
-    vm::drop_caches()?;
-    let m = p.sshfs()?;
-    let before = p.crossed();
-    let base = m.mnt.join(vm::BASE).display().to_string();
-    let incoming = format!("cat {}", m.mnt.join(STATE).display());
-    let secs = vm::resume(img, disk, &base, &incoming, work, bound).await?;
-    t.add(SSHFS, secs, since(before));
-    drop(m);
-
-    let before = p.crossed();
-    let base = p.qemu_ssh_url(vm::BASE);
-    let secs = vm::resume(img, disk, &base, &p.ssh_cat(STATE), work, bound).await?;
-    t.add(
-        "qemu's ssh:// block driver, the state streamed by `ssh cat`",
-        secs,
-        since(before),
-    );
-
-    let cache = work.join("rclone-cache");
-    let _ = std::fs::remove_dir_all(&cache);
-    vm::drop_caches()?;
-    let m = p.rclone(&cache)?;
-    let before = p.crossed();
-    let base = m.mnt.join(vm::BASE).display().to_string();
-    let incoming = format!("cat {}", m.mnt.join(STATE).display());
-    let secs = vm::resume(img, disk, &base, &incoming, work, bound).await?;
-    t.add(RCLONE_COLD, secs, since(before));
-    drop(m);
-
-    // scp the state, then resume it with the disk's base local (as the whole-fetch row).
-    let copy = work.join("scp.state");
-    let before = p.crossed();
-    let fetch = p.scp(STATE, &copy)?;
-    let incoming = format!("cat {}", copy.display());
-    let base = img.qcow2.display().to_string();
-    let secs = vm::resume(img, disk, &base, &incoming, work, bound).await?;
-    t.add(
-        "scp of the state first, then resumed locally",
-        fetch + secs,
-        since(before),
-    );
-    let _ = std::fs::remove_file(&copy);
-    Ok(())
-}
-
-const SSHFS: &str = "sshfs mount (tuned: 1 MiB reads, 16 MiB readahead), page cache dropped";
-const QEMU_SSH: &str = "qemu's ssh:// block driver";
-const RCLONE_COLD: &str = "rclone mount (sftp, --vfs-cache-mode full), cold";
-const RCLONE_WARM: &str = "rclone mount, warm (remounted, VFS cache kept)";
-
 fn link_text(link: Option<LinkSpec>) -> String {
     link.map_or(String::new(), |l| {
         format!(
@@ -699,10 +694,15 @@ fn write(
     let Some(local) = rows.first().map(|r| r.secs) else {
         bail!("no rows");
     };
+    let first = if name.starts_with("vmem") {
+        "read"
+    } else {
+        "startup"
+    };
     let mut md = format!(
         "{title}\n\nMedian of {runs} rounds (each round: every row once, in this order), \
          min–max beside.\n\n\
-         | startup | seconds (median) | min–max | × local disk | over the link |\n\
+         | {first} | seconds (median) | min–max | × local disk | over the link |\n\
          |---|---|---|---|---|\n"
     );
     for r in &rows {

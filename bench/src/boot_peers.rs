@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use gridvfs_testkit::sshd::Sshd;
 
+use crate::boot::{STATE, Table};
 use crate::link::{LinkSpec, Relay};
 use crate::peers::{Rclone, Sshfs};
 use crate::setup::ensure_tools;
@@ -148,3 +149,110 @@ impl Drop for Peers {
         let _ = self.agent.wait();
     }
 }
+
+/// One round of the peers' boots: sshfs (page cache dropped), qemu's ssh driver, rclone
+/// cold (empty VFS cache) and warm (remounted, cache kept).
+pub async fn boot_peers(
+    p: &Peers,
+    img: &vm::Image,
+    work: &Path,
+    bound: Duration,
+    t: &mut Table,
+) -> anyhow::Result<()> {
+    let since = |before: Option<u64>| p.crossed().zip(before).map(|(a, b)| a - b);
+    vm::drop_caches()?;
+    let m = p.sshfs()?;
+    let before = p.crossed();
+    let secs = vm::boot(
+        img,
+        &m.mnt.join(vm::BASE).display().to_string(),
+        work,
+        bound,
+    )
+    .await?;
+    t.add(SSHFS, secs, since(before));
+    drop(m);
+
+    let before = p.crossed();
+    let secs = vm::boot(img, &p.qemu_ssh_url(vm::BASE), work, bound).await?;
+    t.add(QEMU_SSH, secs, since(before));
+
+    let cache = work.join("rclone-cache");
+    let _ = std::fs::remove_dir_all(&cache);
+    for how in [RCLONE_COLD, RCLONE_WARM] {
+        vm::drop_caches()?;
+        let m = p.rclone(&cache)?;
+        let before = p.crossed();
+        let secs = vm::boot(
+            img,
+            &m.mnt.join(vm::BASE).display().to_string(),
+            work,
+            bound,
+        )
+        .await?;
+        t.add(how, secs, since(before));
+        drop(m);
+    }
+    Ok(())
+}
+
+/// One round of the peers' resumes: the disk and the state through sshfs, through qemu's
+/// ssh driver and `ssh cat`, through rclone (cold), and scp of the state first.
+pub async fn resume_peers(
+    p: &Peers,
+    img: &vm::Image,
+    disk: &Path,
+    work: &Path,
+    bound: Duration,
+    t: &mut Table,
+) -> anyhow::Result<()> {
+    let since = |before: Option<u64>| p.crossed().zip(before).map(|(a, b)| a - b);
+    vm::drop_caches()?;
+    let m = p.sshfs()?;
+    let before = p.crossed();
+    let base = m.mnt.join(vm::BASE).display().to_string();
+    let incoming = format!("cat {}", m.mnt.join(STATE).display());
+    let secs = vm::resume(img, disk, &base, &incoming, work, bound).await?;
+    t.add(SSHFS, secs, since(before));
+    drop(m);
+
+    let before = p.crossed();
+    let base = p.qemu_ssh_url(vm::BASE);
+    let secs = vm::resume(img, disk, &base, &p.ssh_cat(STATE), work, bound).await?;
+    t.add(
+        "qemu's ssh:// block driver, the state streamed by `ssh cat`",
+        secs,
+        since(before),
+    );
+
+    let cache = work.join("rclone-cache");
+    let _ = std::fs::remove_dir_all(&cache);
+    vm::drop_caches()?;
+    let m = p.rclone(&cache)?;
+    let before = p.crossed();
+    let base = m.mnt.join(vm::BASE).display().to_string();
+    let incoming = format!("cat {}", m.mnt.join(STATE).display());
+    let secs = vm::resume(img, disk, &base, &incoming, work, bound).await?;
+    t.add(RCLONE_COLD, secs, since(before));
+    drop(m);
+
+    // scp the state, then resume it with the disk's base local (as the whole-fetch row).
+    let copy = work.join("scp.state");
+    let before = p.crossed();
+    let fetch = p.scp(STATE, &copy)?;
+    let incoming = format!("cat {}", copy.display());
+    let base = img.qcow2.display().to_string();
+    let secs = vm::resume(img, disk, &base, &incoming, work, bound).await?;
+    t.add(
+        "scp of the state first, then resumed locally",
+        fetch + secs,
+        since(before),
+    );
+    let _ = std::fs::remove_file(&copy);
+    Ok(())
+}
+
+pub const SSHFS: &str = "sshfs mount (tuned: 1 MiB reads, 16 MiB readahead), page cache dropped";
+const QEMU_SSH: &str = "qemu's ssh:// block driver";
+const RCLONE_COLD: &str = "rclone mount (sftp, --vfs-cache-mode full), cold";
+const RCLONE_WARM: &str = "rclone mount, warm (remounted, VFS cache kept)";

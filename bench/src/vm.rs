@@ -24,6 +24,8 @@ const IMAGE_FORMAT: u32 = 1;
 pub const READY: &str = "GRIDVFS-BENCH-READY";
 /// The base image's name on the store.
 pub const BASE: &str = "base.qcow2";
+/// The guest's RAM (qemu's `-m`).
+pub const RAM_BYTES: u64 = 1 << 30;
 
 pub struct Image {
     pub kernel: PathBuf,
@@ -290,8 +292,6 @@ fn qemu_with(img: &Image, disk: &Path, monitor: &Path, cmdline: &str) -> tokio::
         "max",
         "-smp",
         "1",
-        "-m",
-        "1024",
         "-display",
         "none",
         "-serial",
@@ -300,6 +300,8 @@ fn qemu_with(img: &Image, disk: &Path, monitor: &Path, cmdline: &str) -> tokio::
         "-monitor",
     ])
     .arg(format!("unix:{},server=on,wait=off", monitor.display()))
+    .arg("-m")
+    .arg(format!("{}M", RAM_BYTES >> 20))
     .arg("-kernel")
     .arg(&img.kernel)
     .arg("-initrd")
@@ -326,12 +328,14 @@ fn qemu_with(img: &Image, disk: &Path, monitor: &Path, cmdline: &str) -> tokio::
 
 /// Boot from the local base, and once the guest is up save its state to `state` with
 /// qemu's migration stream (what `virsh save` writes) and its disk (the overlay) to
-/// `disk`: the saved VM that [`resume`] restores.
+/// `disk`: the saved VM that [`resume`] restores. Its RAM is also written raw to `raw_mem`
+/// (`pmemsave`: the layout of VMware's `.vmem` or a `memory-backend-file`).
 pub async fn save(
     img: &Image,
     work: &Path,
     state: &Path,
     disk: &Path,
+    raw_mem: &Path,
     bound: Duration,
 ) -> anyhow::Result<()> {
     let overlay = work.join("save.qcow2");
@@ -367,6 +371,15 @@ pub async fn save(
         .context("booting to save")??;
     let mut m = Monitor::connect(&mon, bound).await?;
     m.cmd("stop").await?;
+    let _ = std::fs::remove_file(raw_mem);
+    let reply = m
+        .cmd(&format!("pmemsave 0 {RAM_BYTES} \"{}\"", raw_mem.display()))
+        .await?;
+    let written = std::fs::metadata(raw_mem).map(|m| m.len()).unwrap_or(0);
+    anyhow::ensure!(
+        written == RAM_BYTES,
+        "pmemsave wrote {written} of {RAM_BYTES} bytes: {reply}"
+    );
     let _ = std::fs::remove_file(state);
     m.cmd(&format!("migrate \"exec:cat > {}\"", state.display()))
         .await?;
