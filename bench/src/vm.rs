@@ -160,12 +160,33 @@ fn configure(root: &Path) -> anyhow::Result<()> {
 /// the backing file is not opened now (qemu opens it when the VM starts).
 fn make_overlay(img: &Image, backing: &str, path: &Path) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(path);
+    // A base named *.raw is the raw image (`raw_base`), anything else the qcow2.
+    let format = if backing.ends_with(".raw") {
+        "raw"
+    } else {
+        "qcow2"
+    };
     run(Command::new("qemu-img")
         .args([
-            "create", "-q", "-f", "qcow2", "-F", "qcow2", "-u", "-b", backing,
+            "create", "-q", "-f", "qcow2", "-F", format, "-u", "-b", backing,
         ])
         .arg(path)
         .arg(img.virtual_size.to_string()))
+}
+
+/// The image as a raw disk (sparse: its unused 3 GiB are holes), made once beside the
+/// qcow2 and named `base.raw`: what a store holding raw images serves.
+pub fn raw_base(img: &Image) -> anyhow::Result<PathBuf> {
+    let raw = img.qcow2.with_extension("raw");
+    if !raw.exists() {
+        let tmp = raw.with_extension("raw.tmp");
+        run(Command::new("qemu-img")
+            .args(["convert", "-q", "-f", "qcow2", "-O", "raw"])
+            .arg(&img.qcow2)
+            .arg(&tmp))?;
+        std::fs::rename(&tmp, &raw)?;
+    }
+    Ok(raw)
 }
 
 /// Boot the image from `backing` (a path or an `nfs://` URL) under a fresh local qcow2
