@@ -32,6 +32,8 @@ pub struct ClientConfig {
     /// Cache capacity in bytes; least recently used blocks are evicted past it.
     pub cache_size: u64,
     pub write_policy: crate::cache::WritePolicy,
+    /// `--fill`: background fill of files being read.
+    pub fill: crate::cache::FillPolicy,
     /// Who may use the NFS port and what each caller may do (knfsd's export options).
     pub access: crate::nfs::AccessPolicy,
 }
@@ -95,14 +97,17 @@ impl Client {
         let index = Arc::new(Index::open(&export.index())?);
         index.save_welcome(&key, store.welcome(), store.boot_id())?;
         let generation = index.generation()?;
-        let data = Arc::new(DataPath::new(
-            store.clone(),
-            index.clone(),
-            export_dir.clone(),
-            cfg.block_size,
-            cfg.cache_size,
-            cfg.write_policy,
-        )?);
+        let data = Arc::new(
+            DataPath::new(
+                store.clone(),
+                index.clone(),
+                export_dir.clone(),
+                cfg.block_size,
+                cfg.cache_size,
+                cfg.write_policy,
+            )?
+            .with_fill(cfg.fill),
+        );
         if let Some(wb) = &data.writeback {
             // Resumes whatever a previous run acknowledged and did not upload.
             tokio::spawn(wb.clone().run(store.clone()));

@@ -63,6 +63,9 @@ pub struct Status {
     /// Blocks fetched ahead by access profiles and the `whole` policy.
     #[serde(default)]
     pub prefetched_blocks: u64,
+    /// Blocks brought in by the background fill (`--fill`).
+    #[serde(default)]
+    pub filled_blocks: u64,
     pub packed_bytes: u64,
     pub evicted_blocks: u64,
     pub uncached_bytes: u64,
@@ -158,6 +161,7 @@ impl Sources {
             hint_zero_bytes: l(&c.hint_zero_bytes),
             delta_kept_blocks: l(&c.delta_kept_blocks),
             prefetched_blocks: l(&c.prefetched_blocks),
+            filled_blocks: l(&c.filled_blocks),
             packed_bytes: l(&c.packed_bytes),
             evicted_blocks: l(&c.evicted_blocks),
             uncached_bytes: l(&c.uncached_bytes),

@@ -33,7 +33,7 @@ impl fmt::Debug for Figures {
 impl Collector for Figures {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), fmt::Error> {
         let st = self.0.snapshot();
-        let counters: [(&str, &str, u64); 19] = [
+        let counters: [(&str, &str, u64); 20] = [
             (
                 "cache_block_hits",
                 "Blocks served from the local cache.",
@@ -68,6 +68,11 @@ impl Collector for Figures {
                 "cache_prefetched_blocks",
                 "Blocks fetched ahead by profiles and whole-file hints.",
                 st.prefetched_blocks,
+            ),
+            (
+                "cache_filled_blocks",
+                "Blocks brought in by the background fill (--fill).",
+                st.filled_blocks,
             ),
             (
                 "cache_read_ahead_blocks",

@@ -40,6 +40,12 @@ pub struct Bed<'a> {
     pub bench_bin: &'a Path,
     /// `--block-size` for the gridvfs client.
     pub block_size: Option<u64>,
+    /// The other W2 traces (workload name, reads), gridvfs cold each.
+    pub shapes: Vec<(&'static str, Vec<crate::data::TraceRead>)>,
+    /// gridvfs's W2 rows also with `--fill off`.
+    pub compare_fill: bool,
+    /// gridvfs: only the cold W2 rows (tuning runs).
+    pub w2_only: bool,
 }
 
 impl Bed<'_> {
@@ -64,9 +70,14 @@ impl Bed<'_> {
 
     /// W2 through the NFS server on `port`: the boot trace replayed, bounded.
     async fn nfs_w2(&self, port: u16) -> anyhow::Result<Run> {
+        self.nfs_trace(port, &self.ds.trace).await
+    }
+
+    /// `trace` replayed over the disk image through the NFS server on `port`, bounded.
+    async fn nfs_trace(&self, port: u16, trace: &[crate::data::TraceRead]) -> anyhow::Result<Run> {
         let done = Arc::new(AtomicU64::new(0));
         bounded(self.bound, done.clone(), async {
-            nfsread::replay(port, "vm1.img", &self.ds.trace, &self.ds.disk, done.clone())
+            nfsread::replay(port, "vm1.img", trace, &self.ds.disk, done.clone())
                 .await
                 .map(Some)
         })
@@ -239,6 +250,11 @@ impl Contender for Gridvfs {
         // No profile from an earlier run or transport: W2 cold starts bare.
         let profile_hint = bed.ds.dir.join(".vm1.img.gvhint");
         let _ = std::fs::remove_file(&profile_hint);
+        if bed.w2_only {
+            self.traces(bed, ctx, name, &remote, &flags).await?;
+            ctx.relay = saved;
+            return Ok(());
+        }
         for round in ["cold", "warm"] {
             let client = Daemon::gridvfs(bed.client_bin, &remote, &cache, &flags)?;
             let (w1, w2) = if round == "cold" {
@@ -307,6 +323,7 @@ impl Contender for Gridvfs {
         );
         drop(client);
         let _ = std::fs::remove_file(&profile_hint);
+        self.traces(bed, ctx, name, &remote, &flags).await?;
         if self.kernel {
             let kcache = bed.work.join(format!("{name}-kernel-cache"));
             let client = Daemon::gridvfs(bed.client_bin, &remote, &kcache, &flags)?;
@@ -380,6 +397,58 @@ impl Contender for Gridvfs {
         drop(client);
         let _ = std::fs::remove_file(bed.ds.dir.join("redo.log"));
         ctx.relay = saved;
+        Ok(())
+    }
+}
+
+impl Gridvfs {
+    /// W2 over each trace generator, each from an empty cache (and, to compare, the same
+    /// with the background fill off).
+    async fn traces<'a>(
+        &self,
+        bed: &Bed<'a>,
+        ctx: &mut Ctx<'a>,
+        name: &str,
+        remote: &str,
+        flags: &[&str],
+    ) -> anyhow::Result<()> {
+        let main: (&'static str, Vec<crate::data::TraceRead>) = ("W2", Vec::new());
+        let fills: &[bool] = if bed.compare_fill {
+            &[true, false]
+        } else {
+            &[true]
+        };
+        for &fill in fills {
+            for (w, trace) in std::iter::once(&main).chain(&bed.shapes) {
+                if fill && *w == "W2" && !bed.w2_only {
+                    continue; // measured above
+                }
+                let trace = if trace.is_empty() {
+                    &bed.ds.trace
+                } else {
+                    trace
+                };
+                let tag = w.trim_start_matches("W2 (").trim_end_matches(')');
+                let cache = bed.work.join(format!("{name}-{tag}-{fill}-cache"));
+                let mut f = flags.to_vec();
+                if !fill {
+                    f.extend(["--fill", "off"]);
+                }
+                let client = Daemon::gridvfs(bed.client_bin, remote, &cache, &f)?;
+                let before = ctx.snapshot();
+                let r = bed.nfs_trace(client.port, trace).await?;
+                let peer = if fill {
+                    name.to_string()
+                } else {
+                    format!("{name} --fill off")
+                };
+                let note = format!(
+                    "single-threaded preads, cold{}",
+                    peers::gridvfs_sources(bed.client_bin, &cache)
+                );
+                ctx.push(&peer, w, w, r, before, client.peak_rss_mib(), &note);
+            }
+        }
         Ok(())
     }
 }
@@ -515,32 +584,35 @@ impl Contender for Scp {
     }
 }
 
-/// `ssh host 'zstd -1 -c FILE' | zstd -d` (W1 only): the compressed-copy bar.
+/// `ssh host 'zstd -1 -c FILE' | zstd -d`: the compressed-copy bar for W1, and for W2 the
+/// whole disk image copied first (what a cold boot can always fall back on; the trace
+/// then reads a local file).
 pub struct SshZstd;
 
 impl Contender for SshZstd {
     async fn measure<'a>(&self, bed: &Bed<'a>, ctx: &mut Ctx<'a>) -> anyhow::Result<()> {
         let s = bed.sshd()?;
         let dst = bed.work.join("zstd.out");
-        let mut cmd = Command::new("sh");
-        cmd.arg("-c").arg(format!(
-            "ssh {} root@127.0.0.1 'zstd -1 -q -c {}' | zstd -d -q -f -o {}",
-            s.ssh_opts(bed.port).join(" "),
-            bed.ds.mem.display(),
-            dst.display()
-        ));
-        let before = ctx.snapshot();
-        let r = command_copy(cmd, &dst, bed.bound).await?;
-        ctx.push(
-            "ssh+zstd",
-            "W1",
-            "W1",
-            r,
-            before,
-            None,
-            "ssh host 'zstd -1 -c' | zstd -d",
-        );
-        let _ = std::fs::remove_file(&dst);
+        for (w, file, note) in [
+            ("W1", &bed.ds.mem, "ssh host 'zstd -1 -c' | zstd -d"),
+            (
+                "W2",
+                &bed.ds.disk,
+                "the whole disk image first: ssh host 'zstd -1 -c' | zstd -d",
+            ),
+        ] {
+            let mut cmd = Command::new("sh");
+            cmd.arg("-c").arg(format!(
+                "ssh {} root@127.0.0.1 'zstd -1 -q -c {}' | zstd -d -q -f -o {}",
+                s.ssh_opts(bed.port).join(" "),
+                file.display(),
+                dst.display()
+            ));
+            let before = ctx.snapshot();
+            let r = command_copy(cmd, &dst, bed.bound).await?;
+            ctx.push("ssh+zstd", w, w, r, before, None, note);
+            let _ = std::fs::remove_file(&dst);
+        }
         Ok(())
     }
 }

@@ -244,3 +244,122 @@ pub fn trace_ranges(trace: &[TraceRead]) -> Vec<(u64, u64)> {
     }
     out.into_iter().map(|(s, e)| (s, e - s)).collect()
 }
+
+/// The other boot-trace generators for W2 (issue 12: read-ahead tuned to one generator
+/// must carry over): `strided` (forward runs that skip small gaps, as a file system
+/// reads scattered metadata and fragmented files), `interleaved` (three sequential
+/// streams read in turn, as services starting in parallel do), `hot` (random small reads
+/// inside a few dozen 4 MiB regions, no order at all). Each has its own seed; all read
+/// the same image's data extents, about as many bytes as the default trace.
+pub const SHAPES: [&str; 3] = ["strided", "interleaved", "hot"];
+
+/// The data extents of `disk` (SEEK_DATA/SEEK_HOLE), MiB-aligned as the generator wrote.
+fn data_extents(disk: &Path) -> anyhow::Result<Vec<(u64, u64)>> {
+    use rustix::fs::{SeekFrom, seek};
+    let f = File::open(disk)?;
+    let size = f.metadata()?.len();
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at < size {
+        let Ok(start) = seek(&f, SeekFrom::Data(at)) else {
+            break;
+        };
+        let end = seek(&f, SeekFrom::Hole(start)).unwrap_or(size);
+        out.push((start, end - start));
+        at = end;
+    }
+    anyhow::ensure!(!out.is_empty(), "{} has no data extents", disk.display());
+    Ok(out)
+}
+
+/// W2's trace of `shape` over `ds`'s disk (made once, kept beside the data set).
+pub fn shaped_trace(ds: &DataSet, shape: &str, bytes: u64) -> anyhow::Result<Vec<TraceRead>> {
+    let seed = 2 + SHAPES.iter().position(|s| *s == shape).unwrap_or(9) as u64;
+    let path = ds
+        .dir
+        .parent()
+        .unwrap_or(&ds.dir)
+        .join(format!("trace-{shape}-s{seed}.json"));
+    if let Ok(b) = std::fs::read(&path) {
+        return Ok(serde_json::from_slice(&b)?);
+    }
+    let extents = data_extents(&ds.disk)?;
+    let mut rng = StdRng::seed_from_u64(seed);
+    let page = PAGE as u64;
+    let mut trace = Vec::new();
+    let mut total = 0u64;
+    // A place to start a run: a page inside a random extent.
+    let start = |rng: &mut StdRng| {
+        let (o, l) = extents[rng.random_range(0..extents.len())];
+        (o + rng.random_range(0..l / page) * page, o + l)
+    };
+    match shape {
+        "strided" => {
+            while total < bytes {
+                let (mut off, end) = start(&mut rng);
+                for _ in 0..rng.random_range(5..40) {
+                    let len = (rng.random_range(1..=16u64) * page).min(end.saturating_sub(off));
+                    if len == 0 {
+                        break;
+                    }
+                    trace.push(TraceRead {
+                        offset: off,
+                        len: len as u32,
+                    });
+                    total += len;
+                    // Skip 0-64 KiB half the time.
+                    off += len;
+                    if rng.random_ratio(1, 2) {
+                        off += rng.random_range(1..=16u64) * page;
+                    }
+                }
+            }
+        }
+        "interleaved" => {
+            let mut streams: Vec<(u64, u64, u32)> = Vec::new();
+            while total < bytes {
+                while streams.len() < 3 {
+                    let (off, end) = start(&mut rng);
+                    streams.push((off, end, rng.random_range(5..30)));
+                }
+                let i = rng.random_range(0..streams.len());
+                let (off, end, left) = &mut streams[i];
+                let len = (rng.random_range(1..=32u64) * page).min(end.saturating_sub(*off));
+                if len == 0 || *left == 0 {
+                    streams.swap_remove(i);
+                    continue;
+                }
+                trace.push(TraceRead {
+                    offset: *off,
+                    len: len as u32,
+                });
+                total += len;
+                *off += len;
+                *left -= 1;
+            }
+        }
+        "hot" => {
+            let regions: Vec<(u64, u64)> = (0..40)
+                .map(|_| {
+                    let (o, l) = extents[rng.random_range(0..extents.len())];
+                    let len = l.min(4 * MIB);
+                    (o + rng.random_range(0..=(l - len) / page) * page, len)
+                })
+                .collect();
+            while total < bytes {
+                let (o, l) = regions[rng.random_range(0..regions.len())];
+                let len = rng.random_range(1..=16u64) * page;
+                let off = o + rng.random_range(0..l.saturating_sub(len) / page + 1) * page;
+                let len = len.min(o + l - off);
+                trace.push(TraceRead {
+                    offset: off,
+                    len: len as u32,
+                });
+                total += len;
+            }
+        }
+        other => anyhow::bail!("unknown trace shape {other} (one of {SHAPES:?})"),
+    }
+    std::fs::write(&path, serde_json::to_vec(&trace)?)?;
+    Ok(trace)
+}

@@ -118,6 +118,16 @@ enum Cmd {
         /// gridvfs client's cache block size in bytes (default: the client's own).
         #[arg(long)]
         block_size: Option<u64>,
+        /// W2 also over these trace generators (gridvfs cold each): strided, interleaved,
+        /// hot; `none` for the default trace only.
+        #[arg(long, value_delimiter = ',', default_value = "strided,interleaved,hot")]
+        shapes: Vec<String>,
+        /// gridvfs's W2 rows also with `--fill off`, side by side.
+        #[arg(long)]
+        compare_fill: bool,
+        /// gridvfs: only the cold W2 rows (for tuning read-ahead and fill).
+        #[arg(long)]
+        w2_only: bool,
         #[arg(long, default_value = "bench/results")]
         out: PathBuf,
         /// Where generated data is kept between runs (default $XDG_CACHE_HOME/gridvfs-bench).
@@ -269,6 +279,9 @@ async fn main() -> anyhow::Result<()> {
                 RunOpts {
                     bound: 60,
                     block_size: None,
+                    shapes: data::SHAPES.to_vec(),
+                    compare_fill: true,
+                    w2_only: false,
                 },
                 out.path(),
                 data.path(),
@@ -338,6 +351,9 @@ async fn main() -> anyhow::Result<()> {
             transport,
             bound,
             block_size,
+            shapes,
+            compare_fill,
+            w2_only,
             out,
             data,
         } => {
@@ -357,7 +373,26 @@ async fn main() -> anyhow::Result<()> {
                 peers
             };
             let data = data.unwrap_or_else(default_data);
-            let opts = RunOpts { bound, block_size };
+            let shapes = shapes
+                .iter()
+                .filter(|s| *s != "none")
+                .map(|s| {
+                    data::SHAPES
+                        .iter()
+                        .copied()
+                        .find(|k| k == s)
+                        .ok_or_else(|| {
+                            anyhow::anyhow!("unknown trace shape {s}: one of {:?}", data::SHAPES)
+                        })
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let opts = RunOpts {
+                bound,
+                block_size,
+                shapes,
+                compare_fill,
+                w2_only,
+            };
             run(profile, size, &peers, &transport, opts, &out, &data).await
         }
     }

@@ -358,6 +358,11 @@ impl Drop for Rclone {
 
 /// A `gridvfs-client` control command against the client running on `cache`.
 pub fn gridvfs_control(client_bin: &Path, args: &[&str], cache: &Path) -> anyhow::Result<()> {
+    gridvfs_output(client_bin, args, cache).map(drop)
+}
+
+/// `gridvfs-client ARGS --cache-dir CACHE`'s standard output.
+pub fn gridvfs_output(client_bin: &Path, args: &[&str], cache: &Path) -> anyhow::Result<String> {
     let out = Command::new(client_bin)
         .args(args)
         .arg("--cache-dir")
@@ -369,7 +374,24 @@ pub fn gridvfs_control(client_bin: &Path, args: &[&str], cache: &Path) -> anyhow
         args.join(" "),
         String::from_utf8_lossy(&out.stderr)
     );
-    Ok(())
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// What a gridvfs client's blocks came from, from its `status --json`: demand misses,
+/// read-ahead, background fill.
+pub fn gridvfs_sources(client_bin: &Path, cache: &Path) -> String {
+    let Ok(out) = gridvfs_output(client_bin, &["status", "--json"], cache) else {
+        return String::new();
+    };
+    let c: serde_json::Value =
+        serde_json::from_str(out.lines().next().unwrap_or("")).unwrap_or_default();
+    let n = |k: &str| c.get(k).and_then(|x| x.as_u64()).unwrap_or(0);
+    format!(
+        "; blocks: {} missed, {} read ahead, {} filled",
+        n("block_misses"),
+        n("read_ahead_blocks"),
+        n("filled_blocks")
+    )
 }
 
 /// Workload `W1`, `W2` or `W4` through a mounted file system (sshfs, rclone), on a

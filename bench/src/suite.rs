@@ -25,6 +25,12 @@ pub struct RunOpts {
     pub bound: u64,
     /// `--block-size` for the gridvfs client.
     pub block_size: Option<u64>,
+    /// W2 again over these other trace generators (`data::SHAPES`), gridvfs cold each.
+    pub shapes: Vec<&'static str>,
+    /// gridvfs's W2 rows also with `--fill off`, side by side.
+    pub compare_fill: bool,
+    /// gridvfs: only the cold W2 rows.
+    pub w2_only: bool,
 }
 
 /// One `bench run`: every peer through every workload over one emulated link, side by
@@ -77,6 +83,14 @@ pub async fn run(
     eprintln!("bench: computing the physical limit (zstd -1 of the non-zero pages) ...");
     let w1_min = data::compressed_nonzero(&ds.mem, &[(0, mem_size)])?;
     let w2_min = data::compressed_nonzero(&ds.disk, &data::trace_ranges(&ds.trace))?;
+    let mut shapes = Vec::new();
+    for shape in &opts.shapes {
+        let trace = data::shaped_trace(&ds, shape, trace_bytes)?;
+        let min = data::compressed_nonzero(&ds.disk, &data::trace_ranges(&trace))?;
+        let bytes: u64 = trace.iter().map(|t| u64::from(t.len)).sum();
+        let workload: &'static str = Box::leak(format!("W2 ({shape})").into_boxed_str());
+        shapes.push((workload, trace, bytes, min));
+    }
     let limit_s = |bytes: u64| {
         link.and_then(|l| {
             l.bytes_per_sec
@@ -131,10 +145,17 @@ pub async fn run(
     };
     if let (Some(w1), Some(w2)) = (limit_s(w1_min), limit_s(w2_min)) {
         ctx.limits = vec![("W1", w1), ("W2", w2)];
-        for (w, secs, bytes, min) in [
+        let mut limits = vec![
             ("W1", w1, mem_size, w1_min),
             ("W2", w2, trace_bytes, w2_min),
-        ] {
+        ];
+        for (w, _, bytes, min) in &shapes {
+            if let Some(s) = limit_s(*min) {
+                ctx.limits.push((w, s));
+                limits.push((w, s, *bytes, *min));
+            }
+        }
+        for (w, secs, bytes, min) in limits {
             let run = Run {
                 seconds: secs,
                 bytes,
@@ -166,6 +187,9 @@ pub async fn run(
         server_bin: &server_bin,
         bench_bin: &bench_bin,
         block_size: opts.block_size,
+        shapes: shapes.iter().map(|(w, t, ..)| (*w, t.clone())).collect(),
+        compare_fill: opts.compare_fill,
+        w2_only: opts.w2_only,
     };
     for peer in peers {
         match peer {
@@ -192,7 +216,7 @@ pub async fn run(
         ["W1", "W2", "W3 (W1 again)", "W3 (W2 again)", "W4"]
             .iter()
             .position(|x| *x == w)
-            .unwrap_or(9)
+            .unwrap_or(if w.starts_with("W2 (") { 2 } else { 9 })
     };
     rows.sort_by_key(|r| order(&r.workload));
     let mut table = report::table(&rows);

@@ -83,6 +83,7 @@ pub async fn run() -> anyhow::Result<()> {
         block_size: gridvfs::cache::DEFAULT_BLOCK_SIZE,
         cache_size: gridvfs::cache::DEFAULT_CACHE_SIZE,
         write_policy: gridvfs::cache::WritePolicy::Through,
+        fill: gridvfs::cache::FillPolicy::default(),
         // Only the user running the demo, from any port: it cannot bind a privileged one
         // unless it is root, and the sample store is its own.
         access: gridvfs::nfs::AccessPolicy {

@@ -137,6 +137,14 @@ struct ServeArgs {
     #[arg(long, value_enum)]
     #[serde(skip_serializing_if = "Option::is_none")]
     write_policy: Option<settings::Policy>,
+    /// Background fill of files being read, at low priority (a reader waiting on the store
+    /// always goes first): `near` the 4 MiB after each miss; `all` (default) those, then
+    /// the rest of each such file's non-zero blocks while the cache is under 3/4 full
+    /// (a cold boot never takes much longer than copying the image first, and a filled
+    /// image keeps working offline); `off` only what readers ask and sequential read-ahead.
+    #[arg(long, value_enum)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fill: Option<settings::Fill>,
     #[command(flatten)]
     #[serde(flatten)]
     access: AccessArgs,
@@ -690,6 +698,10 @@ async fn status(cache_dir: &std::path::Path, json: bool) -> anyhow::Result<()> {
                 mib(st.bytes_fetched),
                 st.checksum_failures,
                 st.invalidations
+            );
+            println!(
+                "  ahead    {} blocks read ahead, {} prefetched from hints, {} by background fill",
+                st.read_ahead_blocks, st.prefetched_blocks, st.filled_blocks
             );
             println!(
                 "  zeros    {:.1} MiB answered from hints, {:.1} MiB left out of packed reads",

@@ -55,6 +55,14 @@ pub enum Policy {
     Back,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Fill {
+    Off,
+    Near,
+    All,
+}
+
 /// Every setting, after the layers are merged. Field names are the keys (kebab-case).
 #[derive(Serialize, Deserialize, Clone, Debug)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
@@ -88,6 +96,7 @@ pub struct Settings {
     #[serde(deserialize_with = "size")]
     pub cache_size: u64,
     pub write_policy: Policy,
+    pub fill: Fill,
     #[serde(deserialize_with = "list")]
     pub allow_clients: Vec<String>,
     #[serde(deserialize_with = "list")]
@@ -122,6 +131,7 @@ pub const KEYS: &[&str] = &[
     "block-size",
     "cache-size",
     "write-policy",
+    "fill",
     "allow-clients",
     "allow-uid",
     "no-root-squash",
@@ -155,6 +165,7 @@ impl Default for Settings {
             block_size: gridvfs::cache::DEFAULT_BLOCK_SIZE,
             cache_size: 16 << 30,
             write_policy: Policy::Through,
+            fill: Fill::All,
             allow_clients: Vec::new(),
             allow_uid: Vec::new(),
             no_root_squash: false,
@@ -644,6 +655,11 @@ impl Settings {
             write_policy: match self.write_policy {
                 Policy::Through => gridvfs::cache::WritePolicy::Through,
                 Policy::Back => gridvfs::cache::WritePolicy::Back,
+            },
+            fill: match self.fill {
+                Fill::Off => gridvfs::cache::FillPolicy::Off,
+                Fill::Near => gridvfs::cache::FillPolicy::Near,
+                Fill::All => gridvfs::cache::FillPolicy::All,
             },
         })
     }

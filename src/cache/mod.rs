@@ -23,14 +23,15 @@
 //!    uploader writes it to retire entries);
 //! 3. a file's revalidation lock (`revalidating`, tokio: held across BlockSums);
 //! 4. one of the std mutexes of this struct: `inflight` (the claim map), `sequential`,
-//!    `touched`, `recording`, `prefetching`, `revalidating`'s map; or the journal mutex
-//!    in `writeback`. Never two of them at once; `claim` and `compact` take 5 inside;
+//!    `touched`, `recording`, `prefetching`, `revalidating`'s map, the background fill's
+//!    state (`fill`); or the journal mutex in `writeback`. Never two of them at once; `claim` and `compact` take 5 inside;
 //! 5. the SQLite connection mutex inside [`Index`] (innermost: every index call), or the
 //!    checked-sums mutex inside [`Store`] (innermost too: never held with the index's).
 //!
 //! The std mutexes are never held across an await; claims are released by dropping them.
 
 pub mod dir;
+mod fill;
 mod hints;
 pub mod index;
 mod prefetch;
@@ -50,6 +51,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use tokio::sync::watch;
 
+pub use fill::FillPolicy;
 pub use index::Index;
 use prefetch::Recorded;
 pub use stats::{CacheStats, FileActivity};
@@ -104,6 +106,8 @@ pub struct DataPath {
     /// Per file, held while its changed blocks are revalidated (issue 11, item 20: one
     /// file's BlockSums, a remote call that may hash gigabytes, never delays another's).
     revalidating: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<()>>>>,
+    /// Background fill of the files being read (`--fill`); off unless [`Self::with_fill`].
+    filler: Arc<fill::Filler>,
 }
 
 /// `--write-policy`.
@@ -182,7 +186,23 @@ impl DataPath {
             recording: Mutex::new(None),
             prefetching: Mutex::default(),
             revalidating: Mutex::default(),
+            filler: Arc::new(fill::Filler::new(FillPolicy::Off)),
         })
+    }
+
+    /// With background fill (`--fill`) as `policy`.
+    pub fn with_fill(mut self, policy: FillPolicy) -> Self {
+        self.filler = Arc::new(fill::Filler::new(policy));
+        self
+    }
+
+    /// With the sweep on over any link (the in-process store answers in µs).
+    #[cfg(test)]
+    fn sweeping_any_link(mut self) -> Self {
+        let mut f = fill::Filler::new(self.filler.policy);
+        f.sweep_min_rtt_ms = 0.0;
+        self.filler = Arc::new(f);
+        self
     }
 
     /// Read up to `len` bytes at `offset` of file `id` (at `file` on the store, whose
@@ -280,6 +300,10 @@ impl DataPath {
                     .fetch_add(missing.len() as u64, Ordering::Relaxed);
             }
             let (mine, others) = self.claim(id, &missing);
+            let _demand = (!mine.blocks.is_empty()).then(|| self.filler.demand());
+            if round == 0 && !mine.blocks.is_empty() {
+                self.note_miss(id, &file, &attr, hint.clone(), last);
+            }
             for (start, n) in range::runs(&mine.blocks, MAX_FETCH / bs) {
                 let off = start * bs;
                 let want = (n * bs).min(size - off);

@@ -27,6 +27,8 @@ pub struct CacheStats {
     pub delta_kept_blocks: AtomicU64,
     /// Blocks fetched ahead by an access profile or the `whole` policy.
     pub prefetched_blocks: AtomicU64,
+    /// Blocks brought in by the background fill (`--fill`).
+    pub filled_blocks: AtomicU64,
     /// Files read since start, for per-file progress in `status`.
     pub files: Mutex<HashMap<u64, FileActivity>>,
 }

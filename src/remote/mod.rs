@@ -129,6 +129,9 @@ pub struct Counters {
     pub held: AtomicU64,
     /// Smoothed round trip of small requests in µs (0: none yet); see [`Counters::rtt_ms`].
     pub srtt_us: AtomicU64,
+    /// Smallest round trip of a small request in µs (0: none yet): the link's own
+    /// latency, without the queueing a busy link adds to the smoothed one.
+    pub min_rtt_us: AtomicU64,
 }
 
 /// Replies up to this size time the link (larger ones time the transfer too).
@@ -143,6 +146,17 @@ impl Counters {
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |old| {
                 Some(if old == 0 { us } else { old - old / 8 + us / 8 })
             });
+        let _ = self
+            .min_rtt_us
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |old| {
+                (old == 0 || us < old).then_some(us)
+            });
+    }
+
+    /// The smallest round trip of a small request timed so far, in ms.
+    pub fn min_rtt_ms(&self) -> Option<f64> {
+        let us = self.min_rtt_us.load(Ordering::Relaxed);
+        (us > 0).then(|| us as f64 / 1000.0)
     }
 
     /// The smoothed round trip of small requests to the store, in ms, if one was timed.
