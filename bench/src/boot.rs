@@ -152,15 +152,17 @@ impl Bed {
 
     /// A client on the bed's cache (emptied first if `fresh`), with the portmapper.
     fn client(&self, fresh: bool) -> anyhow::Result<Daemon> {
+        self.client_with(fresh, &[])
+    }
+
+    /// The same with more flags.
+    fn client_with(&self, fresh: bool, extra: &[&str]) -> anyhow::Result<Daemon> {
         if fresh {
             let _ = std::fs::remove_dir_all(&self.cache);
         }
-        Daemon::gridvfs(
-            &self.client_bin,
-            &self.remote,
-            &self.cache,
-            &["--portmapper", "127.0.0.1:111"],
-        )
+        let mut flags = vec!["--portmapper", "127.0.0.1:111"];
+        flags.extend_from_slice(extra);
+        Daemon::gridvfs(&self.client_bin, &self.remote, &self.cache, &flags)
     }
 
     /// The link goes down: the tunnel's process is killed and new ones fail at once.
@@ -584,7 +586,9 @@ pub async fn outage(
 ) -> anyhow::Result<()> {
     let bed = Bed::new(link, data).await?;
     let _ = std::fs::remove_file(bed.hint(vm::BASE));
-    let client = bed.client(true)?;
+    // No background fill: it would bring the rest of the image in before the cut, and
+    // the second half must read blocks that are not cached.
+    let client = bed.client_with(true, &["--fill", "off"])?;
     let mut sh = vm::Shell::boot(&bed.img, BASE_URL, bed.work.path(), bound).await?;
     // Programs, libraries and data (not the kernel modules: 400 MB the boot never needs).
     let read_all =

@@ -62,8 +62,12 @@ const SWEEP_MIN_RTT_MS: f64 = 5.0;
 /// How far past a demand miss the near fill reaches (the hot region: a boot's runs are
 /// mostly shorter; longer sequential streams are read-ahead's).
 const NEAR: u64 = 4 << 20;
+/// And how far before it, filled after that.
+const BEHIND: u64 = 1 << 20;
 /// Hot regions remembered (most recent first); older ones are forgotten.
 const MAX_FRONTIERS: usize = 64;
+/// Files filled at once (each holds its hint: zero extents, profile).
+const MAX_FILES: usize = 1024;
 /// Candidate pieces looked at per pick before yielding (all cached or zero).
 const PICK_TRIES: usize = 256;
 
@@ -155,14 +159,15 @@ struct Piece {
 }
 
 impl DataPath {
-    /// A reader of file `id` (version `attr`) had to fetch blocks up to `last`: the hot
-    /// region after it is filled next, and the file is swept under `--fill all`.
+    /// A reader of file `id` (version `attr`) had to fetch blocks `first..=last`: the hot
+    /// region around them is filled next, and the file is swept under `--fill all`.
     pub(super) fn note_miss(
         self: &Arc<Self>,
         id: u64,
         file: &FileRef,
         attr: &Attr,
         hint: Option<Arc<Hint>>,
+        first: u64,
         last: u64,
     ) {
         let fill = &self.filler;
@@ -175,6 +180,10 @@ impl DataPath {
             let mut st = fill.state.lock().expect("fill lock");
             let v = validator(attr);
             let same = st.files.get(&id).is_some_and(|f| validator(&f.attr) == v);
+            if !same && st.files.len() >= MAX_FILES && !st.files.contains_key(&id) {
+                // Enough files being filled; this one waits for a later miss.
+                return;
+            }
             if !same {
                 st.frontiers.retain(|f| f.id != id);
                 st.files.insert(
@@ -189,14 +198,20 @@ impl DataPath {
             } else if let (Some(f), Some(h)) = (st.files.get_mut(&id), hint) {
                 f.hint.get_or_insert(h);
             }
-            let (next, end) = (last + 1, (last + 1 + (NEAR / bs).max(1)).min(nblocks));
-            if next < end {
-                // A reader that keeps missing inside one region extends it, not a copy.
-                st.frontiers
-                    .retain(|f| !(f.id == id && f.next <= next && next <= f.end));
-                st.frontiers.push_front(Frontier { id, next, end });
-                st.frontiers.truncate(MAX_FRONTIERS);
+            // Behind the miss last, ahead of it first (most reads go on from a miss; some
+            // are random inside a hot region, or a stream that began before it).
+            let behind = (first.saturating_sub((BEHIND / bs).max(1)), first);
+            let ahead = (last + 1, (last + 1 + (NEAR / bs).max(1)).min(nblocks));
+            for (next, end) in [behind, ahead] {
+                if next < end {
+                    // A reader that keeps missing inside one region extends it, not a
+                    // copy.
+                    st.frontiers
+                        .retain(|f| !(f.id == id && f.next <= next && next <= f.end));
+                    st.frontiers.push_front(Frontier { id, next, end });
+                }
             }
+            st.frontiers.truncate(MAX_FRONTIERS);
         }
         fill.kick.notify_one();
         fill.started.call_once(|| {
@@ -265,6 +280,11 @@ impl DataPath {
                     Some((*id, from, to, true))
                 });
                 let Some((id, from, to, sweep)) = pick else {
+                    // Nothing to do: forget the files whose fill is over (their hints
+                    // can be large); a later miss starts them again.
+                    let active: HashSet<u64> = st.frontiers.iter().map(|f| f.id).collect();
+                    st.files
+                        .retain(|id, f| f.sweep.is_some() || active.contains(id));
                     return Err(false);
                 };
                 let f = &st.files[&id];

@@ -302,7 +302,7 @@ impl DataPath {
             let (mine, others) = self.claim(id, &missing);
             let _demand = (!mine.blocks.is_empty()).then(|| self.filler.demand());
             if round == 0 && !mine.blocks.is_empty() {
-                self.note_miss(id, &file, &attr, hint.clone(), last);
+                self.note_miss(id, &file, &attr, hint.clone(), first, last);
             }
             for (start, n) in range::runs(&mine.blocks, MAX_FETCH / bs) {
                 let off = start * bs;

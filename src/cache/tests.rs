@@ -417,15 +417,15 @@ async fn background_fill_brings_in_every_nonzero_block_once() {
     );
 }
 
-/// `--fill near` brings in the 4 MiB after a miss (up to the hole, which stays local)
-/// and nothing further; so does `--fill all` over a link faster than 5 ms (its sweep
+/// `--fill near` brings in the 1 MiB before a miss and the 4 MiB after it (up to the
+/// hole, which stays local) and nothing further; so does `--fill all` over a link faster than 5 ms (its sweep
 /// would cost more CPU than the round trips it saves); `--fill off` nothing but the
 /// block read.
 #[tokio::test]
 async fn near_fill_stays_next_to_the_miss_and_off_fills_nothing() {
     for (fill, sweep_any, want_blocks) in [
-        (FillPolicy::Near, true, (16..64).collect::<Vec<u64>>()),
-        (FillPolicy::All, false, (16..64).collect()),
+        (FillPolicy::Near, true, (0..64).collect::<Vec<u64>>()),
+        (FillPolicy::All, false, (0..64).collect()),
         (FillPolicy::Off, true, vec![16]),
     ] {
         let kit = Kit::new();
