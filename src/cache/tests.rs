@@ -308,8 +308,18 @@ async fn blocks_fetched_under_an_old_version_are_never_served_for_the_new_one() 
     }
     // A reader of the new version revalidates the file (its validator moves to v2) and
     // then waits for the block the old reader is fetching.
-    let attr2 = c.attr("vm.img").await;
-    assert_ne!(validator(&attr1), validator(&attr2));
+    // (The store's file is rewritten by the fault's hook, which may still be running.)
+    let attr2 = loop {
+        let a = c.attr("vm.img").await;
+        if validator(&a) != validator(&attr1) {
+            break a;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the file never changed"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    };
     let new_reader = {
         let data = c.data.clone();
         tokio::spawn(async move { data.read(id, at("vm.img"), attr2, 0, 4096).await })
