@@ -24,7 +24,9 @@
 //! 3. a file's revalidation lock (`revalidating`, tokio: held across BlockSums);
 //! 4. one of the std mutexes of this struct: `inflight` (the claim map), `sequential`,
 //!    `touched`, `recording`, `prefetching`, `revalidating`'s map, the background fill's
-//!    state (`fill`); or the journal mutex in `writeback`. Never two of them at once; `claim` and `compact` take 5 inside;
+//!    state (`fill`); or the journal mutex in `writeback`. Never two of them at once
+//!    (the fill copies `prefetching` before taking its own); `claim` and `compact` take
+//!    5 inside;
 //! 5. the SQLite connection mutex inside [`Index`] (innermost: every index call), or the
 //!    checked-sums mutex inside [`Store`] (innermost too: never held with the index's).
 //!
