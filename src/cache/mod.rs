@@ -89,8 +89,8 @@ pub struct DataPath {
     /// (file, block) -> closed when the fetch of that block ends (single flight: concurrent
     /// readers of a missing block cause one fetch). std Mutex: held for map updates only.
     inflight: Mutex<HashMap<(u64, u64), watch::Receiver<()>>>,
-    /// file -> its sequential reader's state.
-    sequential: Mutex<HashMap<u64, Stream>>,
+    /// file -> (block a sequential reader will read next, read-ahead window in blocks).
+    sequential: Mutex<HashMap<u64, (u64, u64)>>,
     /// `--cache-size` in blocks; past it the least recently used blocks are evicted.
     capacity_blocks: u64,
     /// Blocks in the index (approximate between evictions, exact after each).
@@ -111,10 +111,6 @@ pub struct DataPath {
     /// Background fill of the files being read (`--fill`); off unless [`Self::with_fill`].
     filler: Arc<fill::Filler>,
 }
-
-/// A sequential reader of one file: the block it will read next, its read-ahead window in
-/// blocks, and the blocks its read-ahead already found cached or claimed (`lo..=hi`).
-type Stream = (u64, u64, (u64, u64));
 
 /// `--write-policy`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -560,43 +556,21 @@ impl DataPath {
         {
             return;
         }
-        const NONE: (u64, u64) = (1, 0);
-        let (window, covered) = {
+        let window = {
             let mut seq = self.sequential.lock().expect("sequential lock");
-            let (next, win, covered) = seq.get(&id).copied().unwrap_or((u64::MAX, 0, NONE));
-            let (win, covered) = if first == next || first + 1 == next {
-                let w = (win * 2).clamp((MIN_READ_AHEAD / bs).max(1), (MAX_READ_AHEAD / bs).max(1));
-                (w, covered)
+            let (next, win) = seq.get(&id).copied().unwrap_or((u64::MAX, 0));
+            let win = if first == next || first + 1 == next {
+                (win * 2).clamp((MIN_READ_AHEAD / bs).max(1), (MAX_READ_AHEAD / bs).max(1))
             } else {
-                (0, NONE)
+                0
             };
-            seq.insert(id, (last + 1, win, covered));
-            (win, covered)
+            seq.insert(id, (last + 1, win));
+            win
         };
         let end_block = attr.size.div_ceil(bs);
         let (from, to) = (last + 1, (last + window).min(end_block.saturating_sub(1)));
-        // What this stream's read-ahead already looked at is not looked up again: on a
-        // warm sequential read that index query per READ was pure overhead.
-        let from = if covered.0 <= from && from <= covered.1 + 1 {
-            from.max(covered.1 + 1)
-        } else {
-            from
-        };
         if window == 0 || from > to {
             return;
-        }
-        let lo = if covered.0 <= from && from == covered.1 + 1 {
-            covered.0
-        } else {
-            from
-        };
-        if let Some(e) = self
-            .sequential
-            .lock()
-            .expect("sequential lock")
-            .get_mut(&id)
-        {
-            e.2 = (lo, to);
         }
         let Ok(present) = self.index.blocks(id, from, to) else {
             return;
