@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
-use super::{Claim, DataPath, range, validator};
+use super::{Claim, DataPath, validator};
 use crate::proto::{Attr, FileRef, Hint};
 
 /// `--fill`: what the background fill may fetch.
@@ -342,28 +342,19 @@ impl DataPath {
 
     /// Fetch one piece into the cache.
     async fn fill_piece(&self, p: Piece) {
-        let bs = self.block_size;
-        for (s, k) in range::runs(&p.claim.blocks, (FILL_PIECE / bs).max(1)) {
-            let off = s * bs;
-            let want = (k * bs).min(p.attr.size - off);
-            match self
-                .fetch_into_cache(p.id, p.file.clone(), &p.attr, off, want)
-                .await
-            {
-                Ok((_, now)) if validator(&now) != validator(&p.attr) => {
-                    self.filler.forget(p.id);
-                    break;
-                }
-                Ok(_) => {
-                    self.stats.filled_blocks.fetch_add(k, Ordering::Relaxed);
-                }
-                Err(e) => {
-                    // Offline or failing: readers fetch for themselves; the next miss
-                    // starts the file's fill again.
-                    tracing::debug!(file = p.id, "background fill stopped: {e}");
-                    self.filler.forget(p.id);
-                    break;
-                }
+        let done = &self.stats.filled_blocks;
+        match self
+            .fetch_blocks(p.id, &p.file, &p.attr, &p.claim.blocks, done)
+            .await
+        {
+            Ok(true) => {}
+            // A new version: its next miss starts the file's fill again.
+            Ok(false) => self.filler.forget(p.id),
+            Err(e) => {
+                // Offline or failing: readers fetch for themselves; the next miss starts
+                // the file's fill again.
+                tracing::debug!(file = p.id, "background fill stopped: {e}");
+                self.filler.forget(p.id);
             }
         }
     }

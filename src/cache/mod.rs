@@ -599,20 +599,37 @@ impl DataPath {
                     mine.blocks.iter().copied().filter(|&b| !zero(b)).collect()
                 }
             };
-            for (start, n) in range::runs(&fetch, MAX_FETCH / bs) {
-                let off = start * bs;
-                let want = (n * bs).min(attr.size - off);
-                if this
-                    .fetch_into_cache(id, file.clone(), &attr, off, want)
-                    .await
-                    .is_err()
-                {
-                    break;
-                }
-                this.stats.read_ahead_blocks.fetch_add(n, Ordering::Relaxed);
-            }
+            let done = &this.stats.read_ahead_blocks;
+            let _ = this.fetch_blocks(id, &file, &attr, &fetch, done).await;
             drop(mine);
         });
+    }
+
+    /// Fetch the claimed `blocks` of file `id` (version `attr`) into the cache in runs of
+    /// at most [`MAX_FETCH`], adding each run's blocks to `done`: what read-ahead, hint
+    /// prefetch and background fill share. Stops at the first error, and at a reply that
+    /// shows another version of the file (`Ok(false)`: what follows would not be cached).
+    async fn fetch_blocks(
+        &self,
+        id: u64,
+        file: &FileRef,
+        attr: &Attr,
+        blocks: &[u64],
+        done: &AtomicU64,
+    ) -> Result<bool> {
+        let bs = self.block_size;
+        for (start, n) in range::runs(blocks, MAX_FETCH / bs) {
+            let off = start * bs;
+            let want = (n * bs).min(attr.size - off);
+            let (_, now) = self
+                .fetch_into_cache(id, file.clone(), attr, off, want)
+                .await?;
+            if validator(&now) != validator(attr) {
+                return Ok(false);
+            }
+            done.fetch_add(n, Ordering::Relaxed);
+        }
+        Ok(true)
     }
 
     /// Write block data, making room once by eviction if the disk is full.

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use super::{DataPath, MAX_FETCH, range, validator};
+use super::{DataPath, MAX_FETCH, validator};
 use crate::error::{Error, Result};
 use crate::proto::{Attr, FileRef, Hint};
 
@@ -111,16 +111,10 @@ impl DataPath {
                 }
                 let (t, file, failed) = (this.clone(), file.clone(), failed.clone());
                 tasks.spawn(async move {
-                    for (s, k) in range::runs(&mine.blocks, MAX_FETCH / bs) {
-                        let off = s * bs;
-                        let want = (k * bs).min(attr.size - off);
-                        let got = t.fetch_into_cache(id, file.clone(), &attr, off, want).await;
-                        if let Err(e) = got {
-                            tracing::warn!(file = id, "prefetch stopped: {e}");
-                            failed.store(true, Ordering::Relaxed);
-                            break;
-                        }
-                        t.stats.prefetched_blocks.fetch_add(k, Ordering::Relaxed);
+                    let done = &t.stats.prefetched_blocks;
+                    if let Err(e) = t.fetch_blocks(id, &file, &attr, &mine.blocks, done).await {
+                        tracing::warn!(file = id, "prefetch stopped: {e}");
+                        failed.store(true, Ordering::Relaxed);
                     }
                     drop((mine, permit));
                 });
