@@ -174,6 +174,16 @@ impl DataPath {
         if fill.policy == FillPolicy::Off {
             return;
         }
+        // A file under a hint prefetch is the profile's: misses while it runs mark no hot
+        // region (filled once it ended, they fetched what the profile says is not read).
+        if self
+            .prefetching
+            .lock()
+            .expect("prefetching lock")
+            .contains(&id)
+        {
+            return;
+        }
         let bs = self.block_size;
         let nblocks = attr.size.div_ceil(bs);
         {
