@@ -138,10 +138,11 @@ struct ServeArgs {
     #[serde(skip_serializing_if = "Option::is_none")]
     write_policy: Option<settings::Policy>,
     /// Background fill of files being read, at low priority (a reader waiting on the store
-    /// always goes first): `near` the 4 MiB after each miss; `all` (default) those, then
-    /// the rest of each such file's non-zero blocks while the cache is under 3/4 full
-    /// (a cold boot never takes much longer than copying the image first, and a filled
-    /// image keeps working offline); `off` only what readers ask and sequential read-ahead.
+    /// always goes first): `near` the 1 MiB before and 4 MiB after each miss; `all`
+    /// (default) those, then, over links of 5 ms or more, the rest of each such file's
+    /// non-zero blocks while the cache is under 3/4 full (a cold boot never takes much
+    /// longer than copying the image first, and a filled image keeps working offline);
+    /// `off` only what readers ask and sequential read-ahead.
     #[arg(long, value_enum)]
     #[serde(skip_serializing_if = "Option::is_none")]
     fill: Option<settings::Fill>,

@@ -14,9 +14,9 @@
 //! while a reader waits for the store, so a demand miss queues behind a few ms of it,
 //! and [`SWEEP_IDLE`] while none does, to keep the link busy. All of the sweep's bytes
 //! are the image's own, so a cold boot's total is bounded by the image's compressed
-//! size: never much slower than copying the image first. Fill never evicts: the sweep stops when the
-//! cache is three-quarters full, and a file's fill stops when its version changes, a
-//! fetch fails, or a hint prefetch (profile, `whole`) runs for it.
+//! size: never much slower than copying the image first. Fill never evicts: the sweep
+//! stops when the cache is three-quarters full, and a file's fill stops when its version
+//! changes, a fetch fails, or a hint prefetch (profile, `whole`) runs for it.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -33,7 +33,7 @@ use crate::proto::{Attr, FileRef, Hint};
 pub enum FillPolicy {
     /// Nothing beyond demand reads and sequential read-ahead.
     Off,
-    /// The [`NEAR`] bytes after each demand miss.
+    /// The [`NEAR`] bytes after each demand miss and the [`BEHIND`] bytes before it.
     Near,
     /// Those first, then every other non-zero block of each file being read, while the
     /// cache has room.
@@ -55,9 +55,9 @@ const SWEEP_BUSY: u64 = 256 << 10;
 /// ... and while no reader waits: twice that link's bandwidth-delay product.
 const SWEEP_IDLE: u64 = 1 << 20;
 /// The sweep runs only over links whose round trip (the smallest seen: a busy link's
-/// queue does not count) is at least this: below it a
-/// miss costs less than the CPU the sweep spends (on two cores, the sweep of a whole image
-/// slowed a loopback boot trace by up to 70%), and the near fill is enough.
+/// queue does not count) is at least this: below it a miss costs less than the CPU the
+/// sweep spends (on two cores, the sweep of a whole image slowed a loopback boot trace by
+/// up to 70%), and the near fill is enough.
 const SWEEP_MIN_RTT_MS: f64 = 5.0;
 /// How far past a demand miss the near fill reaches (the hot region: a boot's runs are
 /// mostly shorter; longer sequential streams are read-ahead's).
