@@ -412,22 +412,18 @@ impl Gridvfs {
         remote: &str,
         flags: &[&str],
     ) -> anyhow::Result<()> {
-        let main: (&'static str, Vec<crate::data::TraceRead>) = ("W2", Vec::new());
         let fills: &[bool] = if bed.compare_fill {
             &[true, false]
         } else {
             &[true]
         };
         for &fill in fills {
-            for (w, trace) in std::iter::once(&main).chain(&bed.shapes) {
-                if fill && *w == "W2" && !bed.w2_only {
+            let main = std::iter::once(("W2", &bed.ds.trace[..]));
+            let others = bed.shapes.iter().map(|(w, t)| (*w, &t[..]));
+            for (w, trace) in main.chain(others) {
+                if fill && w == "W2" && !bed.w2_only {
                     continue; // measured above
                 }
-                let trace = if trace.is_empty() {
-                    &bed.ds.trace
-                } else {
-                    trace
-                };
                 let tag = w.trim_start_matches("W2 (").trim_end_matches(')');
                 let cache = bed.work.join(format!("{name}-{tag}-{fill}-cache"));
                 let mut f = flags.to_vec();
