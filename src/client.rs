@@ -36,6 +36,13 @@ pub struct ClientConfig {
     pub fill: crate::cache::FillPolicy,
     /// Who may use the NFS port and what each caller may do (knfsd's export options).
     pub access: crate::nfs::AccessPolicy,
+    /// `--block-source`: HTTP cache tiers block payloads of hinted files come from, tried
+    /// in order (e.g. the site's Squid, then the site process itself).
+    pub block_source: Vec<String>,
+    /// Per block from the tier, request and body together, before the session takes over.
+    pub block_source_timeout: Duration,
+    /// `--site-listen`: also serve sealed blocks to a site tier here.
+    pub site_listen: Option<SocketAddr>,
 }
 
 /// A client proxy that is connected and bound, not yet serving.
@@ -97,17 +104,28 @@ impl Client {
         let index = Arc::new(Index::open(&export.index())?);
         index.save_welcome(&key, store.welcome(), store.boot_id())?;
         let generation = index.generation()?;
-        let data = Arc::new(
-            DataPath::new(
-                store.clone(),
-                index.clone(),
-                export_dir.clone(),
-                cfg.block_size,
-                cfg.cache_size,
-                cfg.write_policy,
-            )?
-            .with_fill(cfg.fill),
-        );
+        let mut data = DataPath::new(
+            store.clone(),
+            index.clone(),
+            export_dir.clone(),
+            cfg.block_size,
+            cfg.cache_size,
+            cfg.write_policy,
+        )?
+        .with_fill(cfg.fill);
+        if !cfg.block_source.is_empty() {
+            let tiers = cfg
+                .block_source
+                .iter()
+                .map(|u| crate::tier::Tier::new(u, cfg.block_source_timeout).map(Arc::new))
+                .collect::<Result<Vec<_>>>()?;
+            tracing::info!(
+                "block payloads of hinted files from the site tier: {} (in order, then the session)",
+                cfg.block_source.join(", ")
+            );
+            data = data.with_tiers(tiers);
+        }
+        let data = Arc::new(data);
         if let Some(wb) = &data.writeback {
             // Resumes whatever a previous run acknowledged and did not upload.
             tokio::spawn(wb.clone().run(store.clone()));
@@ -141,7 +159,21 @@ impl Client {
             cache: stats.clone(),
             writeback: drain.writeback.clone(),
             stale,
+            site: None,
         };
+        let mut sources = sources;
+        if let Some(addr) = cfg.site_listen {
+            let site = Arc::new(crate::tier::Site::new(
+                drain.clone(),
+                index.clone(),
+                store.clone(),
+            ));
+            let bound = crate::tier::serve::serve(addr, site.clone())
+                .await
+                .map_err(|e| Error::Config(format!("--site-listen {addr}: {e}")))?;
+            tracing::info!("serving sealed blocks to the site tier at http://{bound}/");
+            sources.site = Some((site, bound));
+        }
         let sources = Arc::new(sources);
         if let Some(addr) = cfg.metrics {
             let bound = crate::metrics::serve(addr, sources.clone())

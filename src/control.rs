@@ -100,6 +100,37 @@ pub struct Status {
     /// Files read since the client started, most recent first (at most 64).
     #[serde(default)]
     pub files: Vec<FileProgress>,
+    /// The site tiers block payloads come from (`--block-source`), in order.
+    #[serde(default)]
+    pub tiers: Vec<TierStatus>,
+    /// The blocks this client serves to a site tier (`--site-listen`), if it does.
+    #[serde(default)]
+    pub site: Option<SiteStatus>,
+}
+
+/// Blocks taken from the site tier (`--block-source`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct TierStatus {
+    pub url: String,
+    /// Blocks from the tier (verified), and the sealed bytes they took.
+    pub blocks: u64,
+    pub bytes: u64,
+    /// Blocks of manifest files fetched over the session instead (tier down, slow,
+    /// missing or refused).
+    pub fallbacks: u64,
+    /// Payloads that failed verification (a broken or hostile cache).
+    pub rejected: u64,
+    /// Why the tier is being skipped, while it is.
+    pub down: Option<String>,
+}
+
+/// Blocks served to the site tier (`--site-listen`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SiteStatus {
+    pub listen: std::net::SocketAddr,
+    pub blocks: u64,
+    pub bytes: u64,
+    pub refused: u64,
 }
 
 /// How much of one file is on this side.
@@ -130,6 +161,8 @@ pub struct Sources {
     pub cache: Arc<CacheStats>,
     pub writeback: Option<Arc<WriteBack>>,
     pub stale: Arc<crate::nfs::stale::StaleCheck>,
+    /// The block service for a site tier, and where it listens (`--site-listen`).
+    pub site: Option<(Arc<crate::tier::Site>, std::net::SocketAddr)>,
 }
 
 impl Sources {
@@ -193,6 +226,22 @@ impl Sources {
             journal_writes: self.writeback.as_ref().map_or(0, |w| l(&w.journal_writes)),
             journal_syncs: self.writeback.as_ref().map_or(0, |w| l(&w.journal_syncs)),
             files: self.files(),
+            tiers: (self.data.tiers().iter())
+                .map(|t| TierStatus {
+                    url: t.url().to_string(),
+                    blocks: l(&t.stats.blocks),
+                    bytes: l(&t.stats.bytes),
+                    fallbacks: l(&t.stats.fallbacks),
+                    rejected: l(&t.stats.rejected),
+                    down: t.last_error.lock().expect("tier lock").clone(),
+                })
+                .collect(),
+            site: self.site.as_ref().map(|(s, addr)| SiteStatus {
+                listen: *addr,
+                blocks: l(&s.stats.blocks),
+                bytes: l(&s.stats.bytes),
+                refused: l(&s.stats.refused),
+            }),
         }
     }
 

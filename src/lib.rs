@@ -12,6 +12,9 @@
 //!                              (under sshd, or its own SSH listener with per-key exports)
 //! ```
 //!
+//! Many hosts may take block payloads from a shared HTTP cache tier instead (`tier/`:
+//! sealed blocks by id, a site process in front of the store, any cache in between).
+//!
 //! `proto/` defines the messages and framing both ends speak.
 
 pub mod cache;
@@ -27,6 +30,7 @@ pub mod process;
 pub mod proto;
 pub mod remote;
 pub mod server;
+pub mod tier;
 pub mod tunnel;
 
 pub use error::{Error, Result};

@@ -198,6 +198,75 @@ impl Collector for Figures {
                 g.encode(enc.encode_descriptor(name, help, None, g.metric_type())?)?;
             }
         }
+        // Only with --block-source / --site-listen: absent rather than a misleading 0.
+        let mut optional: Vec<(&str, &str, u64)> = Vec::new();
+        // The tiers' figures summed (each tier's own are in `status`).
+        if !st.tiers.is_empty() {
+            let sum = |f: fn(&crate::control::TierStatus) -> u64| st.tiers.iter().map(f).sum();
+            let t = crate::control::TierStatus {
+                blocks: sum(|t| t.blocks),
+                bytes: sum(|t| t.bytes),
+                fallbacks: sum(|t| t.fallbacks),
+                rejected: sum(|t| t.rejected),
+                down: st.tiers.iter().all(|t| t.down.is_some()).then(String::new),
+                url: String::new(),
+            };
+            optional.extend([
+                (
+                    "tier_blocks",
+                    "Blocks from the site tier (verified).",
+                    t.blocks,
+                ),
+                (
+                    "tier_bytes",
+                    "Sealed bytes received from the site tier.",
+                    t.bytes,
+                ),
+                (
+                    "tier_fallback_blocks",
+                    "Blocks of manifest files fetched over the session instead of the tier.",
+                    t.fallbacks,
+                ),
+                (
+                    "tier_rejected_blocks",
+                    "Payloads from the tier that failed verification.",
+                    t.rejected,
+                ),
+            ]);
+        }
+        if let Some(s) = &st.site {
+            optional.extend([
+                (
+                    "site_blocks",
+                    "Sealed blocks served to the site tier.",
+                    s.blocks,
+                ),
+                (
+                    "site_bytes",
+                    "Sealed bytes served to the site tier.",
+                    s.bytes,
+                ),
+                (
+                    "site_refused",
+                    "Block requests the site refused (bad, unknown, or a wrong id).",
+                    s.refused,
+                ),
+            ]);
+        }
+        for (name, help, v) in optional {
+            let c = ConstCounter::new(v);
+            c.encode(enc.encode_descriptor(name, help, None, c.metric_type())?)?;
+        }
+        if !st.tiers.is_empty() {
+            let down = st.tiers.iter().all(|t| t.down.is_some());
+            let g = ConstGauge::new(i64::from(down));
+            g.encode(enc.encode_descriptor(
+                "tier_down",
+                "1 while every site tier is skipped after a failure.",
+                None,
+                g.metric_type(),
+            )?)?;
+        }
         Ok(())
     }
 }

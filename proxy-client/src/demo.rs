@@ -84,6 +84,9 @@ pub async fn run() -> anyhow::Result<()> {
         cache_size: gridvfs::cache::DEFAULT_CACHE_SIZE,
         write_policy: gridvfs::cache::WritePolicy::Through,
         fill: gridvfs::cache::FillPolicy::default(),
+        block_source: Vec::new(),
+        block_source_timeout: Duration::from_secs(5),
+        site_listen: None,
         // Only the user running the demo, from any port: it cannot bind a privileged one
         // unless it is root, and the sample store is its own.
         access: gridvfs::nfs::AccessPolicy {

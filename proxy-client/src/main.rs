@@ -146,6 +146,28 @@ struct ServeArgs {
     #[arg(long, value_enum)]
     #[serde(skip_serializing_if = "Option::is_none")]
     fill: Option<settings::Fill>,
+    /// Fetch block payloads of hinted files (files with a current `.NAME.gvhint` at the
+    /// cache's block size) from this HTTP cache tier, e.g. `http://squid.site:3128`, in
+    /// front of a site client run with `--site-listen`. Repeatable: tried in order (say,
+    /// the site's Squid, then the site itself). Blocks are sealed (encrypted under keys
+    /// only the store's manifest gives) and verified before use; names, attributes and
+    /// manifests still come over this client's own session, and so does any block no
+    /// tier gives.
+    #[arg(long, value_name = "URL")]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    block_source: Vec<String>,
+    /// Seconds a block from --block-source may take before it is fetched over the session
+    /// instead (and the tier skipped for a few seconds) [default: 5].
+    #[arg(long, value_name = "SECS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    block_source_timeout: Option<f64>,
+    /// Be a site: also serve sealed blocks of the export as immutable HTTP objects here
+    /// (e.g. 0.0.0.0:8080), for a Squid/nginx/Varnish cache in front of many hosts'
+    /// --block-source. Serves only blocks whose id the asker already knows (ids derive
+    /// from the store's block sums), encrypted; the store stays SSH-only.
+    #[arg(long, value_name = "ADDR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    site_listen: Option<SocketAddr>,
     #[command(flatten)]
     #[serde(flatten)]
     access: AccessArgs,
@@ -709,6 +731,29 @@ async fn status(cache_dir: &std::path::Path, json: bool) -> anyhow::Result<()> {
                 mib(st.hint_zero_bytes),
                 mib(st.zero_bytes)
             );
+            for t in &st.tiers {
+                println!(
+                    "  tier     {} blocks ({:.1} MiB sealed) from {}, {} over the session instead, {} failed verification{}",
+                    t.blocks,
+                    mib(t.bytes),
+                    t.url,
+                    t.fallbacks,
+                    t.rejected,
+                    t.down
+                        .as_ref()
+                        .map(|d| format!("; SKIPPED for now: {d}"))
+                        .unwrap_or_default()
+                );
+            }
+            if let Some(s) = &st.site {
+                println!(
+                    "  site     {} blocks ({:.1} MiB sealed) served at http://{}/, {} requests refused",
+                    s.blocks,
+                    mib(s.bytes),
+                    s.listen,
+                    s.refused
+                );
+            }
             if st.quarantined_entries > 0 {
                 println!(
                     "  REFUSED  {:.1} MiB of write-back data in {} entries refused by the store, kept in the journal (retried at the next start; the files' writes fail with EIO until then)",

@@ -98,6 +98,11 @@ pub struct Settings {
     pub write_policy: Policy,
     pub fill: Fill,
     #[serde(deserialize_with = "list")]
+    pub block_source: Vec<String>,
+    pub block_source_timeout: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub site_listen: Option<SocketAddr>,
+    #[serde(deserialize_with = "list")]
     pub allow_clients: Vec<String>,
     #[serde(deserialize_with = "list")]
     pub allow_uid: Vec<u32>,
@@ -132,6 +137,9 @@ pub const KEYS: &[&str] = &[
     "cache-size",
     "write-policy",
     "fill",
+    "block-source",
+    "block-source-timeout",
+    "site-listen",
     "allow-clients",
     "allow-uid",
     "no-root-squash",
@@ -166,6 +174,9 @@ impl Default for Settings {
             cache_size: 16 << 30,
             write_policy: Policy::Through,
             fill: Fill::All,
+            block_source: Vec::new(),
+            block_source_timeout: 5.0,
+            site_listen: None,
             allow_clients: Vec::new(),
             allow_uid: Vec::new(),
             no_root_squash: false,
@@ -661,6 +672,9 @@ impl Settings {
                 Fill::Near => gridvfs::cache::FillPolicy::Near,
                 Fill::All => gridvfs::cache::FillPolicy::All,
             },
+            block_source: self.block_source.clone(),
+            block_source_timeout: secs("block-source-timeout", self.block_source_timeout)?,
+            site_listen: self.site_listen,
         })
     }
 }
@@ -688,6 +702,8 @@ mod tests {
             adopt_export: Some("e".into()),
             portmapper: Some(SocketAddr::from(([127, 0, 0, 1], 111))),
             metrics_addr: Some(SocketAddr::from(([127, 0, 0, 1], 9466))),
+            block_source: vec!["http://cache:3128".into()],
+            site_listen: Some(SocketAddr::from(([127, 0, 0, 1], 8080))),
             ..Settings::default()
         };
         s.identity.push("k".into());

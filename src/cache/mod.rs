@@ -36,6 +36,7 @@ pub mod dir;
 mod fill;
 mod hints;
 pub mod index;
+mod manifest;
 mod prefetch;
 pub mod range;
 mod revalidate;
@@ -110,6 +111,10 @@ pub struct DataPath {
     revalidating: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<()>>>>,
     /// Background fill of the files being read (`--fill`); off unless [`Self::with_fill`].
     filler: Arc<fill::Filler>,
+    /// The site tiers block payloads come from (`--block-source`), tried in order.
+    tiers: Vec<Arc<crate::tier::Tier>>,
+    /// Per file version, the block sums naming its blocks on the tier.
+    manifests: manifest::Manifests,
 }
 
 /// `--write-policy`.
@@ -189,7 +194,15 @@ impl DataPath {
             prefetching: Mutex::default(),
             revalidating: Mutex::default(),
             filler: Arc::new(fill::Filler::new(FillPolicy::Off)),
+            tiers: Vec::new(),
+            manifests: Default::default(),
         })
+    }
+
+    /// Taking block payloads of hinted files from `tiers`, in order (`--block-source`).
+    pub fn with_tiers(mut self, tiers: Vec<Arc<crate::tier::Tier>>) -> Self {
+        self.tiers = tiers;
+        self
     }
 
     /// With background fill (`--fill`) as `policy`.
@@ -482,7 +495,10 @@ impl DataPath {
     ) -> Result<(Bytes, Attr)> {
         let bs = self.block_size;
         let path = file.path.clone();
-        let (data, fetched) = self.fetch(file, off, len).await?;
+        let (data, fetched) = match self.fetch_from_tier(id, &file, attr, off, len).await? {
+            Some(got) => got,
+            None => self.fetch(file, off, len).await?,
+        };
         self.stats
             .bytes_fetched
             .fetch_add(data.len() as u64, Ordering::Relaxed);

@@ -9,7 +9,7 @@ use crate::harness::*;
 
 /// A VM memory-state-like image: 4 KiB pages in runs, ~70% zero, ~20% compressible text,
 /// ~10% random.
-fn memory_image(seed: u64, pages: usize) -> Vec<u8> {
+pub(crate) fn memory_image(seed: u64, pages: usize) -> Vec<u8> {
     let mut out = Vec::with_capacity(pages * 4096);
     let rnd = noise(seed, pages * 4096);
     let mut x = seed | 1;
@@ -37,7 +37,7 @@ fn memory_image(seed: u64, pages: usize) -> Vec<u8> {
     out
 }
 
-fn hint(args: &[&str], path: &std::path::Path) {
+pub(crate) fn hint(args: &[&str], path: &std::path::Path) {
     let out = run_ok(
         Command::new(bin("gridvfs-server"))
             .arg("hint")

@@ -20,5 +20,6 @@ mod protocol;
 mod restart;
 mod security;
 mod service;
+mod site;
 mod ssh;
 mod writeback;

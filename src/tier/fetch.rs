@@ -1,0 +1,287 @@
+//! The VM host's side of the site tier: sealed blocks fetched over HTTP by id, opened and
+//! verified against the manifest before anything else sees them.
+//!
+//! Every failure here only means "fetch this block over the session instead": a payload
+//! that does not open or match its sum (counted, and the cache's copy reloaded from the
+//! site with `Cache-Control: no-cache`), a 404/409, a reply later than the deadline. A
+//! tier that cannot be reached at all (refused, reset, 502/503/504 from a cache whose
+//! origin is gone, or a deadline missed) is left alone for [`DOWN_FOR`], so a dead cache
+//! costs one failed request per few seconds, not one per block.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper::{Request, StatusCode, Uri};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+use super::seal::{self, SealError, Sum};
+use crate::error::{Error, Result};
+
+/// How long a tier found unreachable is skipped before it is tried again.
+pub const DOWN_FOR: Duration = Duration::from_secs(5);
+/// The request header that tells the site where a block lives (see [`Locator`]).
+pub const LOCATOR_HEADER: &str = "x-gridvfs-block";
+/// Path prefix of block objects on the site (and so on every cache in front of it).
+pub const BLOCK_PATH: &str = "/gridvfs/v1/block/";
+
+/// Where the site finds a block: file, block size, block number. Sent as a request header
+/// (not part of the URL, so every file holding the same block shares one cached object).
+/// The tier sees file names and offsets this way, never contents.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Locator {
+    pub path: Vec<u8>,
+    pub block_size: u64,
+    pub block: u64,
+}
+
+impl Locator {
+    /// `BLOCK_SIZE BLOCK PATH-IN-HEX`.
+    pub fn to_header(&self) -> String {
+        let hex: String = self.path.iter().map(|b| format!("{b:02x}")).collect();
+        format!("{} {} {hex}", self.block_size, self.block)
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        let mut it = s.split(' ');
+        let block_size = it.next()?.parse().ok()?;
+        let block = it.next()?.parse().ok()?;
+        let hex = it.next().unwrap_or("");
+        if it.next().is_some() || !hex.len().is_multiple_of(2) {
+            return None;
+        }
+        let path = (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+            .collect::<Option<Vec<u8>>>()?;
+        Some(Self {
+            path,
+            block_size,
+            block,
+        })
+    }
+}
+
+/// Why one block did not come from the tier.
+#[derive(Debug, thiserror::Error)]
+pub enum TierError {
+    #[error("the tier is unreachable: {0}")]
+    Down(String),
+    #[error("the tier answered {0}")]
+    Status(StatusCode),
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    #[error("refused a payload from the tier: {0}")]
+    Sealed(#[from] SealError),
+}
+
+/// What the tier has done for this host (for `status` and metrics).
+#[derive(Debug, Default)]
+pub struct TierStats {
+    /// Blocks served from the tier (verified).
+    pub blocks: AtomicU64,
+    /// Payload bytes received for them (sealed: compressed and encrypted).
+    pub bytes: AtomicU64,
+    /// Blocks the tier did not give and the session fetched instead.
+    pub fallbacks: AtomicU64,
+    /// Payloads that failed to open or did not match their sum.
+    pub rejected: AtomicU64,
+}
+
+/// An HTTP cache tier (`--block-source`): a Squid, nginx or Varnish in front of a site
+/// process (`--site-listen`), or the site itself.
+pub struct Tier {
+    base: String,
+    client: Client<HttpConnector, Empty<Bytes>>,
+    deadline: Duration,
+    /// While set and in the future, the tier is not asked.
+    down_until: Mutex<Option<Instant>>,
+    /// Why the tier was last found down (for `status`); cleared when it answers again.
+    pub last_error: Mutex<Option<String>>,
+    pub stats: TierStats,
+}
+
+impl Tier {
+    /// `url`: `http://HOST:PORT[/PREFIX]`, where the site's objects are reachable.
+    /// `deadline`: per block, request and body together.
+    pub fn new(url: &str, deadline: Duration) -> Result<Self> {
+        let base = url.trim_end_matches('/').to_string();
+        let uri: Uri = base
+            .parse()
+            .map_err(|e| Error::Config(format!("--block-source {url}: {e}")))?;
+        if uri.scheme_str() != Some("http") || uri.host().is_none() {
+            return Err(Error::Config(format!(
+                "--block-source {url}: give an http://HOST:PORT URL (blocks are sealed, so \
+                 the tier needs no TLS; the manifest travels over the SSH session)"
+            )));
+        }
+        let mut conn = HttpConnector::new();
+        conn.set_nodelay(true);
+        conn.set_connect_timeout(Some(deadline.min(Duration::from_secs(3))));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .pool_max_idle_per_host(64)
+            .build(conn);
+        Ok(Self {
+            base,
+            client,
+            deadline,
+            down_until: Mutex::new(None),
+            last_error: Mutex::new(None),
+            stats: TierStats::default(),
+        })
+    }
+
+    pub fn url(&self) -> &str {
+        &self.base
+    }
+
+    /// False while the tier is being skipped after it was found unreachable.
+    pub fn available(&self) -> bool {
+        let mut d = self.down_until.lock().expect("tier lock");
+        match *d {
+            Some(t) if Instant::now() < t => false,
+            Some(_) => {
+                *d = None;
+                true
+            }
+            None => true,
+        }
+    }
+
+    /// The block at `at` whose sum is `sum` (at most `max_len` bytes), from the tier.
+    pub async fn get(&self, at: &Locator, sum: &Sum, max_len: usize) -> Result<Vec<u8>, TierError> {
+        let r = self.get_once(at, sum, max_len, false).await;
+        match &r {
+            Ok(_) => {
+                self.stats.blocks.fetch_add(1, Ordering::Relaxed);
+                *self.down_until.lock().expect("tier lock") = None;
+                if self.last_error.lock().expect("tier lock").take().is_some() {
+                    tracing::info!("block source {} answers again", self.base);
+                }
+            }
+            Err(TierError::Sealed(e)) => {
+                self.stats.rejected.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    "block source {}: block {} of {:?}: {e}; fetched over the session, and the \
+                     cache's copy reloaded from the site",
+                    self.base,
+                    at.block,
+                    String::from_utf8_lossy(&at.path)
+                );
+                // A cache holding a bad copy would hand it to every host: make it go back
+                // to the site once (the answer is checked by whoever asks next).
+                let _ = self.get_once(at, sum, max_len, true).await;
+            }
+            Err(e @ (TierError::Down(_) | TierError::Timeout(_))) => self.mark_down(e),
+            Err(e @ TierError::Status(s)) if s.is_server_error() => self.mark_down(e),
+            Err(TierError::Status(_)) => {}
+        }
+        r
+    }
+
+    fn mark_down(&self, e: &TierError) {
+        *self.down_until.lock().expect("tier lock") = Some(Instant::now() + DOWN_FOR);
+        let mut last = self.last_error.lock().expect("tier lock");
+        if last.is_none() {
+            tracing::warn!(
+                "block source {} failed ({e}); fetching blocks over the session, retrying the \
+                 tier every {}s",
+                self.base,
+                DOWN_FOR.as_secs()
+            );
+        }
+        *last = Some(e.to_string());
+    }
+
+    async fn get_once(
+        &self,
+        at: &Locator,
+        sum: &Sum,
+        max_len: usize,
+        reload: bool,
+    ) -> Result<Vec<u8>, TierError> {
+        let uri = format!("{}{BLOCK_PATH}{}", self.base, seal::block_id(sum));
+        let mut req = Request::get(uri).header(LOCATOR_HEADER, at.to_header());
+        if reload {
+            req = req
+                .header("cache-control", "no-cache")
+                .header("pragma", "no-cache");
+        }
+        let req = req
+            .body(Empty::new())
+            .map_err(|e| TierError::Down(e.to_string()))?;
+        let work = async {
+            let resp = self
+                .client
+                .request(req)
+                .await
+                .map_err(|e| TierError::Down(error_chain(&e)))?;
+            if resp.status() != StatusCode::OK {
+                return Err(TierError::Status(resp.status()));
+            }
+            // Sealed payloads are at most a little over the block: refuse a cache that
+            // streams more (a hostile or broken tier must not fill this host's memory).
+            let limit = max_len + 64 + max_len / 64;
+            let body = Limited::new(resp.into_body(), limit)
+                .collect()
+                .await
+                .map_err(|e| TierError::Down(format!("reading the body: {e}")))?
+                .to_bytes();
+            self.stats
+                .bytes
+                .fetch_add(body.len() as u64, Ordering::Relaxed);
+            Ok(body)
+        };
+        let body = tokio::time::timeout(self.deadline, work)
+            .await
+            .map_err(|_| TierError::Timeout(self.deadline))??;
+        let sum = *sum;
+        tokio::task::spawn_blocking(move || seal::open(&sum, &body, max_len))
+            .await
+            .map_err(|e| TierError::Down(e.to_string()))?
+            .map_err(TierError::Sealed)
+    }
+}
+
+/// An error and its causes on one line (hyper's own message is often just "client error").
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locators_round_trip_and_junk_is_refused() {
+        let l = Locator {
+            path: b"vm images/a b\xff.qcow2".to_vec(),
+            block_size: 262144,
+            block: 17,
+        };
+        assert_eq!(Locator::parse(&l.to_header()), Some(l));
+        for bad in ["", "1", "1 2 abc", "x 2 00", "1 2 00 00", "1 2 zz"] {
+            assert_eq!(Locator::parse(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn only_http_urls_are_taken() {
+        assert!(Tier::new("http://127.0.0.1:3128/", Duration::from_secs(1)).is_ok());
+        for bad in ["https://cache:3128", "cache:3128", "ftp://x/"] {
+            assert!(Tier::new(bad, Duration::from_secs(1)).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,328 @@
+//! Many VM hosts from one store (issue 14): a site client serving sealed blocks
+//! (`--site-listen`), a real Squid in front of it, hosts taking block payloads through it
+//! (`--block-source`). The store's egress is measured as what every session received.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use gridvfs_testkit::squid::Squid;
+
+use crate::harness::*;
+use crate::hints::{hint, memory_image};
+
+const BS: usize = 256 << 10;
+
+/// A store with one hinted memory image, a site client in front of it and a Squid.
+struct Bed {
+    d: Dirs,
+    data: Arc<Vec<u8>>,
+    _site: ClientProc,
+    site_cache: PathBuf,
+    site_url: String,
+    squid: Squid,
+}
+
+impl Bed {
+    fn start(pages: usize) -> Self {
+        Self::start_with(pages, "")
+    }
+
+    /// `squid_conf`: lines added to Squid's configuration.
+    fn start_with(pages: usize, squid_conf: &str) -> Self {
+        let d = dirs();
+        let data = memory_image(14, pages);
+        let path = d.export.join("vm.mem");
+        std::fs::write(&path, &data).unwrap();
+        hint(&[], &path);
+        let site_cache = d.tmp.path().join("site-cache");
+        std::fs::create_dir(&site_cache).unwrap();
+        let port = free_port();
+        let listen = format!("127.0.0.1:{port}");
+        let site = ClientProc::start(&d.export, &site_cache, 0, &["--site-listen", &listen]);
+        let squid = Squid::start(
+            &d.tmp.path().join("squid"),
+            listen.parse().unwrap(),
+            squid_conf,
+        )
+        .expect("a real Squid (apt-get install squid; .ci/run does)");
+        Self {
+            site_url: format!("http://{listen}"),
+            d,
+            data: Arc::new(data),
+            _site: site,
+            site_cache,
+            squid,
+        }
+    }
+
+    /// Blocks of the image that are not all zeros (the hint answers those locally).
+    fn data_blocks(&self) -> u64 {
+        self.data
+            .chunks(BS)
+            .filter(|b| b.iter().any(|&x| x != 0))
+            .count() as u64
+    }
+
+    fn host(&self, i: usize, sources: &[&str]) -> (ClientProc, PathBuf) {
+        let cache = self.d.tmp.path().join(format!("host{i}"));
+        std::fs::create_dir(&cache).unwrap();
+        let mut args = Vec::new();
+        for s in sources {
+            args.extend(["--block-source", s]);
+        }
+        (ClientProc::start(&self.d.export, &cache, 0, &args), cache)
+    }
+
+    /// Bytes the store sent: what the site's and every host's session received.
+    fn egress(&self, hosts: &[PathBuf]) -> (u64, u64) {
+        let site = n(&status_json(&self.site_cache), "tunnel_bytes_received");
+        let hosts = hosts
+            .iter()
+            .map(|h| n(&status_json(h), "tunnel_bytes_received"))
+            .sum();
+        (site, hosts)
+    }
+}
+
+/// Read the image whole on every host at once (1 MiB READs); counts MiB read in `progress`.
+async fn read_everywhere(ports: Vec<u16>, want: Arc<Vec<u8>>, progress: Arc<AtomicU64>) {
+    let mut readers = tokio::task::JoinSet::new();
+    for port in ports {
+        let (want, progress) = (want.clone(), progress.clone());
+        readers.spawn(async move {
+            let mut nfs = Nfs::mount(port).await;
+            let fh = nfs.lookup(&nfs.root.clone(), "vm.mem").await.unwrap();
+            let mut got = Vec::with_capacity(want.len());
+            while got.len() < want.len() {
+                let (b, _) = nfs
+                    .read(&fh, got.len() as u64, 1 << 20)
+                    .await
+                    .unwrap_or_else(|e| panic!("host on port {port}: READ failed: {e:?}"));
+                assert!(!b.is_empty(), "host on port {port}: short file");
+                got.extend_from_slice(&b);
+                progress.fetch_add(1, Ordering::Relaxed);
+            }
+            assert!(got == *want, "host on port {port} read other bytes");
+        });
+    }
+    while let Some(r) = readers.join_next().await {
+        r.unwrap();
+    }
+}
+
+fn tier(st: &serde_json::Value, i: usize) -> &serde_json::Value {
+    &st["tiers"][i]
+}
+
+/// One GET of `path` on loopback `port`: (status line, headers, body).
+fn http_get(port: u16, path: &str, headers: &[(&str, &str)]) -> (String, String, Vec<u8>) {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let mut req = format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    let mut all = Vec::new();
+    s.read_to_end(&mut all).unwrap();
+    let split = all.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let head = String::from_utf8_lossy(&all[..split]).into_owned();
+    let (status, headers) = head.split_once("\r\n").unwrap_or((&head, ""));
+    (status.into(), headers.into(), all[split + 4..].to_vec())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eight_hosts_read_one_image_through_squid_and_the_store_sends_it_once() {
+    let bed = Bed::start(8 * 1024); // 32 MiB
+    let data_blocks = bed.data_blocks();
+    let url = bed.squid.url();
+    let hosts: Vec<(ClientProc, PathBuf)> = (0..8).map(|i| bed.host(i, &[&url])).collect();
+    let ports: Vec<u16> = hosts.iter().map(|h| h.0.port).collect();
+    read_everywhere(ports, bed.data.clone(), Arc::default()).await;
+
+    let caches: Vec<PathBuf> = hosts.iter().map(|h| h.1.clone()).collect();
+    let (site, rest) = bed.egress(&caches);
+    let zstd_len = zstd::bulk::compress(&bed.data, 1).unwrap().len();
+    println!(
+        "store egress: site {site} B, 8 hosts' sessions {rest} B: {:.3}x what one host alone \
+         needs; zstd -1 of the image {zstd_len} B; {data_blocks} data blocks",
+        (site + rest) as f64 / site as f64
+    );
+    for c in &caches {
+        let st = status_json(c);
+        let t = tier(&st, 0);
+        println!("host {}: {t}", c.display());
+        // Every data block came through the tier, verified; none over the session.
+        assert_eq!(n(t, "blocks"), data_blocks, "{st}");
+        assert_eq!(n(t, "fallbacks"), 0, "{st}");
+        assert_eq!(n(t, "rejected"), 0, "{st}");
+        assert_eq!(
+            n(&st, "packed_bytes"),
+            0,
+            "block bytes crossed the session: {st}"
+        );
+    }
+    // The store sent the image about once for all eight hosts.
+    assert!(
+        rest as f64 <= 0.1 * site as f64,
+        "hosts' sessions took {rest} B beside the site's {site} B"
+    );
+    // Squid collapsed the hosts' concurrent misses: the site sealed each block about once.
+    let site_st = status_json(&bed.site_cache);
+    let served = n(&site_st["site"], "blocks");
+    println!("site: {}", site_st["site"]);
+    assert!(served >= data_blocks, "{site_st}");
+    assert!(
+        served <= data_blocks + data_blocks / 4,
+        "the site served {served} blocks for {data_blocks}: Squid did not share them"
+    );
+    let log = bed.squid.access_log();
+    assert!(
+        log.contains("HIT/200"),
+        "no cache hit in Squid's log:\n{log}"
+    );
+
+    // What the tier holds reveals nothing: a cached object, fetched by anyone, is
+    // ciphertext under an id that is not the block's hash.
+    let line = log
+        .lines()
+        .find(|l| l.contains("/gridvfs/v1/block/"))
+        .expect("a block request in the log");
+    let path = line
+        .split_whitespace()
+        .find(|w| w.contains("/gridvfs/v1/block/"))
+        .unwrap();
+    let path = &path[path.find("/gridvfs/").unwrap()..];
+    let (status, headers, body) = http_get(bed.squid.port, path, &[]);
+    assert!(status.contains("200"), "{status}");
+    assert!(
+        headers.to_ascii_lowercase().contains("immutable"),
+        "{headers}"
+    );
+    let id = path.rsplit('/').next().unwrap();
+    for block in bed.data.chunks(BS).filter(|b| b.iter().any(|&x| x != 0)) {
+        let hex: String = blake3::hash(block).as_bytes()[..16]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert!(!id.contains(&hex[..12]), "an id shows a block's hash");
+    }
+    let text = b"of a guest's heap";
+    assert!(
+        !body.windows(text.len()).any(|w| w == text),
+        "plaintext in the tier"
+    );
+    // The site serves nothing without a matching locator: no header, a wrong id.
+    let site_port: u16 = bed.site_url.rsplit(':').next().unwrap().parse().unwrap();
+    let (s1, _, _) = http_get(site_port, path, &[]);
+    assert!(s1.contains("400"), "{s1}");
+    let wrong = format!("/gridvfs/v1/block/{}", "ab".repeat(32));
+    let (s2, h2, _) = http_get(
+        site_port,
+        &wrong,
+        &[("x-gridvfs-block", "262144 0 766d2e6d656d")],
+    );
+    assert!(s2.contains("409") || s2.contains("404"), "{s2}");
+    assert!(h2.contains("no-store"), "{h2}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hosts_finish_when_squid_dies_mid_run_and_egress_stays_near_once() {
+    let mut bed = Bed::start(8 * 1024); // 32 MiB
+    let (squid, site) = (bed.squid.url(), bed.site_url.clone());
+    // As CernVM-FS's proxy list: the site's Squid, then the site itself, then the session.
+    let hosts: Vec<(ClientProc, PathBuf)> = (0..4).map(|i| bed.host(i, &[&squid, &site])).collect();
+    let ports: Vec<u16> = hosts.iter().map(|h| h.0.port).collect();
+    let progress = Arc::new(AtomicU64::new(0));
+    let run = tokio::spawn(read_everywhere(ports, bed.data.clone(), progress.clone()));
+    // Kill Squid once the hosts have read about a quarter of the image between them.
+    while progress.load(Ordering::Relaxed) < 32 && !run.is_finished() {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    bed.squid.kill();
+    run.await.unwrap();
+
+    let caches: Vec<PathBuf> = hosts.iter().map(|h| h.1.clone()).collect();
+    let (site_b, rest) = bed.egress(&caches);
+    let ratio = (site_b + rest) as f64 / site_b as f64;
+    println!("after Squid died: egress {ratio:.3}x (site {site_b} B, hosts {rest} B)");
+    let mut via_site = 0;
+    for c in &caches {
+        let st = status_json(c);
+        println!(
+            "host {}: squid {} site {}",
+            c.display(),
+            tier(&st, 0),
+            tier(&st, 1)
+        );
+        assert_eq!(n(tier(&st, 0), "rejected") + n(tier(&st, 1), "rejected"), 0);
+        via_site += n(tier(&st, 1), "blocks");
+    }
+    assert!(via_site > 0, "no host went on to the site after Squid died");
+    assert!(
+        ratio <= 1.3,
+        "store egress {ratio:.3}x with Squid dead mid-run"
+    );
+}
+
+/// Flip a byte in the body of every other object Squid keeps on disk.
+fn corrupt_squid_objects(dir: &Path) -> usize {
+    let mut flipped = 0;
+    let mut files: Vec<PathBuf> = Vec::new();
+    let mut stack = vec![dir.join("cache")];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            let name = e.file_name().to_string_lossy().into_owned();
+            if p.is_dir() {
+                stack.push(p);
+            } else if name.len() == 8 && name.bytes().all(|c| c.is_ascii_hexdigit()) {
+                // A swap file (object); not swap.state, Squid's own index.
+                files.push(p);
+            }
+        }
+    }
+    files.sort();
+    for p in files.iter().step_by(2) {
+        let mut b = std::fs::read(p).unwrap();
+        let last = b.len() - 1;
+        b[last] ^= 0x01; // the payload's tag is its last byte
+        std::fs::write(p, b).unwrap();
+        flipped += 1;
+    }
+    flipped
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blocks_a_cache_corrupts_are_detected_refetched_and_counted() {
+    // A Squid that keeps objects on disk only, where they are then corrupted.
+    let bed = Bed::start_with(4 * 1024, "cache_mem 0 MB\n"); // 16 MiB
+    let data_blocks = bed.data_blocks();
+    let url = bed.squid.url();
+    let (first, c1) = bed.host(0, &[&url]);
+    read_everywhere(vec![first.port], bed.data.clone(), Arc::default()).await;
+    assert_eq!(n(tier(&status_json(&c1), 0), "blocks"), data_blocks);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let flipped = corrupt_squid_objects(&bed.squid.dir);
+    assert!(flipped > 0, "Squid kept no block on disk");
+
+    let (second, c2) = bed.host(1, &[&url]);
+    read_everywhere(vec![second.port], bed.data.clone(), Arc::default()).await;
+    let st = status_json(&c2);
+    println!("flipped {flipped} objects; second host {}", tier(&st, 0));
+    let t = tier(&st, 0);
+    // Every corrupted object was caught, and its block fetched over the session instead.
+    assert_eq!(n(t, "rejected"), flipped as u64, "{st}");
+    assert_eq!(n(t, "fallbacks"), flipped as u64, "{st}");
+    assert_eq!(n(t, "blocks") + n(t, "fallbacks"), data_blocks, "{st}");
+
+    // Each rejection made Squid reload its copy from the site: a third host finds the
+    // tier whole again.
+    let (third, c3) = bed.host(2, &[&url]);
+    read_everywhere(vec![third.port], bed.data.clone(), Arc::default()).await;
+    let st = status_json(&c3);
+    assert_eq!(n(tier(&st, 0), "rejected"), 0, "{st}");
+    assert_eq!(n(tier(&st, 0), "blocks"), data_blocks, "{st}");
+}
