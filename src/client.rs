@@ -43,6 +43,8 @@ pub struct ClientConfig {
     pub block_source_timeout: Duration,
     /// `--site-listen`: also serve sealed blocks to a site tier here.
     pub site_listen: Option<SocketAddr>,
+    /// `--share-profiles`: record this long of a first boot, then save it to the hint.
+    pub share_profiles: Option<Duration>,
 }
 
 /// A client proxy that is connected and bound, not yet serving.
@@ -113,6 +115,9 @@ impl Client {
             cfg.write_policy,
         )?
         .with_fill(cfg.fill);
+        if let Some(w) = cfg.share_profiles {
+            data = data.with_shared_profiles(w);
+        }
         if !cfg.block_source.is_empty() {
             let tiers = cfg
                 .block_source

@@ -66,6 +66,9 @@ pub struct Status {
     /// Blocks brought in by the background fill (`--fill`).
     #[serde(default)]
     pub filled_blocks: u64,
+    /// Boot profiles recorded here and saved to files' hints (`--share-profiles`).
+    #[serde(default)]
+    pub profiles_shared: u64,
     pub packed_bytes: u64,
     pub evicted_blocks: u64,
     pub uncached_bytes: u64,
@@ -195,6 +198,7 @@ impl Sources {
             delta_kept_blocks: l(&c.delta_kept_blocks),
             prefetched_blocks: l(&c.prefetched_blocks),
             filled_blocks: l(&c.filled_blocks),
+            profiles_shared: l(&c.profiles_shared),
             packed_bytes: l(&c.packed_bytes),
             evicted_blocks: l(&c.evicted_blocks),
             uncached_bytes: l(&c.uncached_bytes),

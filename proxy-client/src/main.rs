@@ -168,6 +168,13 @@ struct ServeArgs {
     #[arg(long, value_name = "ADDR")]
     #[serde(skip_serializing_if = "Option::is_none")]
     site_listen: Option<SocketAddr>,
+    /// Share boot profiles: when this host is the first to read a hinted file whose hint
+    /// has no access profile, record the order of its first SECS seconds of reads and save
+    /// it to the hint on the store, so later hosts prefetch it (through --block-source if
+    /// they use one). Needs a writable export [default: off].
+    #[arg(long, value_name = "SECS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    share_profiles: Option<f64>,
     #[command(flatten)]
     #[serde(flatten)]
     access: AccessArgs,

@@ -102,6 +102,8 @@ pub struct Settings {
     pub block_source_timeout: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub site_listen: Option<SocketAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub share_profiles: Option<f64>,
     #[serde(deserialize_with = "list")]
     pub allow_clients: Vec<String>,
     #[serde(deserialize_with = "list")]
@@ -140,6 +142,7 @@ pub const KEYS: &[&str] = &[
     "block-source",
     "block-source-timeout",
     "site-listen",
+    "share-profiles",
     "allow-clients",
     "allow-uid",
     "no-root-squash",
@@ -177,6 +180,7 @@ impl Default for Settings {
             block_source: Vec::new(),
             block_source_timeout: 5.0,
             site_listen: None,
+            share_profiles: None,
             allow_clients: Vec::new(),
             allow_uid: Vec::new(),
             no_root_squash: false,
@@ -675,6 +679,11 @@ impl Settings {
             block_source: self.block_source.clone(),
             block_source_timeout: secs("block-source-timeout", self.block_source_timeout)?,
             site_listen: self.site_listen,
+            share_profiles: match self.share_profiles {
+                Some(w) if w == 0.0 => None,
+                Some(w) => Some(secs("share-profiles", w)?),
+                None => None,
+            },
         })
     }
 }
@@ -704,6 +713,7 @@ mod tests {
             metrics_addr: Some(SocketAddr::from(([127, 0, 0, 1], 9466))),
             block_source: vec!["http://cache:3128".into()],
             site_listen: Some(SocketAddr::from(([127, 0, 0, 1], 8080))),
+            share_profiles: Some(60.0),
             ..Settings::default()
         };
         s.identity.push("k".into());

@@ -23,7 +23,7 @@
 //!    uploader writes it to retire entries);
 //! 3. a file's revalidation lock (`revalidating`, tokio: held across BlockSums);
 //! 4. one of the std mutexes of this struct: `inflight` (the claim map), `sequential`,
-//!    `touched`, `recording`, `prefetching`, `revalidating`'s map, the background fill's
+//!    `touched`, `recording`, `sharing`, `prefetching`, `revalidating`'s map, the background fill's
 //!    state (`fill`); or the journal mutex in `writeback`. Never two of them at once
 //!    (the fill copies `prefetching` before taking its own); `claim` and `compact` take
 //!    5 inside;
@@ -103,6 +103,10 @@ pub struct DataPath {
     hints: hints::Hints,
     /// While a profile is recorded: file -> blocks in first-read order.
     recording: Mutex<Option<HashMap<u64, Recorded>>>,
+    /// `--share-profiles`: how long a boot is recorded, and the files being recorded
+    /// (first cold read of a hinted file without a profile; saved to its hint after).
+    share_profiles: Option<std::time::Duration>,
+    sharing: Mutex<HashMap<u64, Recorded>>,
     /// Files whose hint prefetch is running: read-ahead stays off for them (the profile
     /// knows what will be read; guessing past it only sends bytes nobody reads).
     prefetching: Mutex<std::collections::HashSet<u64>>,
@@ -191,12 +195,21 @@ impl DataPath {
             hints: hints::Hints::new(index.clone()),
             index,
             recording: Mutex::new(None),
+            share_profiles: None,
+            sharing: Mutex::new(HashMap::new()),
             prefetching: Mutex::default(),
             revalidating: Mutex::default(),
             filler: Arc::new(fill::Filler::new(FillPolicy::Off)),
             tiers: Vec::new(),
             manifests: Default::default(),
         })
+    }
+
+    /// Recording the first `window` of each cold boot of a hinted file without a profile,
+    /// then saving it to the file's hint for later hosts (`--share-profiles`).
+    pub fn with_shared_profiles(mut self, window: std::time::Duration) -> Self {
+        self.share_profiles = Some(window);
+        self
     }
 
     /// Taking block payloads of hinted files from `tiers`, in order (`--block-source`).
@@ -296,6 +309,8 @@ impl DataPath {
             // Only now, when the store is needed anyway, is the file's hint asked for.
             if hint.is_none() {
                 hint = self.ask_hint(id, &file, &attr).await;
+                // A boot recording for `--share-profiles` may have started just now.
+                self.record(id, &file, first, last);
                 if let Some(h) = &hint {
                     let zero = self.zero_fill(h, size, first, last, &mut done);
                     self.stats.note_file(id, &file.path, size, 0, zero);
@@ -364,6 +379,7 @@ impl DataPath {
             .await;
         if let (Some(h), true) = (&hint, fresh) {
             self.start_prefetch(id, file, attr, h.clone());
+            self.start_sharing(id, file, h);
         }
         hint
     }

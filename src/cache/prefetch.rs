@@ -127,8 +127,75 @@ impl DataPath {
         });
     }
 
+    /// `--share-profiles`: a hinted file read cold whose hint has no profile yet — this
+    /// host is the first to boot it — has its first-touch order recorded for the window,
+    /// then saved to its hint on the store, where later hosts' prefetch finds it (through
+    /// the site tier, if they use one). Needs a writable export; a refusal is logged.
+    pub(super) fn start_sharing(self: &Arc<Self>, id: u64, file: &FileRef, hint: &Hint) {
+        let Some(window) = self.share_profiles else {
+            return;
+        };
+        if hint.source != crate::proto::HintSource::File || !hint.profile.is_empty() {
+            return;
+        }
+        {
+            let mut sharing = self.sharing.lock().expect("sharing lock");
+            if sharing.contains_key(&id) {
+                return;
+            }
+            sharing.insert(
+                id,
+                Recorded {
+                    file: file.clone(),
+                    order: Vec::new(),
+                    seen: Default::default(),
+                },
+            );
+        }
+        tracing::info!(
+            "recording the first {}s of reads of {} (no boot profile yet) to share it",
+            window.as_secs(),
+            String::from_utf8_lossy(&file.path)
+        );
+        let this = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(window).await;
+            let Some(r) = this.sharing.lock().expect("sharing lock").remove(&id) else {
+                return;
+            };
+            let path = String::from_utf8_lossy(&r.file.path).into_owned();
+            let mut blocks = r.order;
+            blocks.truncate(512 * 1024);
+            let n = blocks.len();
+            if n == 0 {
+                return;
+            }
+            match this
+                .remote
+                .save_profile(r.file, this.block_size as u32, blocks)
+                .await
+            {
+                Ok(()) => {
+                    this.stats.profiles_shared.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!("saved the boot profile of {path} ({n} blocks) to its hint");
+                }
+                Err(e) => tracing::warn!("cannot save the boot profile of {path}: {e}"),
+            }
+        });
+    }
+
     /// Note the blocks a reader asked for, while a profile is being recorded.
     pub(super) fn record(&self, id: u64, file: &FileRef, first: u64, last: u64) {
+        if self.share_profiles.is_some() {
+            let mut sharing = self.sharing.lock().expect("sharing lock");
+            if let Some(r) = sharing.get_mut(&id) {
+                for b in first..=last {
+                    if r.seen.insert(b) {
+                        r.order.push(b as u32);
+                    }
+                }
+            }
+        }
         let mut rec = self.recording.lock().expect("recording lock");
         let Some(files) = rec.as_mut() else {
             return;

@@ -29,6 +29,8 @@ pub struct CacheStats {
     pub prefetched_blocks: AtomicU64,
     /// Blocks brought in by the background fill (`--fill`).
     pub filled_blocks: AtomicU64,
+    /// Boot profiles this host recorded and saved to files' hints (`--share-profiles`).
+    pub profiles_shared: AtomicU64,
     /// Files read since start, for per-file progress in `status`.
     pub files: Mutex<HashMap<u64, FileActivity>>,
 }

@@ -5,8 +5,9 @@
 //! that does not open or match its sum (counted, and the cache's copy reloaded from the
 //! site with `Cache-Control: no-cache`), a 404/409, a reply later than the deadline. A
 //! tier that cannot be reached at all (refused, reset, 502/503/504 from a cache whose
-//! origin is gone, or a deadline missed) is left alone for [`DOWN_FOR`], so a dead cache
-//! costs one failed request per few seconds, not one per block.
+//! origin is gone, or a deadline missed) is left alone for a while — 1 s, doubling while it
+//! keeps failing, up to [`DOWN_MAX`] — so a dead cache costs one failed request per few
+//! seconds, not one per block, and a restarted one is used again within a second.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,8 +23,10 @@ use hyper_util::rt::TokioExecutor;
 use super::seal::{self, SealError, Sum};
 use crate::error::{Error, Result};
 
-/// How long a tier found unreachable is skipped before it is tried again.
-pub const DOWN_FOR: Duration = Duration::from_secs(5);
+/// How long a tier found unreachable is skipped before it is tried again: the first time,
+/// and at most (doubling while it keeps failing).
+pub const DOWN_MIN: Duration = Duration::from_secs(1);
+pub const DOWN_MAX: Duration = Duration::from_secs(16);
 /// The request header that tells the site where a block lives (see [`Locator`]).
 pub const LOCATOR_HEADER: &str = "x-gridvfs-block";
 /// Path prefix of block objects on the site (and so on every cache in front of it).
@@ -98,8 +101,8 @@ pub struct Tier {
     base: String,
     client: Client<HttpConnector, Empty<Bytes>>,
     deadline: Duration,
-    /// While set and in the future, the tier is not asked.
-    down_until: Mutex<Option<Instant>>,
+    /// While set and in the future, the tier is not asked; with the current back-off.
+    down_until: Mutex<Option<(Instant, Duration)>>,
     /// Why the tier was last found down (for `status`); cleared when it answers again.
     pub last_error: Mutex<Option<String>>,
     pub stats: TierStats,
@@ -142,15 +145,10 @@ impl Tier {
 
     /// False while the tier is being skipped after it was found unreachable.
     pub fn available(&self) -> bool {
-        let mut d = self.down_until.lock().expect("tier lock");
-        match *d {
-            Some(t) if Instant::now() < t => false,
-            Some(_) => {
-                *d = None;
-                true
-            }
-            None => true,
-        }
+        let d = self.down_until.lock().expect("tier lock");
+        // Past the back-off the tier is tried again; the back-off itself is kept until it
+        // answers, so a tier that keeps failing is tried less and less often.
+        !matches!(*d, Some((t, _)) if Instant::now() < t)
     }
 
     /// The block at `at` whose sum is `sum` (at most `max_len` bytes), from the tier.
@@ -185,14 +183,25 @@ impl Tier {
     }
 
     fn mark_down(&self, e: &TierError) {
-        *self.down_until.lock().expect("tier lock") = Some(Instant::now() + DOWN_FOR);
+        {
+            let mut d = self.down_until.lock().expect("tier lock");
+            let now = Instant::now();
+            let wait = match *d {
+                // Requests sent before it went down fail together: one back-off step.
+                Some((t, w)) if now < t => w,
+                Some((_, w)) => (w * 2).min(DOWN_MAX),
+                None => DOWN_MIN,
+            };
+            *d = Some((now + wait, wait));
+        }
         let mut last = self.last_error.lock().expect("tier lock");
         if last.is_none() {
             tracing::warn!(
-                "block source {} failed ({e}); fetching blocks over the session, retrying the \
-                 tier every {}s",
+                "block source {} failed ({e}); fetching its blocks elsewhere (the next source, \
+                 else the session), trying it again in {}s, backing off up to {}s",
                 self.base,
-                DOWN_FOR.as_secs()
+                DOWN_MIN.as_secs(),
+                DOWN_MAX.as_secs()
             );
         }
         *last = Some(e.to_string());
@@ -275,6 +284,43 @@ mod tests {
         for bad in ["", "1", "1 2 abc", "x 2 00", "1 2 00 00", "1 2 zz"] {
             assert_eq!(Locator::parse(bad), None, "{bad:?}");
         }
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_tier_is_skipped_then_tried_again_less_often() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let t = Tier::new(&format!("http://127.0.0.1:{port}"), Duration::from_secs(2)).unwrap();
+        let at = Locator {
+            path: b"a".to_vec(),
+            block_size: 4096,
+            block: 0,
+        };
+        assert!(t.available());
+        let e = t.get(&at, &[0; 16], 4096).await.unwrap_err();
+        assert!(matches!(e, TierError::Down(_)), "{e}");
+        assert!(!t.available());
+        assert!(
+            t.last_error
+                .lock()
+                .unwrap()
+                .as_ref()
+                .unwrap()
+                .contains("refused")
+        );
+        // Past the first back-off it is tried again; failing again doubles the back-off.
+        let (until, wait) = t.down_until.lock().unwrap().unwrap();
+        assert_eq!(wait, DOWN_MIN);
+        *t.down_until.lock().unwrap() = Some((Instant::now() - Duration::from_millis(1), wait));
+        assert!(t.available());
+        let _ = t.get(&at, &[0; 16], 4096).await.unwrap_err();
+        let (later, wait) = t.down_until.lock().unwrap().unwrap();
+        assert_eq!(wait, 2 * DOWN_MIN);
+        assert!(later > until);
+        assert_eq!(t.stats.blocks.load(Ordering::Relaxed), 0);
     }
 
     #[test]

@@ -18,7 +18,7 @@ const BS: usize = 256 << 10;
 struct Bed {
     d: Dirs,
     data: Arc<Vec<u8>>,
-    _site: ClientProc,
+    site: ClientProc,
     site_cache: PathBuf,
     site_url: String,
     squid: Squid,
@@ -51,7 +51,7 @@ impl Bed {
             site_url: format!("http://{listen}"),
             d,
             data: Arc::new(data),
-            _site: site,
+            site,
             site_cache,
             squid,
         }
@@ -66,9 +66,13 @@ impl Bed {
     }
 
     fn host(&self, i: usize, sources: &[&str]) -> (ClientProc, PathBuf) {
+        self.host_with(i, sources, &[])
+    }
+
+    fn host_with(&self, i: usize, sources: &[&str], extra: &[&str]) -> (ClientProc, PathBuf) {
         let cache = self.d.tmp.path().join(format!("host{i}"));
         std::fs::create_dir(&cache).unwrap();
-        let mut args = Vec::new();
+        let mut args = extra.to_vec();
         for s in sources {
             args.extend(["--block-source", s]);
         }
@@ -325,4 +329,118 @@ async fn blocks_a_cache_corrupts_are_detected_refetched_and_counted() {
     let st = status_json(&c3);
     assert_eq!(n(tier(&st, 0), "rejected"), 0, "{st}");
     assert_eq!(n(tier(&st, 0), "blocks"), data_blocks, "{st}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hosts_ride_a_site_restart_mid_run() {
+    let mut bed = Bed::start(8 * 1024); // 32 MiB
+    let url = bed.squid.url();
+    let hosts: Vec<(ClientProc, PathBuf)> = (0..4).map(|i| bed.host(i, &[&url])).collect();
+    let ports: Vec<u16> = hosts.iter().map(|h| h.0.port).collect();
+    let progress = Arc::new(AtomicU64::new(0));
+    let run = tokio::spawn(read_everywhere(ports, bed.data.clone(), progress.clone()));
+    while progress.load(Ordering::Relaxed) < 32 && !run.is_finished() {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    // kill -9 the site; it comes back a second later with its cache (same port).
+    bed.site.kill();
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    bed.site.restart();
+    run.await.unwrap();
+
+    let caches: Vec<PathBuf> = hosts.iter().map(|h| h.1.clone()).collect();
+    let (site_b, rest) = bed.egress(&caches);
+    let mut fallbacks = 0;
+    for c in &caches {
+        let st = status_json(c);
+        println!("host {}: {}", c.display(), tier(&st, 0));
+        assert_eq!(n(tier(&st, 0), "rejected"), 0, "{st}");
+        fallbacks += n(tier(&st, 0), "fallbacks");
+    }
+    // The restarted site's counters start again: egress is taken from the hosts' side.
+    println!(
+        "site restarted mid-run: {fallbacks} blocks over the hosts' sessions meanwhile, \
+         hosts' sessions {rest} B, the restarted site's {site_b} B"
+    );
+    // Every host finished with the right bytes (read_everywhere checked them) and no NFS
+    // error; what the tier could not give while the site was away came over the sessions.
+    assert!(fallbacks > 0, "the site's restart went unnoticed");
+}
+
+/// Wait until `key` in the status of the client on `cache` reaches `want`.
+fn wait_for(cache: &Path, key: &str, want: u64) -> serde_json::Value {
+    let t = std::time::Instant::now();
+    loop {
+        let st = status_json(cache);
+        if n(&st, key) >= want {
+            return st;
+        }
+        assert!(
+            t.elapsed().as_secs() < 30,
+            "{key} stayed below {want}: {st}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_hosts_boot_profile_is_shared_and_later_hosts_prefetch_it_through_squid() {
+    let bed = Bed::start(8 * 1024); // 32 MiB
+    let url = bed.squid.url();
+    // A scattered "boot" over the image's data blocks: 16 reads of 64 KiB.
+    let pattern: Vec<u64> = bed
+        .data
+        .chunks(BS)
+        .enumerate()
+        .filter(|(_, b)| b.iter().any(|&x| x != 0))
+        .map(|(i, _)| i as u64 * BS as u64 + 8192)
+        .rev()
+        .step_by(3)
+        .take(16)
+        .collect();
+    let read_pattern = |port: u16| {
+        let (pattern, data) = (pattern.clone(), bed.data.clone());
+        async move {
+            let mut nfs = Nfs::mount(port).await;
+            let fh = nfs.lookup(&nfs.root.clone(), "vm.mem").await.unwrap();
+            for &off in &pattern {
+                let (got, _) = nfs.read(&fh, off, 65536).await.unwrap();
+                assert!(got[..] == data[off as usize..][..65536]);
+            }
+        }
+    };
+    // The first host boots: its first second of reads becomes the image's profile.
+    let (first, c1) = bed.host_with(0, &[&url], &["--fill", "off", "--share-profiles", "1"]);
+    read_pattern(first.port).await;
+    let st = wait_for(&c1, "profiles_shared", 1);
+    println!("first host: {}", tier(&st, 0));
+    let site_before = n(&status_json(&bed.site_cache)["site"], "blocks");
+
+    // A later host's first read starts the profile's prefetch, through Squid.
+    let (later, c2) = bed.host_with(1, &[&url], &["--fill", "off"]);
+    let mut nfs = Nfs::mount(later.port).await;
+    let fh = nfs.lookup(&nfs.root.clone(), "vm.mem").await.unwrap();
+    nfs.read(&fh, pattern[0], 65536).await.unwrap();
+    let before = wait_for(&c2, "prefetched_blocks", pattern.len() as u64 - 1);
+    read_pattern(later.port).await;
+    let after = status_json(&c2);
+    println!("later host, after its boot: {after}");
+    assert_eq!(
+        n(&after, "block_misses"),
+        n(&before, "block_misses"),
+        "{after}"
+    );
+    assert_eq!(
+        n(tier(&after, 0), "blocks"),
+        pattern.len() as u64,
+        "{after}"
+    );
+    assert_eq!(
+        n(&after, "packed_bytes"),
+        0,
+        "block bytes crossed the session: {after}"
+    );
+    // Squid already had every block of the profile: the site was not asked again.
+    let site_after = n(&status_json(&bed.site_cache)["site"], "blocks");
+    assert_eq!(site_after, site_before);
 }
