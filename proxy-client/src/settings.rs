@@ -680,7 +680,7 @@ impl Settings {
             block_source_timeout: secs("block-source-timeout", self.block_source_timeout)?,
             site_listen: self.site_listen,
             share_profiles: match self.share_profiles {
-                Some(w) if w == 0.0 => None,
+                Some(0.0) => None,
                 Some(w) => Some(secs("share-profiles", w)?),
                 None => None,
             },
