@@ -87,7 +87,7 @@ fn fill_page(rng: &mut StdRng, kind: u8, page: &mut [u8]) {
 }
 
 /// Pages in runs: 70% zero, 20% compressible, 10% random.
-fn write_pages(rng: &mut StdRng, f: &mut impl Write, bytes: u64) -> std::io::Result<()> {
+pub fn write_pages(rng: &mut StdRng, f: &mut impl Write, bytes: u64) -> std::io::Result<()> {
     let pages = bytes as usize / PAGE;
     let mut page = vec![0u8; PAGE];
     let mut done = 0;

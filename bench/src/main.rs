@@ -5,6 +5,7 @@ mod boot;
 mod boot_peers;
 mod contenders;
 mod data;
+mod fanout;
 mod link;
 mod mirror;
 mod nfsread;
@@ -191,6 +192,29 @@ enum Cmd {
         #[arg(long)]
         data: Option<PathBuf>,
     },
+    /// Issue 14's fan-out: N hosts read one image cold at once (boot trace, then whole)
+    /// through a site client + a real Squid (`tier`), and each straight to the store
+    /// (`direct`), the store behind the emulated link; writes fanout-PROFILE.{md,json}.
+    Fanout {
+        #[arg(long, value_enum, default_value = "wan")]
+        profile: Profile,
+        /// Host counts of the `tier` rows.
+        #[arg(long, value_delimiter = ',', default_value = "32,64")]
+        hosts: Vec<usize>,
+        /// Host counts of the `direct` rows (each host straight to the store).
+        #[arg(long, value_delimiter = ',', default_value = "32")]
+        direct: Vec<usize>,
+        /// Image size in MiB.
+        #[arg(long, default_value_t = 256)]
+        image_mib: u64,
+        /// Stop a row after this many seconds (its unfinished hosts count as failed).
+        #[arg(long, default_value_t = 1800)]
+        bound: u64,
+        #[arg(long, default_value = "bench/results")]
+        out: PathBuf,
+        #[arg(long)]
+        data: Option<PathBuf>,
+    },
     /// Copy stdin/stdout to and from a TCP address (the `exec:` end of the pipe transport).
     Connect { addr: String },
     /// Redraw the SVG chart of a results JSON (written beside it).
@@ -222,6 +246,32 @@ enum Cmd {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().cmd {
+        Cmd::Fanout {
+            profile,
+            hosts,
+            direct,
+            image_mib,
+            bound,
+            out,
+            data,
+        } => {
+            let (name, data) = vm_run(profile, data);
+            let link = profile.link().unwrap_or(LinkSpec {
+                rtt: Duration::ZERO,
+                bytes_per_sec: None,
+            });
+            fanout::run(fanout::Opts {
+                link,
+                hosts,
+                direct,
+                image_mib,
+                bound: Duration::from_secs(bound),
+                out,
+                data,
+                name,
+            })
+            .await
+        }
         Cmd::Connect { addr } => connect(&addr).await,
         Cmd::Mirror { dir } => mirror::serve(&dir).await,
         Cmd::Read { port, conns, file } => {
