@@ -123,6 +123,9 @@ pub struct TierStatus {
     pub fallbacks: u64,
     /// Payloads that failed verification (a broken or hostile cache).
     pub rejected: u64,
+    /// Blocks not given within `--block-source-timeout` (slow, not necessarily down).
+    #[serde(default)]
+    pub late: u64,
     /// Why the tier is being skipped, while it is.
     pub down: Option<String>,
 }
@@ -237,6 +240,7 @@ impl Sources {
                     bytes: l(&t.stats.bytes),
                     fallbacks: l(&t.stats.fallbacks),
                     rejected: l(&t.stats.rejected),
+                    late: l(&t.stats.late),
                     down: t.last_error.lock().expect("tier lock").clone(),
                 })
                 .collect(),

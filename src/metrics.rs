@@ -208,6 +208,7 @@ impl Collector for Figures {
                 bytes: sum(|t| t.bytes),
                 fallbacks: sum(|t| t.fallbacks),
                 rejected: sum(|t| t.rejected),
+                late: sum(|t| t.late),
                 down: st.tiers.iter().all(|t| t.down.is_some()).then(String::new),
                 url: String::new(),
             };
@@ -231,6 +232,11 @@ impl Collector for Figures {
                     "tier_rejected_blocks",
                     "Payloads from the tier that failed verification.",
                     t.rejected,
+                ),
+                (
+                    "tier_late_blocks",
+                    "Blocks the tier did not give within --block-source-timeout.",
+                    t.late,
                 ),
             ]);
         }

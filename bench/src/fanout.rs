@@ -33,6 +33,8 @@ pub struct Opts {
     pub hosts: Vec<usize>,
     pub direct: Vec<usize>,
     pub image_mib: u64,
+    /// The hosts' `--block-source-timeout` (their default when `None`).
+    pub tier_timeout: Option<f64>,
     pub bound: Duration,
     pub out: PathBuf,
     pub data: PathBuf,
@@ -54,6 +56,7 @@ struct Row {
     chain_model_s: f64,
     tier_blocks: u64,
     fallbacks: u64,
+    late: u64,
     rejected: u64,
     failed_hosts: usize,
 }
@@ -164,6 +167,9 @@ pub async fn run(o: Opts) -> anyhow::Result<()> {
                 "",
             )?;
             flags = vec!["--block-source".into(), s.url()];
+            if let Some(t) = o.tier_timeout {
+                flags.extend(["--block-source-timeout".into(), t.to_string()]);
+            }
             squid = Some(s);
         }
         let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
@@ -171,7 +177,10 @@ pub async fn run(o: Opts) -> anyhow::Result<()> {
         for i in 0..n {
             let cache = work.path().join(format!("host{i}"));
             std::fs::create_dir(&cache)?;
-            hosts.push((Daemon::gridvfs(&client_bin, &remote, &cache, &flags)?, cache));
+            hosts.push((
+                Daemon::gridvfs(&client_bin, &remote, &cache, &flags)?,
+                cache,
+            ));
         }
         eprintln!("fanout: {mode}, {n} hosts started");
         let t0 = Instant::now();
@@ -215,13 +224,14 @@ pub async fn run(o: Opts) -> anyhow::Result<()> {
             }
         }
         let egress = relay.bytes().1 - before;
-        let (mut tier_blocks, mut fallbacks, mut rejected) = (0, 0, 0);
+        let (mut tier_blocks, mut fallbacks, mut rejected, mut late) = (0, 0, 0, 0);
         for (_, cache) in &hosts {
             let st = status(&client_bin, cache);
             for t in st["tiers"].as_array().into_iter().flatten() {
                 tier_blocks += t["blocks"].as_u64().unwrap_or(0);
                 fallbacks += t["fallbacks"].as_u64().unwrap_or(0);
                 rejected += t["rejected"].as_u64().unwrap_or(0);
+                late += t["late"].as_u64().unwrap_or(0);
             }
         }
         let all_done = alls.iter().cloned().fold(0.0, f64::max);
@@ -238,6 +248,7 @@ pub async fn run(o: Opts) -> anyhow::Result<()> {
             chain_model_s: min as f64 / bw + (n as f64 - 1.0) * PIECE as f64 / bw,
             tier_blocks,
             fallbacks,
+            late,
             rejected,
             failed_hosts: failed,
         };
@@ -252,21 +263,25 @@ pub async fn run(o: Opts) -> anyhow::Result<()> {
          (70% zero pages); {:.1} MiB must cross (zstd -1 of non-zero pages). Each host \
          replays a {}-read boot trace ({:.1} MiB), then reads the image whole (4 READs of \
          1 MiB in flight), every byte checked. `tier`: site client + Squid + `--block-source`; \
-         `direct`: each host straight to the store. Chain model: S/B + (N-1)·256 KiB/B.\n\n\
-         | mode | hosts | store egress | × image | boot p50 | boot p99 | whole p50 | whole p99 | all done | chain model | tier blocks | session fallbacks | rejected | failed hosts |\n\
+         `direct`: each host straight to the store. Chain model: S/B + (N-1)·256 KiB/B. \
+         Hosts' --block-source-timeout: {}.\n\n\
+         | mode | hosts | store egress | × image | boot p50 | boot p99 | whole p50 | whole p99 | all done | chain model | tier blocks | session fallbacks (late) | rejected | failed hosts |\n\
          |---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
         o.link.rtt.as_secs_f64() * 1e3,
-        o.link
-            .bytes_per_sec
-            .map_or("unlimited".into(), |b| format!("{:.0} Mbit/s", b * 8.0 / 1e6)),
+        o.link.bytes_per_sec.map_or("unlimited".into(), |b| format!(
+            "{:.0} Mbit/s",
+            b * 8.0 / 1e6
+        )),
         size / MIB,
         min as f64 / MIB as f64,
         trace.len(),
         trace.iter().map(|t| u64::from(t.len)).sum::<u64>() as f64 / MIB as f64,
+        o.tier_timeout
+            .map_or("the default (10 s)".into(), |t| format!("{t} s")),
     );
     for r in &rows {
         md.push_str(&format!(
-            "| {} | {} | {:.1} MiB | {:.2}× | {:.1} s | {:.1} s | {:.1} s | {:.1} s | {:.1} s | {:.1} s | {} | {} | {} | {} |\n",
+            "| {} | {} | {:.1} MiB | {:.2}× | {:.1} s | {:.1} s | {:.1} s | {:.1} s | {:.1} s | {:.1} s | {} | {} ({}) | {} | {} |\n",
             r.mode,
             r.hosts,
             r.egress_bytes as f64 / MIB as f64,
@@ -279,6 +294,7 @@ pub async fn run(o: Opts) -> anyhow::Result<()> {
             r.chain_model_s,
             r.tier_blocks,
             r.fallbacks,
+            r.late,
             r.rejected,
             r.failed_hosts
         ));

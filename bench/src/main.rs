@@ -207,6 +207,9 @@ enum Cmd {
         /// Image size in MiB.
         #[arg(long, default_value_t = 256)]
         image_mib: u64,
+        /// The hosts' --block-source-timeout in seconds (default: the client's).
+        #[arg(long)]
+        tier_timeout: Option<f64>,
         /// Stop a row after this many seconds (its unfinished hosts count as failed).
         #[arg(long, default_value_t = 1800)]
         bound: u64,
@@ -251,6 +254,7 @@ async fn main() -> anyhow::Result<()> {
             hosts,
             direct,
             image_mib,
+            tier_timeout,
             bound,
             out,
             data,
@@ -265,6 +269,7 @@ async fn main() -> anyhow::Result<()> {
                 hosts,
                 direct,
                 image_mib,
+                tier_timeout,
                 bound: Duration::from_secs(bound),
                 out,
                 data,

@@ -85,7 +85,7 @@ pub async fn run() -> anyhow::Result<()> {
         write_policy: gridvfs::cache::WritePolicy::Through,
         fill: gridvfs::cache::FillPolicy::default(),
         block_source: Vec::new(),
-        block_source_timeout: Duration::from_secs(5),
+        block_source_timeout: Duration::from_secs(10),
         site_listen: None,
         share_profiles: None,
         // Only the user running the demo, from any port: it cannot bind a privileged one

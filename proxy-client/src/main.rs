@@ -156,8 +156,9 @@ struct ServeArgs {
     #[arg(long, value_name = "URL")]
     #[serde(skip_serializing_if = "Vec::is_empty")]
     block_source: Vec<String>,
-    /// Seconds a block from --block-source may take before it is fetched over the session
-    /// instead (and the tier skipped for a few seconds) [default: 5].
+    /// Seconds a block from --block-source may take before it is fetched from the next
+    /// source or the session instead; a source that gave no block at all for that long is
+    /// then skipped for a few seconds [default: 10].
     #[arg(long, value_name = "SECS")]
     #[serde(skip_serializing_if = "Option::is_none")]
     block_source_timeout: Option<f64>,
@@ -740,11 +741,12 @@ async fn status(cache_dir: &std::path::Path, json: bool) -> anyhow::Result<()> {
             );
             for t in &st.tiers {
                 println!(
-                    "  tier     {} blocks ({:.1} MiB sealed) from {}, {} over the session instead, {} failed verification{}",
+                    "  tier     {} blocks ({:.1} MiB sealed) from {}, {} over the session instead, {} late, {} failed verification{}",
                     t.blocks,
                     mib(t.bytes),
                     t.url,
                     t.fallbacks,
+                    t.late,
                     t.rejected,
                     t.down
                         .as_ref()

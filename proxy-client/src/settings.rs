@@ -178,7 +178,7 @@ impl Default for Settings {
             write_policy: Policy::Through,
             fill: Fill::All,
             block_source: Vec::new(),
-            block_source_timeout: 5.0,
+            block_source_timeout: 10.0,
             site_listen: None,
             share_profiles: None,
             allow_clients: Vec::new(),

@@ -144,26 +144,31 @@ impl DataPath {
                 got[(b - first) as usize] = d;
             }
         }
-        let mut out = BytesMut::with_capacity(len as usize);
+        // What no tier gave comes over the session, consecutive blocks in one request.
+        let failed: Vec<u64> = (first..first + n)
+            .filter(|b| got[(b - first) as usize].is_none())
+            .collect();
         let mut now = *attr;
-        for (i, block) in got.into_iter().enumerate() {
-            let b = first + i as u64;
-            let want = bs.min(attr.size - b * bs).min(off + len - b * bs);
-            match block {
-                Some(d) => out.extend_from_slice(&d[..want as usize]),
-                None => {
-                    first_up.stats.fallbacks.fetch_add(1, Ordering::Relaxed);
-                    let (d, a) = self.fetch(file.clone(), b * bs, want).await?;
-                    if validator(&a) != validator(attr) {
-                        now = a;
-                    }
-                    out.extend_from_slice(&d);
-                    if (d.len() as u64) < want {
-                        break;
-                    }
-                }
+        for (start, k) in super::range::runs(&failed, n) {
+            first_up.stats.fallbacks.fetch_add(k, Ordering::Relaxed);
+            let want = (k * bs).min(attr.size - start * bs);
+            let (d, a) = self.fetch(file.clone(), start * bs, want).await?;
+            if validator(&a) != validator(attr) {
+                now = a;
+            }
+            for (i, chunk) in d.chunks(bs as usize).enumerate() {
+                got[(start - first) as usize + i] = Some(chunk.to_vec());
             }
         }
+        let mut out = BytesMut::with_capacity(len as usize);
+        for block in got {
+            match block {
+                Some(d) => out.extend_from_slice(&d),
+                // The store had less than asked (the file shrank): the caller sees it.
+                None => break,
+            }
+        }
+        out.truncate(len as usize);
         Ok(Some((out.freeze(), now)))
     }
 

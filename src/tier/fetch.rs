@@ -5,7 +5,8 @@
 //! that does not open or match its sum (counted, and the cache's copy reloaded from the
 //! site with `Cache-Control: no-cache`), a 404/409, a reply later than the deadline. A
 //! tier that cannot be reached at all (refused, reset, 502/503/504 from a cache whose
-//! origin is gone, or a deadline missed) is left alone for a while — 1 s, doubling while it
+//! origin is gone, or a deadline missed with no answer at all for a deadline's time) is
+//! left alone for a while — 1 s, doubling while it
 //! keeps failing, up to [`DOWN_MAX`] — so a dead cache costs one failed request per few
 //! seconds, not one per block, and a restarted one is used again within a second.
 
@@ -31,6 +32,10 @@ pub const DOWN_MAX: Duration = Duration::from_secs(16);
 pub const LOCATOR_HEADER: &str = "x-gridvfs-block";
 /// Path prefix of block objects on the site (and so on every cache in front of it).
 pub const BLOCK_PATH: &str = "/gridvfs/v1/block/";
+/// Requests one host keeps in flight to one tier (4 MiB of 256 KiB blocks): enough to
+/// fill a LAN, few enough that a cache serving hundreds of hosts is not swamped with
+/// connections (32 hosts unbounded made Squid miss connect deadlines).
+const IN_FLIGHT: usize = 16;
 
 /// Where the site finds a block: file, block size, block number. Sent as a request header
 /// (not part of the URL, so every file holding the same block shares one cached object).
@@ -93,6 +98,8 @@ pub struct TierStats {
     pub fallbacks: AtomicU64,
     /// Payloads that failed to open or did not match their sum.
     pub rejected: AtomicU64,
+    /// Blocks not given within the deadline (each also a fallback).
+    pub late: AtomicU64,
 }
 
 /// An HTTP cache tier (`--block-source`): a Squid, nginx or Varnish in front of a site
@@ -105,7 +112,12 @@ pub struct Tier {
     down_until: Mutex<Option<(Instant, Duration)>>,
     /// Why the tier was last found down (for `status`); cleared when it answers again.
     pub last_error: Mutex<Option<String>>,
+    /// When the tier last gave a block: a late block from a tier that answers others is
+    /// a slow tier (busy origin, loaded cache), not a dead one.
+    last_ok: Mutex<Option<Instant>>,
     pub stats: TierStats,
+    /// At most [`IN_FLIGHT`] requests at once.
+    slots: tokio::sync::Semaphore,
 }
 
 impl Tier {
@@ -135,7 +147,9 @@ impl Tier {
             deadline,
             down_until: Mutex::new(None),
             last_error: Mutex::new(None),
+            last_ok: Mutex::new(None),
             stats: TierStats::default(),
+            slots: tokio::sync::Semaphore::new(IN_FLIGHT),
         })
     }
 
@@ -158,6 +172,7 @@ impl Tier {
             Ok(_) => {
                 self.stats.blocks.fetch_add(1, Ordering::Relaxed);
                 *self.down_until.lock().expect("tier lock") = None;
+                *self.last_ok.lock().expect("tier lock") = Some(Instant::now());
                 if self.last_error.lock().expect("tier lock").take().is_some() {
                     tracing::info!("block source {} answers again", self.base);
                 }
@@ -175,7 +190,18 @@ impl Tier {
                 // to the site once (the answer is checked by whoever asks next).
                 let _ = self.get_once(at, sum, max_len, true).await;
             }
-            Err(e @ (TierError::Down(_) | TierError::Timeout(_))) => self.mark_down(e),
+            Err(e @ TierError::Timeout(_)) => {
+                self.stats.late.fetch_add(1, Ordering::Relaxed);
+                let answering = self
+                    .last_ok
+                    .lock()
+                    .expect("tier lock")
+                    .is_some_and(|t| t.elapsed() < self.deadline);
+                if !answering {
+                    self.mark_down(e);
+                }
+            }
+            Err(e @ TierError::Down(_)) => self.mark_down(e),
             Err(e @ TierError::Status(s)) if s.is_server_error() => self.mark_down(e),
             Err(TierError::Status(_)) => {}
         }
@@ -224,6 +250,8 @@ impl Tier {
         let req = req
             .body(Empty::new())
             .map_err(|e| TierError::Down(e.to_string()))?;
+        // Waiting for a slot is this host's own queue, not the tier's slowness.
+        let _slot = self.slots.acquire().await.expect("never closed");
         let work = async {
             let resp = self
                 .client

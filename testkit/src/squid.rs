@@ -43,6 +43,7 @@ impl Squid {
              cache_peer_access site allow all\n\
              http_access allow all\n\
              collapsed_forwarding on\n\
+             max_filedescriptors 16384\n\
              cache_mem 256 MB\n\
              maximum_object_size_in_memory 8 MB\n\
              maximum_object_size 8 MB\n\
