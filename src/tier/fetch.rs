@@ -118,6 +118,8 @@ pub struct Tier {
     pub stats: TierStats,
     /// At most [`IN_FLIGHT`] requests at once.
     slots: tokio::sync::Semaphore,
+    /// Unexpected statuses already logged.
+    odd: Mutex<std::collections::HashSet<u16>>,
 }
 
 impl Tier {
@@ -150,6 +152,7 @@ impl Tier {
             last_ok: Mutex::new(None),
             stats: TierStats::default(),
             slots: tokio::sync::Semaphore::new(IN_FLIGHT),
+            odd: Mutex::default(),
         })
     }
 
@@ -203,7 +206,21 @@ impl Tier {
             }
             Err(e @ TierError::Down(_)) => self.mark_down(e),
             Err(e @ TierError::Status(s)) if s.is_server_error() => self.mark_down(e),
-            Err(TierError::Status(_)) => {}
+            // 404/409: this block is not there (a file changed under the manifest).
+            Err(TierError::Status(StatusCode::NOT_FOUND | StatusCode::CONFLICT)) => {}
+            // Anything else (403 from a cache's access rules or loop detection, ...) is a
+            // configuration problem worth one line per kind.
+            Err(TierError::Status(s)) => {
+                if self.odd.lock().expect("tier lock").insert(s.as_u16()) {
+                    tracing::warn!(
+                        "block source {} answers {s} (first seen for block {} of {:?}); \
+                         those blocks come over the session: check the cache's configuration",
+                        self.base,
+                        at.block,
+                        String::from_utf8_lossy(&at.path)
+                    );
+                }
+            }
         }
         r
     }

@@ -11,7 +11,9 @@ use anyhow::Context;
 
 use crate::net::{free_port, wait_for_port};
 
-/// A running `squid -N` with its own configuration and cache directory.
+/// A running `squid -N` with its own configuration and cache directory. Each has its own
+/// `visible_hostname`: chained Squids with one name see their own `Via` and refuse the
+/// request as a forwarding loop (403).
 pub struct Squid {
     pub port: u16,
     pub dir: PathBuf,
@@ -44,6 +46,7 @@ impl Squid {
              http_access allow all\n\
              collapsed_forwarding on\n\
              max_filedescriptors 16384\n\
+             visible_hostname gridvfs-squid-{port}\n\
              cache_mem 256 MB\n\
              maximum_object_size_in_memory 8 MB\n\
              maximum_object_size 8 MB\n\

@@ -444,3 +444,25 @@ async fn the_first_hosts_boot_profile_is_shared_and_later_hosts_prefetch_it_thro
     let site_after = n(&status_json(&bed.site_cache)["site"], "blocks");
     assert_eq!(site_after, site_before);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chain_of_two_squids_carries_the_blocks_and_the_locator() {
+    // host -> rack Squid -> site Squid -> site: the locator header must survive each hop.
+    let bed = Bed::start(4 * 1024); // 16 MiB
+    let data_blocks = bed.data_blocks();
+    let parent: std::net::SocketAddr = format!("127.0.0.1:{}", bed.squid.port).parse().unwrap();
+    let rack = Squid::start(&bed.d.tmp.path().join("rack-squid"), parent, "").unwrap();
+    let (via_rack, c1) = bed.host(0, &[&rack.url()]);
+    let (via_site_squid, c2) = bed.host(1, &[&bed.squid.url()]);
+    read_everywhere(vec![via_rack.port], bed.data.clone(), Arc::default()).await;
+    read_everywhere(vec![via_site_squid.port], bed.data.clone(), Arc::default()).await;
+    for c in [&c1, &c2] {
+        let st = status_json(c);
+        assert_eq!(n(tier(&st, 0), "blocks"), data_blocks, "{st}");
+        assert_eq!(n(tier(&st, 0), "fallbacks"), 0, "{st}");
+    }
+    // The second host's blocks were the site Squid's hits: the site sealed each once.
+    let site = status_json(&bed.site_cache);
+    assert_eq!(n(&site["site"], "blocks"), data_blocks, "{site}");
+    assert!(rack.access_log().contains("/gridvfs/v1/block/"));
+}
