@@ -119,6 +119,14 @@ impl Client {
             data = data.with_shared_profiles(w);
         }
         if !cfg.block_source.is_empty() {
+            if cfg.site_listen.is_some() {
+                // It would ask its own cache for the very block it is serving, and wait.
+                return Err(Error::Config(
+                    "a site (--site-listen) reads the store itself: --block-source is for the \
+                     hosts behind it"
+                        .into(),
+                ));
+            }
             let tiers = cfg
                 .block_source
                 .iter()

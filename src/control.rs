@@ -241,7 +241,7 @@ impl Sources {
                     fallbacks: l(&t.stats.fallbacks),
                     rejected: l(&t.stats.rejected),
                     late: l(&t.stats.late),
-                    down: t.last_error.lock().expect("tier lock").clone(),
+                    down: t.skipped(),
                 })
                 .collect(),
             site: self.site.as_ref().map(|(s, addr)| SiteStatus {

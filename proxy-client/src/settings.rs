@@ -677,7 +677,10 @@ impl Settings {
                 Fill::All => gridvfs::cache::FillPolicy::All,
             },
             block_source: self.block_source.clone(),
-            block_source_timeout: secs("block-source-timeout", self.block_source_timeout)?,
+            block_source_timeout: match secs("block-source-timeout", self.block_source_timeout)? {
+                d if d.is_zero() => anyhow::bail!("block-source-timeout must be more than 0"),
+                d => d,
+            },
             site_listen: self.site_listen,
             share_profiles: match self.share_profiles {
                 Some(0.0) => None,

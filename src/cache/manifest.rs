@@ -24,7 +24,8 @@ type Manifest = Arc<Vec<Sum>>;
 /// The file version (validator) a manifest was asked for, and the answer.
 type Known = (Vec<u8>, Option<Manifest>);
 
-/// Manifests remembered at most (one per file version; a 2 GiB image's is 128 KiB).
+/// Manifests remembered at most (one per file version: 16 bytes per block, 128 KiB for a
+/// 2 GiB image at 256 KiB blocks, 4 MiB at the store's cap of 256 Ki sums).
 const MAX_MANIFESTS: usize = 256;
 
 /// Per file: the version a manifest was asked for, and the manifest (`None`: the file
@@ -32,8 +33,9 @@ const MAX_MANIFESTS: usize = 256;
 #[derive(Default)]
 pub(super) struct Manifests {
     map: Mutex<HashMap<u64, Known>>,
-    /// One manifest request at a time: concurrent first misses of a file wait for it.
-    asking: tokio::sync::Mutex<()>,
+    /// Per file, held while its manifest is asked for: concurrent first misses of one file
+    /// make one request (other files' are not held up behind a slow one).
+    asking: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Manifests {
@@ -60,7 +62,14 @@ impl DataPath {
         if let Some(m) = self.manifests.known(id, &v) {
             return m;
         }
-        let _one = self.manifests.asking.lock().await;
+        let one = {
+            let mut asking = self.manifests.asking.lock().expect("asking lock");
+            if asking.len() >= MAX_MANIFESTS {
+                asking.retain(|_, l| Arc::strong_count(l) > 1);
+            }
+            asking.entry(id).or_default().clone()
+        };
+        let _one = one.lock().await;
         if let Some(m) = self.manifests.known(id, &v) {
             return m;
         }
@@ -74,6 +83,12 @@ impl DataPath {
                     Some(Arc::new(sums))
                 }
                 Ok(_) => None,
+                // The store refused for good (e.g. more blocks than it sends sums for):
+                // remembered for this version, not asked again at every miss.
+                Err(e @ crate::error::Error::Status(_)) => {
+                    tracing::debug!(file = id, "no manifest ({e}); blocks come over the session");
+                    None
+                }
                 Err(e) => {
                     tracing::debug!(file = id, "no manifest ({e}); blocks come over the session");
                     return None;
@@ -148,27 +163,26 @@ impl DataPath {
         let failed: Vec<u64> = (first..first + n)
             .filter(|b| got[(b - first) as usize].is_none())
             .collect();
-        let mut now = *attr;
         for (start, k) in super::range::runs(&failed, n) {
             first_up.stats.fallbacks.fetch_add(k, Ordering::Relaxed);
             let want = (k * bs).min(attr.size - start * bs);
             let (d, a) = self.fetch(file.clone(), start * bs, want).await?;
-            if validator(&a) != validator(attr) {
-                now = a;
+            if validator(&a) != validator(attr) || (d.len() as u64) < want {
+                // The file changed meanwhile: the tier's blocks are of the old version and
+                // must not be glued to the new one. The whole range, once more, from the
+                // session (the caller caches it only if it is of `attr`'s version).
+                return self.fetch(file.clone(), off, len).await.map(Some);
             }
             for (i, chunk) in d.chunks(bs as usize).enumerate() {
                 got[(start - first) as usize + i] = Some(chunk.to_vec());
             }
         }
         let mut out = BytesMut::with_capacity(len as usize);
-        for block in got {
-            match block {
-                Some(d) => out.extend_from_slice(&d),
-                // The store had less than asked (the file shrank): the caller sees it.
-                None => break,
-            }
+        for block in got.into_iter().flatten() {
+            out.extend_from_slice(&block);
         }
         out.truncate(len as usize);
+        let now = *attr;
         Ok(Some((out.freeze(), now)))
     }
 

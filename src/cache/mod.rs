@@ -21,12 +21,15 @@
 //! 1. the front's namespace lock (`nfs::fs::Front::ns`), at the NFS entry points;
 //! 2. write-back `retire` (readers: "store attributes, then journal overlay"; the
 //!    uploader writes it to retire entries);
-//! 3. a file's revalidation lock (`revalidating`, tokio: held across BlockSums);
+//! 3. a file's revalidation lock (`revalidating`, tokio: held across BlockSums), or a
+//!    file's manifest lock (`manifests.asking`'s per-file tokio mutex: held across
+//!    BlockSums, never together with the revalidation lock);
 //! 4. one of the std mutexes of this struct: `inflight` (the claim map), `sequential`,
-//!    `touched`, `recording`, `sharing`, `prefetching`, `revalidating`'s map, the background fill's
-//!    state (`fill`); or the journal mutex in `writeback`. Never two of them at once
-//!    (the fill copies `prefetching` before taking its own); `claim` and `compact` take
-//!    5 inside;
+//!    `touched`, `recording`, `sharing`, `prefetching`, `revalidating`'s map, the
+//!    background fill's state (`fill`), `manifests`' two maps; a site tier's own locks
+//!    (`tier::Tier`: back-off, last answer, statuses seen; `tier::Site`'s known files); or
+//!    the journal mutex in `writeback`. Never two of them at once (the fill copies
+//!    `prefetching` before taking its own); `claim` and `compact` take 5 inside;
 //! 5. the SQLite connection mutex inside [`Index`] (innermost: every index call), or the
 //!    checked-sums mutex inside [`Store`] (innermost too: never held with the index's).
 //!

@@ -127,10 +127,11 @@ impl DataPath {
         });
     }
 
-    /// `--share-profiles`: a hinted file read cold whose hint has no profile yet — this
-    /// host is the first to boot it — has its first-touch order recorded for the window,
-    /// then saved to its hint on the store, where later hosts' prefetch finds it (through
-    /// the site tier, if they use one). Needs a writable export; a refusal is logged.
+    /// `--share-profiles`: a hinted file read cold whose hint has no profile yet has its
+    /// first-touch order recorded for the window, then saved to its hint on the store —
+    /// unless another host saved one meanwhile — where later hosts' prefetch finds it
+    /// (through the site tier, if they use one). Needs a writable export; a refusal is
+    /// logged.
     pub(super) fn start_sharing(self: &Arc<Self>, id: u64, file: &FileRef, hint: &Hint) {
         let Some(window) = self.share_profiles else {
             return;
@@ -168,6 +169,14 @@ impl DataPath {
             blocks.truncate(512 * 1024);
             let n = blocks.len();
             if n == 0 {
+                return;
+            }
+            // Hosts booting together all record; the first to finish saves, the others
+            // find its profile here and keep it.
+            if let Ok((_, h)) = this.remote.hint(r.file.clone()).await
+                && !h.profile.is_empty()
+            {
+                tracing::info!("{path} has a boot profile by now; not saving this one");
                 return;
             }
             match this

@@ -5,8 +5,8 @@
 //! that does not open or match its sum (counted, and the cache's copy reloaded from the
 //! site with `Cache-Control: no-cache`), a 404/409, a reply later than the deadline. A
 //! tier that cannot be reached at all (refused, reset, 502/503/504 from a cache whose
-//! origin is gone, or a deadline missed with no answer at all for a deadline's time) is
-//! left alone for a while — 1 s, doubling while it
+//! origin is gone, or a deadline missed with no answer at all for a deadline's time), or
+//! that hands out a bad payload again when asked to reload it, is left alone for a while — 1 s, doubling while it
 //! keeps failing, up to [`DOWN_MAX`] — so a dead cache costs one failed request per few
 //! seconds, not one per block, and a restarted one is used again within a second.
 
@@ -85,6 +85,8 @@ pub enum TierError {
     Timeout(Duration),
     #[error("refused a payload from the tier: {0}")]
     Sealed(#[from] SealError),
+    #[error("skipped: found down while this request waited its turn")]
+    Skipped,
 }
 
 /// What the tier has done for this host (for `status` and metrics).
@@ -168,9 +170,47 @@ impl Tier {
         !matches!(*d, Some((t, _)) if Instant::now() < t)
     }
 
+    /// Why the tier is being skipped right now, if it is (for `status`).
+    pub fn skipped(&self) -> Option<String> {
+        if self.available() {
+            return None;
+        }
+        self.last_error.lock().expect("tier lock").clone()
+    }
+
     /// The block at `at` whose sum is `sum` (at most `max_len` bytes), from the tier.
     pub async fn get(&self, at: &Locator, sum: &Sum, max_len: usize) -> Result<Vec<u8>, TierError> {
-        let r = self.get_once(at, sum, max_len, false).await;
+        // Waiting for a slot is this host's own queue, not the tier's slowness; a tier
+        // found down meanwhile is not asked (the block goes elsewhere at once).
+        let _slot = self.slots.acquire().await.expect("never closed");
+        if !self.available() {
+            return Err(TierError::Skipped);
+        }
+        let mut r = self.get_once(at, sum, max_len, false).await;
+        if let Err(TierError::Sealed(e)) = &r {
+            self.stats.rejected.fetch_add(1, Ordering::Relaxed);
+            // A cache holding a bad copy would hand it to every host: make it go back to
+            // the site (Squid does for `no-cache`; nginx and Varnish need a purge), and use
+            // that answer if it verifies.
+            let again = self.get_once(at, sum, max_len, true).await;
+            tracing::warn!(
+                "block source {}: block {} of {:?}: {e}; reloaded from the site: {}",
+                self.base,
+                at.block,
+                String::from_utf8_lossy(&at.path),
+                match &again {
+                    Ok(_) => "good".to_string(),
+                    Err(e) => format!("{e}; fetched elsewhere"),
+                }
+            );
+            match again {
+                Ok(_) => r = again,
+                // Bad twice, the second time straight from the site's side: this source
+                // is broken or hostile; skip it like one that is down.
+                Err(e @ TierError::Sealed(_)) => self.mark_down(&e),
+                Err(_) => {}
+            }
+        }
         match &r {
             Ok(_) => {
                 self.stats.blocks.fetch_add(1, Ordering::Relaxed);
@@ -180,19 +220,7 @@ impl Tier {
                     tracing::info!("block source {} answers again", self.base);
                 }
             }
-            Err(TierError::Sealed(e)) => {
-                self.stats.rejected.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(
-                    "block source {}: block {} of {:?}: {e}; fetched over the session, and the \
-                     cache's copy reloaded from the site",
-                    self.base,
-                    at.block,
-                    String::from_utf8_lossy(&at.path)
-                );
-                // A cache holding a bad copy would hand it to every host: make it go back
-                // to the site once (the answer is checked by whoever asks next).
-                let _ = self.get_once(at, sum, max_len, true).await;
-            }
+            Err(TierError::Sealed(_) | TierError::Skipped) => {}
             Err(e @ TierError::Timeout(_)) => {
                 self.stats.late.fetch_add(1, Ordering::Relaxed);
                 let answering = self
@@ -267,8 +295,6 @@ impl Tier {
         let req = req
             .body(Empty::new())
             .map_err(|e| TierError::Down(e.to_string()))?;
-        // Waiting for a slot is this host's own queue, not the tier's slowness.
-        let _slot = self.slots.acquire().await.expect("never closed");
         let work = async {
             let resp = self
                 .client

@@ -4,10 +4,12 @@
 //!
 //! The store stays SSH-only: the site reads through its own session and block cache (packed
 //! fetches, single flight per block, read-ahead), like any client. It needs no manifest
-//! and keeps no secret: the [`Locator`] header says where the block is, and the site
-//! answers only if the block found there hashes to the requested id (409 otherwise), so a
-//! host can never make a cache hold the wrong content under an id, and one who does not
-//! know a block's sum cannot have it served at all.
+//! and keeps no secret: the [`Locator`] header says where the block is; the site asks the
+//! store for that file's manifest (its block sums, as hosts do), answers only if the sum
+//! there gives the requested id — before reading anything — and only if the block it then
+//! reads still has that sum. So a host can never make a cache hold wrong content under an
+//! id, and one who does not know a block's sum can neither have it served nor make the
+//! site fetch it; every such refusal is the same 404.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -26,16 +28,23 @@ use super::fetch::{BLOCK_PATH, LOCATOR_HEADER, Locator};
 use super::seal;
 use crate::cache::{DataPath, Index};
 use crate::error::Error;
-use crate::proto::{Attr, FileRef};
+use crate::proto::{Attr, FileRef, HintSource};
 use crate::remote::RemoteStore;
 
 /// Largest block a host may ask for (the cache's largest block size).
 const MAX_BLOCK: u64 = 4 << 20;
-/// Attributes kept per path between requests: a block request costs no store round trip
-/// for a file read a moment ago (a changed file shows up as a 409, which drops them).
+/// A file's attributes and manifest are reused this long between requests: a block request
+/// costs no store round trip for a file asked about a moment ago.
 const ATTR_TTL: Duration = Duration::from_secs(1);
 /// What caches may keep a block for: a year, and `immutable` (an id names one content).
 const CACHE_FOREVER: &str = "public, max-age=31536000, immutable";
+/// Connections served at once; more wait in the listen backlog.
+const MAX_CONNECTIONS: usize = 4096;
+/// A connection that has not sent a whole request header in this long is closed.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+/// Every refusal about a block looks the same: which files exist, how large they are and
+/// which blocks they hold is not told to someone who does not know the sums.
+const NO_SUCH_BLOCK: &str = "no such block\n";
 
 /// What the site has served (for `status` and metrics).
 #[derive(Debug, Default)]
@@ -48,13 +57,33 @@ pub struct SiteStats {
     pub refused: AtomicU64,
 }
 
+/// A file as the site last asked the store about it.
+#[derive(Clone)]
+struct Known {
+    attr: Attr,
+    at: Instant,
+    /// The file's block sums at the asked block size (only hinted files have them).
+    sums: Option<Arc<Vec<seal::Sum>>>,
+}
+
 /// The block service of a site.
 pub struct Site {
     data: Arc<DataPath>,
     index: Arc<Index>,
     store: Arc<RemoteStore>,
-    attrs: Mutex<HashMap<Vec<u8>, (Attr, Instant)>>,
+    /// (path, block size) -> what the store said.
+    known: Mutex<HashMap<(Vec<u8>, u64), Known>>,
     pub stats: SiteStats,
+}
+
+/// Why a request was not answered with a block.
+enum Refusal {
+    /// Nothing here for you (one answer for every reason: see [`NO_SUCH_BLOCK`]).
+    NoSuchBlock,
+    /// The request itself is malformed.
+    Bad(String),
+    /// The store cannot be asked right now.
+    Unavailable(String),
 }
 
 impl Site {
@@ -63,37 +92,59 @@ impl Site {
             data,
             index,
             store,
-            attrs: Mutex::new(HashMap::new()),
+            known: Mutex::new(HashMap::new()),
             stats: SiteStats::default(),
         }
     }
 
-    async fn attr(&self, path: &[u8]) -> crate::error::Result<Attr> {
-        if let Some((a, at)) = self.attrs.lock().expect("attrs lock").get(path)
-            && at.elapsed() < ATTR_TTL
+    /// The file's attributes and, for a hinted file at this block size, its sums: the
+    /// same manifest hosts get, asked of the store before anything is read.
+    async fn known(&self, path: &[u8], bs: u64) -> Result<Known, Refusal> {
+        let key = (path.to_vec(), bs);
+        let old = self.known.lock().expect("known lock").get(&key).cloned();
+        if let Some(k) = &old
+            && k.at.elapsed() < ATTR_TTL
         {
-            return Ok(*a);
+            return Ok(k.clone());
         }
         let file = FileRef {
             path: path.to_vec(),
             ident: None,
         };
-        let a = self.store.getattr(&file).await?;
-        let mut attrs = self.attrs.lock().expect("attrs lock");
-        if attrs.len() > 4096 {
-            attrs.clear();
+        let (attr, hint) = self.store.hint(file.clone()).await.map_err(refusal)?;
+        let v = crate::cache::validator(&attr);
+        let sums = match old {
+            Some(k) if crate::cache::validator(&k.attr) == v => k.sums,
+            _ if hint.source == HintSource::File && u64::from(hint.block_size) == bs => {
+                let (now, sums) = self
+                    .store
+                    .block_sums(file, bs as u32)
+                    .await
+                    .map_err(refusal)?;
+                (crate::cache::validator(&now) == v && sums.len() as u64 == attr.size.div_ceil(bs))
+                    .then(|| Arc::new(sums))
+            }
+            _ => None,
+        };
+        let k = Known {
+            attr,
+            at: Instant::now(),
+            sums,
+        };
+        let mut known = self.known.lock().expect("known lock");
+        if known.len() > 4096 {
+            known.clear();
         }
-        attrs.insert(path.to_vec(), (a, Instant::now()));
-        Ok(a)
+        known.insert(key, k.clone());
+        Ok(k)
     }
 
     /// The sealed block `id` at `at`, or why not.
-    async fn block(&self, id: &str, at: &Locator) -> Result<Bytes, (StatusCode, String)> {
+    async fn block(&self, id: &str, at: &Locator) -> Result<Bytes, Refusal> {
         let bs = at.block_size;
-        if !bs.is_power_of_two() || !(4096..=MAX_BLOCK).contains(&bs) {
-            return Err((StatusCode::BAD_REQUEST, format!("block size {bs}")));
-        }
-        if at.path.is_empty()
+        if !bs.is_power_of_two()
+            || !(4096..=MAX_BLOCK).contains(&bs)
+            || at.path.is_empty()
             || at.path.starts_with(b"/")
             || at.path.contains(&0)
             || at
@@ -101,35 +152,39 @@ impl Site {
                 .split(|c| *c == b'/')
                 .any(|c| c.is_empty() || c == b"." || c == b"..")
         {
-            return Err((StatusCode::BAD_REQUEST, "bad path".into()));
+            return Err(Refusal::NoSuchBlock);
         }
-        let attr = self.attr(&at.path).await.map_err(refusal)?;
-        let off = at.block.saturating_mul(bs);
-        if off >= attr.size {
-            return Err((StatusCode::NOT_FOUND, "past the end of the file".into()));
-        }
-        let file_id = self.index.id_for(&at.path, attr.ident).map_err(refusal)?;
+        // The id is checked against the store's manifest before anything is read: someone
+        // who does not know a block's sum cannot make the site fetch it.
+        let k = self.known(&at.path, bs).await?;
+        let sum = k
+            .sums
+            .as_ref()
+            .and_then(|s| s.get(usize::try_from(at.block).ok()?).copied())
+            .filter(|s| seal::block_id(s) == id)
+            .ok_or(Refusal::NoSuchBlock)?;
+        let off = at.block * bs;
+        let file_id = self.index.id_for(&at.path, k.attr.ident).map_err(refusal)?;
         let file = FileRef {
             path: at.path.clone(),
-            ident: Some(attr.ident),
+            ident: Some(k.attr.ident),
         };
         let (data, _, _) = self
             .data
-            .read(file_id, file, attr, off, bs as u32)
+            .read(file_id, file, k.attr, off, bs as u32)
             .await
             .map_err(refusal)?;
-        let sum = seal::sum_of(&data);
-        if seal::block_id(&sum) != id {
-            // Another block, or this one changed: whatever we have, it is not `id`.
-            self.attrs.lock().expect("attrs lock").remove(&at.path);
-            return Err((
-                StatusCode::CONFLICT,
-                "the block at that place does not have that id".into(),
-            ));
+        if seal::sum_of(&data) != sum {
+            // The file changed since its manifest was read: ask again next time.
+            self.known
+                .lock()
+                .expect("known lock")
+                .remove(&(at.path.clone(), bs));
+            return Err(Refusal::NoSuchBlock);
         }
         let sealed = tokio::task::spawn_blocking(move || seal::seal(&sum, &data))
             .await
-            .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+            .map_err(|e| Refusal::Unavailable(e.to_string()))?;
         Ok(Bytes::from(sealed))
     }
 
@@ -150,13 +205,11 @@ impl Site {
             .and_then(|v| v.to_str().ok())
             .and_then(Locator::parse);
         let result = match at {
-            _ if id.len() != 64 || !id.bytes().all(|c| c.is_ascii_hexdigit()) => {
-                Err((StatusCode::NOT_FOUND, "not a block id".into()))
+            // Ids are what `block_id` writes: 64 lowercase hex digits.
+            _ if id.len() != 64 || !id.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')) => {
+                Err(Refusal::NoSuchBlock)
             }
-            None => Err((
-                StatusCode::BAD_REQUEST,
-                format!("no valid {LOCATOR_HEADER} header"),
-            )),
+            None => Err(Refusal::Bad(format!("no valid {LOCATOR_HEADER} header"))),
             Some(at) => self.block(id, &at).await,
         };
         match result {
@@ -165,28 +218,27 @@ impl Site {
                 self.stats
                     .bytes
                     .fetch_add(body.len() as u64, Ordering::Relaxed);
-                // The id names the content; the payload is deterministic for it.
-                let etag = format!("\"{}\"", &id[..32]);
-                let fresh = req
-                    .headers()
-                    .get("if-none-match")
-                    .is_some_and(|v| v.as_bytes() == etag.as_bytes());
-                let b = Response::builder()
+                // Always the body, never 304: a cache revalidating a copy a host rejected
+                // must get the good payload back, not a confirmation of its own.
+                Response::builder()
+                    .status(StatusCode::OK)
                     .header("cache-control", CACHE_FOREVER)
-                    .header("etag", &etag)
-                    .header("content-type", "application/octet-stream");
-                if fresh {
-                    b.status(StatusCode::NOT_MODIFIED)
-                        .body(Full::new(Bytes::new()))
-                } else {
-                    b.status(StatusCode::OK).body(Full::new(body))
-                }
-                .expect("a valid response")
+                    .header("etag", format!("\"{}\"", &id[..32]))
+                    .header("content-type", "application/octet-stream")
+                    .body(Full::new(body))
+                    .expect("a valid response")
             }
-            Err((status, why)) => {
+            Err(r) => {
                 self.stats.refused.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!("site: {path}: {status} {why}");
-                plain(status, format!("{why}\n"))
+                let (status, why) = match r {
+                    Refusal::NoSuchBlock => (StatusCode::NOT_FOUND, NO_SUCH_BLOCK.to_string()),
+                    Refusal::Bad(why) => (StatusCode::BAD_REQUEST, format!("{why}\n")),
+                    Refusal::Unavailable(why) => {
+                        (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n"))
+                    }
+                };
+                tracing::debug!("site: {path}: {status} {}", why.trim_end());
+                plain(status, why)
             }
         }
     }
@@ -202,10 +254,14 @@ fn plain(status: StatusCode, body: String) -> Response<Full<Bytes>> {
         .expect("a valid response")
 }
 
-fn refusal(e: Error) -> (StatusCode, String) {
+/// The store failing as a whole (unreachable, not answering) is a 503, which makes hosts
+/// skip the tier for a while; anything about one file or block is "no such block", which
+/// sends only that block over their sessions.
+fn refusal(e: Error) -> Refusal {
     match e {
-        Error::Status(s) => (StatusCode::NOT_FOUND, format!("the store says {s:?}")),
-        other => (StatusCode::SERVICE_UNAVAILABLE, other.to_string()),
+        Error::Disconnected(m) | Error::Stalled(m) | Error::Unsent(m) => Refusal::Unavailable(m),
+        e @ (Error::Offline(_) | Error::OfflineTooLong(_)) => Refusal::Unavailable(e.to_string()),
+        _ => Refusal::NoSuchBlock,
     }
 }
 
@@ -213,8 +269,12 @@ fn refusal(e: Error) -> (StatusCode, String) {
 pub async fn serve(addr: SocketAddr, site: Arc<Site>) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     tokio::spawn(async move {
         loop {
+            let Ok(slot) = slots.clone().acquire_owned().await else {
+                return;
+            };
             let stream = match listener.accept().await {
                 Ok((s, _)) => s,
                 Err(e) => {
@@ -232,8 +292,11 @@ pub async fn serve(addr: SocketAddr, site: Arc<Site>) -> std::io::Result<SocketA
                 });
                 let io = hyper_util::rt::TokioIo::new(stream);
                 let _ = hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(HEADER_TIMEOUT)
                     .serve_connection(io, service)
                     .await;
+                drop(slot);
             });
         }
     });

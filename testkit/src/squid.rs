@@ -33,8 +33,21 @@ pub fn binary() -> anyhow::Result<PathBuf> {
 impl Squid {
     /// Start Squid on a free loopback port, caching what `origin` (host:port) serves;
     /// `extra`: configuration lines added last (they override the defaults here).
-    /// `dir` must not exist yet.
+    /// `dir` must not exist yet; Squid's own directory is made inside it.
     pub fn start(dir: &Path, origin: std::net::SocketAddr, extra: &str) -> anyhow::Result<Self> {
+        // The free port may be taken by another test before Squid binds it: try again.
+        let mut last = None;
+        for attempt in 0..3 {
+            let d = dir.join(format!("try{attempt}"));
+            match Self::start_once(&d, origin, extra) {
+                Ok(s) => return Ok(s),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.expect("tried"))
+    }
+
+    fn start_once(dir: &Path, origin: std::net::SocketAddr, extra: &str) -> anyhow::Result<Self> {
         let bin = binary()?;
         std::fs::create_dir_all(dir.join("cache"))?;
         let port = free_port()?;
