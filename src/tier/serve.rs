@@ -33,9 +33,13 @@ use crate::remote::RemoteStore;
 
 /// Largest block a host may ask for (the cache's largest block size).
 const MAX_BLOCK: u64 = 4 << 20;
-/// A file's attributes and manifest are reused this long between requests: a block request
-/// costs no store round trip for a file asked about a moment ago.
-const ATTR_TTL: Duration = Duration::from_secs(1);
+/// A file's attributes and manifest are reused this long between requests, so block
+/// requests cost no store round trip (and a busy site sends no herd of them each time one
+/// expires). Staleness is harmless: a block is served only if it still has the manifest's
+/// sum, and an id the manifest does not know makes a manifest older than [`FRESH`] be
+/// asked for again at once.
+const ATTR_TTL: Duration = Duration::from_secs(30);
+const FRESH: Duration = Duration::from_secs(1);
 /// What caches may keep a block for: a year, and `immutable` (an id names one content).
 const CACHE_FOREVER: &str = "public, max-age=31536000, immutable";
 /// Connections served at once; more wait in the listen backlog.
@@ -139,6 +143,13 @@ impl Site {
         Ok(k)
     }
 
+    fn forget(&self, path: &[u8], bs: u64) {
+        self.known
+            .lock()
+            .expect("known lock")
+            .remove(&(path.to_vec(), bs));
+    }
+
     /// The sealed block `id` at `at`, or why not.
     async fn block(&self, id: &str, at: &Locator) -> Result<Bytes, Refusal> {
         let bs = at.block_size;
@@ -156,13 +167,19 @@ impl Site {
         }
         // The id is checked against the store's manifest before anything is read: someone
         // who does not know a block's sum cannot make the site fetch it.
-        let k = self.known(&at.path, bs).await?;
-        let sum = k
-            .sums
-            .as_ref()
-            .and_then(|s| s.get(usize::try_from(at.block).ok()?).copied())
-            .filter(|s| seal::block_id(s) == id)
-            .ok_or(Refusal::NoSuchBlock)?;
+        let lookup = |k: &Known| {
+            k.sums
+                .as_ref()
+                .and_then(|s| s.get(usize::try_from(at.block).ok()?).copied())
+                .filter(|s| seal::block_id(s) == id)
+        };
+        let mut k = self.known(&at.path, bs).await?;
+        if lookup(&k).is_none() && k.at.elapsed() > FRESH {
+            // Perhaps the file changed or grew since: ask once more.
+            self.forget(&at.path, bs);
+            k = self.known(&at.path, bs).await?;
+        }
+        let sum = lookup(&k).ok_or(Refusal::NoSuchBlock)?;
         let off = at.block * bs;
         let file_id = self.index.id_for(&at.path, k.attr.ident).map_err(refusal)?;
         let file = FileRef {
@@ -176,10 +193,7 @@ impl Site {
             .map_err(refusal)?;
         if seal::sum_of(&data) != sum {
             // The file changed since its manifest was read: ask again next time.
-            self.known
-                .lock()
-                .expect("known lock")
-                .remove(&(at.path.clone(), bs));
+            self.forget(&at.path, bs);
             return Err(Refusal::NoSuchBlock);
         }
         let sealed = tokio::task::spawn_blocking(move || seal::seal(&sum, &data))

@@ -508,3 +508,39 @@ async fn a_chain_of_two_squids_carries_the_blocks_and_the_locator() {
     assert_eq!(n(&site["site"], "blocks"), data_blocks, "{site}");
     assert!(rack.access_log().contains("/gridvfs/v1/block/"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_image_is_served_by_its_new_ids_and_its_unchanged_blocks_stay_shared() {
+    let mut bed = Bed::start(4 * 1024); // 16 MiB
+    let url = bed.squid.url();
+    let (first, _c1) = bed.host(0, &[&url]);
+    read_everywhere(vec![first.port], bed.data.clone(), Arc::default()).await;
+    let served_before = n(&status_json(&bed.site_cache)["site"], "blocks");
+
+    // The image is updated in place on the store (3 blocks rewritten) and hinted again.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let mut data = (*bed.data).clone();
+    let changed = [5usize, 20, 40];
+    for &b in &changed {
+        for (i, x) in data[b * BS..(b + 1) * BS].iter_mut().enumerate() {
+            // Different in each block (identical blocks would share one id and object).
+            *x = (i as u8).wrapping_mul(31) ^ b as u8;
+        }
+    }
+    let path = bed.d.export.join("vm.mem");
+    std::fs::write(&path, &data).unwrap();
+    hint(&[], &path);
+    bed.data = Arc::new(data);
+
+    // A new host gets the new manifest; the site, which still remembers the old one,
+    // asks the store again for ids it does not know, and serves them.
+    let (second, c2) = bed.host(1, &[&url]);
+    read_everywhere(vec![second.port], bed.data.clone(), Arc::default()).await;
+    let st = status_json(&c2);
+    println!("after the change: {}", tier(&st, 0));
+    assert_eq!(n(tier(&st, 0), "fallbacks"), 0, "{st}");
+    assert_eq!(n(tier(&st, 0), "blocks"), bed.data_blocks(), "{st}");
+    // Only the changed blocks were new to the site: the rest were Squid's hits.
+    let served = n(&status_json(&bed.site_cache)["site"], "blocks") - served_before;
+    assert_eq!(served, changed.len() as u64);
+}
