@@ -110,6 +110,30 @@ pub fn write_pages(rng: &mut StdRng, f: &mut impl Write, bytes: u64) -> std::io:
     Ok(())
 }
 
+/// A boot-like trace of about `bytes`: runs of 5-30 sequential reads of 4-256 KiB, each
+/// run from a place `start` picks (its offset and the end it must not pass).
+pub fn run_trace(
+    rng: &mut StdRng,
+    bytes: u64,
+    mut start: impl FnMut(&mut StdRng) -> (u64, u64),
+) -> Vec<TraceRead> {
+    let mut trace = Vec::new();
+    let mut total = 0u64;
+    while total < bytes {
+        let (mut off, end) = start(rng);
+        for _ in 0..rng.random_range(5..30) {
+            let len = (rng.random_range(1..=64u32) * PAGE as u32).min((end - off) as u32);
+            if len == 0 {
+                break;
+            }
+            trace.push(TraceRead { offset: off, len });
+            total += u64::from(len);
+            off += u64::from(len);
+        }
+    }
+    trace
+}
+
 /// Make (or reuse) the data set for `spec` under `root`.
 pub fn ensure(root: &Path, spec: DataSpec) -> anyhow::Result<DataSet> {
     let dir = root.join(format!(
@@ -166,22 +190,11 @@ pub fn ensure(root: &Path, spec: DataSpec) -> anyhow::Result<DataSet> {
         img.sync_all()?;
 
         // Boot trace: mostly-sequential runs inside the data extents, runs in scattered order.
-        let mut trace = Vec::new();
-        let mut total = 0u64;
-        while total < spec.trace_bytes {
+        let trace = run_trace(&mut rng, spec.trace_bytes, |rng| {
             let (ext_off, ext_len) = extents[rng.random_range(0..extents.len())];
-            let mut off = ext_off + rng.random_range(0..ext_len / PAGE as u64) * PAGE as u64;
-            for _ in 0..rng.random_range(5..30) {
-                let len = (rng.random_range(1..=64u32) * PAGE as u32)
-                    .min((ext_off + ext_len - off) as u32);
-                if len == 0 {
-                    break;
-                }
-                trace.push(TraceRead { offset: off, len });
-                total += u64::from(len);
-                off += u64::from(len);
-            }
-        }
+            let off = ext_off + rng.random_range(0..ext_len / PAGE as u64) * PAGE as u64;
+            (off, ext_off + ext_len)
+        });
         std::fs::write(&trace_path, serde_json::to_vec(&trace)?)?;
     }
     let trace: Vec<TraceRead> = serde_json::from_slice(&std::fs::read(&trace_path)?)?;

@@ -73,20 +73,9 @@ fn make_data(dir: &Path, bytes: u64) -> anyhow::Result<(PathBuf, Vec<TraceRead>)
         let mut f = std::io::BufWriter::new(std::fs::File::create(&img)?);
         data::write_pages(&mut rng, &mut f, bytes)?;
         f.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-        let mut trace = Vec::new();
-        let mut total = 0;
-        while total < bytes / 10 {
-            let mut off = rng.random_range(0..bytes / 4096) * 4096;
-            for _ in 0..rng.random_range(5..30) {
-                let len = (rng.random_range(1..=64u64) * 4096).min(bytes - off) as u32;
-                if len == 0 {
-                    break;
-                }
-                trace.push(TraceRead { offset: off, len });
-                total += u64::from(len);
-                off += u64::from(len);
-            }
-        }
+        let trace = data::run_trace(&mut rng, bytes / 10, |rng| {
+            (rng.random_range(0..bytes / 4096) * 4096, bytes)
+        });
         std::fs::write(&trace_path, serde_json::to_vec(&trace)?)?;
     }
     Ok((img, serde_json::from_slice(&std::fs::read(&trace_path)?)?))

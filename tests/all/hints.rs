@@ -259,7 +259,7 @@ async fn a_changed_file_refetches_only_its_changed_blocks() {
 }
 
 /// Wait until `key` in `status` reaches `want` (prefetches run in the background).
-fn wait_for(cache: &std::path::Path, key: &str, want: u64) -> serde_json::Value {
+pub(crate) fn wait_for(cache: &std::path::Path, key: &str, want: u64) -> serde_json::Value {
     let t = std::time::Instant::now();
     loop {
         let st = status_json(cache);

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use gridvfs_testkit::squid::Squid;
 
 use crate::harness::*;
-use crate::hints::{hint, memory_image};
+use crate::hints::{hint, memory_image, wait_for};
 
 const BS: usize = 256 << 10;
 
@@ -409,22 +409,6 @@ async fn hosts_ride_a_site_restart_mid_run() {
     assert!(fallbacks > 0, "the site's restart went unnoticed");
 }
 
-/// Wait until `key` in the status of the client on `cache` reaches `want`.
-fn wait_for(cache: &Path, key: &str, want: u64) -> serde_json::Value {
-    let t = std::time::Instant::now();
-    loop {
-        let st = status_json(cache);
-        if n(&st, key) >= want {
-            return st;
-        }
-        assert!(
-            t.elapsed().as_secs() < 30,
-            "{key} stayed below {want}: {st}"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_first_hosts_boot_profile_is_shared_and_later_hosts_prefetch_it_through_squid() {
     let bed = Bed::start(8 * 1024); // 32 MiB
@@ -543,4 +527,29 @@ async fn a_changed_image_is_served_by_its_new_ids_and_its_unchanged_blocks_stay_
     // Only the changed blocks were new to the site: the rest were Squid's hits.
     let served = n(&status_json(&bed.site_cache)["site"], "blocks") - served_before;
     assert_eq!(served, changed.len() as u64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hosts_read_through_nginx_in_squids_place() {
+    let bed = Bed::start(4 * 1024); // 16 MiB
+    let data_blocks = bed.data_blocks();
+    let site: std::net::SocketAddr = bed.site_url.trim_start_matches("http://").parse().unwrap();
+    let nginx = gridvfs_testkit::nginx::Nginx::start(&bed.d.tmp.path().join("nginx"), site)
+        .expect("a real nginx (apt-get install nginx-light; .ci/run does)");
+    let hosts: Vec<(ClientProc, PathBuf)> = (0..4).map(|i| bed.host(i, &[&nginx.url()])).collect();
+    read_everywhere(
+        hosts.iter().map(|h| h.0.port).collect(),
+        bed.data.clone(),
+        Arc::default(),
+    )
+    .await;
+    for (_, c) in &hosts {
+        let st = status_json(c);
+        assert_eq!(n(tier(&st, 0), "blocks"), data_blocks, "{st}");
+        assert_eq!(n(tier(&st, 0), "fallbacks"), 0, "{st}");
+    }
+    // proxy_cache_lock collapsed the concurrent misses: the site sealed each block once.
+    let site_st = status_json(&bed.site_cache);
+    assert_eq!(n(&site_st["site"], "blocks"), data_blocks, "{site_st}");
+    assert!(nginx.access_log().contains("/gridvfs/v1/block/"));
 }
