@@ -156,10 +156,11 @@ struct ServeArgs {
     #[arg(long, value_name = "URL")]
     #[serde(skip_serializing_if = "Vec::is_empty")]
     block_source: Vec<String>,
-    /// Seconds a block from --block-source may take, from when its request is sent (each
-    /// source gets at most 16 at once), before it is fetched from the next source or the
-    /// session instead; a source that gave no block at all for that long is then skipped
-    /// for a few seconds [default: 10].
+    /// Seconds a --block-source may stay silent: a block waits for it this long from when
+    /// its request is sent (each source gets at most 16 at once), or up to 6 times this
+    /// long while the source keeps giving other blocks (loaded, not dead); then the block
+    /// comes from the next source or the session, and a silent source is skipped for a
+    /// few seconds [default: 10].
     #[arg(long, value_name = "SECS")]
     #[serde(skip_serializing_if = "Option::is_none")]
     block_source_timeout: Option<f64>,

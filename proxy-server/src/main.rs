@@ -66,7 +66,8 @@ enum Cmd {
         /// The file will not change: clients never revalidate it.
         #[arg(long)]
         immutable: bool,
-        /// Block size of the per-block hashes.
+        /// Block size of the per-block hashes; a site cache tier (`--block-source`) is used
+        /// by clients whose --block-size equals it (both default to 256 KiB).
         #[arg(long, default_value_t = 256 * 1024)]
         block_size: u32,
         #[arg(required = true)]

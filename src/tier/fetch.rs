@@ -3,7 +3,8 @@
 //!
 //! Every failure here only means "fetch this block over the session instead": a payload
 //! that does not open or match its sum (counted, and the cache's copy reloaded from the
-//! site with `Cache-Control: no-cache`), a 404/409, a reply later than the deadline. A
+//! site with `Cache-Control: no-cache`), a 404/409, a source silent for a deadline (or a
+//! block later than [`PATIENCE`] deadlines while the source answers others). A
 //! tier that cannot be reached at all (refused, reset, 502/503/504 from a cache whose
 //! origin is gone, or a deadline missed with no answer at all for a deadline's time), or
 //! that hands out a bad payload again when asked to reload it, is left alone for a while — 1 s, doubling while it
@@ -32,6 +33,8 @@ pub const DOWN_MAX: Duration = Duration::from_secs(16);
 pub const LOCATOR_HEADER: &str = "x-gridvfs-block";
 /// Path prefix of block objects on the site (and so on every cache in front of it).
 pub const BLOCK_PATH: &str = "/gridvfs/v1/block/";
+/// A block waits at most this many deadlines while its source keeps answering others.
+const PATIENCE: u32 = 6;
 /// Requests one host keeps in flight to one tier (4 MiB of 256 KiB blocks): enough to
 /// fill a LAN, few enough that a cache serving hundreds of hosts is not swamped with
 /// connections (32 hosts unbounded made Squid miss connect deadlines).
@@ -81,7 +84,7 @@ pub enum TierError {
     Down(String),
     #[error("the tier answered {0}")]
     Status(StatusCode),
-    #[error("no answer within {0:?}")]
+    #[error("no answer after {0:.1?}")]
     Timeout(Duration),
     #[error("refused a payload from the tier: {0}")]
     Sealed(#[from] SealError),
@@ -317,9 +320,27 @@ impl Tier {
                 .fetch_add(body.len() as u64, Ordering::Relaxed);
             Ok(body)
         };
-        let body = tokio::time::timeout(self.deadline, work)
-            .await
-            .map_err(|_| TierError::Timeout(self.deadline))??;
+        // The deadline is for silence, as the session's request watchdog: a block may take
+        // longer while the source keeps giving others (a loaded cache or site is slow, not
+        // dead — sending the block over the WAN then only adds to the load), up to
+        // [`PATIENCE`] deadlines in all.
+        let started = Instant::now();
+        tokio::pin!(work);
+        let body = loop {
+            match tokio::time::timeout(self.deadline, &mut work).await {
+                Ok(r) => break r?,
+                Err(_) => {
+                    let others = self
+                        .last_ok
+                        .lock()
+                        .expect("tier lock")
+                        .is_some_and(|t| t.elapsed() < self.deadline);
+                    if !others || started.elapsed() >= self.deadline * PATIENCE {
+                        return Err(TierError::Timeout(started.elapsed()));
+                    }
+                }
+            }
+        };
         let sum = *sum;
         tokio::task::spawn_blocking(move || seal::open(&sum, &body, max_len))
             .await
