@@ -43,6 +43,8 @@ pub struct ClientConfig {
     pub block_source_timeout: Duration,
     /// `--site-listen`: also serve sealed blocks to a site tier here.
     pub site_listen: Option<SocketAddr>,
+    /// `--site-url`: where hosts reach the site directly (told to them in its answers).
+    pub site_url: Option<String>,
     /// `--share-profiles`: record this long of a first boot, then save it to the hint.
     pub share_profiles: Option<Duration>,
 }
@@ -176,10 +178,22 @@ impl Client {
         };
         let mut sources = sources;
         if let Some(addr) = cfg.site_listen {
+            // Hosts reach the site at --site-url, else at the address it listens on (unless
+            // that is a wildcard, which names no host).
+            let url = cfg.site_url.clone().or_else(|| {
+                (!addr.ip().is_unspecified() && addr.port() != 0).then(|| format!("http://{addr}"))
+            });
+            if url.is_none() {
+                tracing::warn!(
+                    "--site-listen {addr} names no address hosts can reach: give --site-url, so \
+                     hosts whose cache dies come here instead of to the store"
+                );
+            }
             let site = Arc::new(crate::tier::Site::new(
                 drain.clone(),
                 index.clone(),
                 store.clone(),
+                url,
             ));
             let bound = crate::tier::serve::serve(addr, site.clone())
                 .await

@@ -87,6 +87,7 @@ pub async fn run() -> anyhow::Result<()> {
         block_source: Vec::new(),
         block_source_timeout: Duration::from_secs(10),
         site_listen: None,
+        site_url: None,
         share_profiles: None,
         // Only the user running the demo, from any port: it cannot bind a privileged one
         // unless it is root, and the sample store is its own.

@@ -171,6 +171,12 @@ struct ServeArgs {
     #[arg(long, value_name = "ADDR")]
     #[serde(skip_serializing_if = "Option::is_none")]
     site_listen: Option<SocketAddr>,
+    /// With --site-listen: the URL hosts reach this site at directly, e.g.
+    /// http://10.0.0.5:8080 (default: http://ADDR of --site-listen unless it is a wildcard).
+    /// Given in every block's answer, so hosts whose cache dies come here, not to the store.
+    #[arg(long, value_name = "URL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    site_url: Option<String>,
     /// Share boot profiles: when this host is the first to read a hinted file whose hint
     /// has no access profile, record the order of its first SECS seconds of reads and save
     /// it to the hint on the store, so later hosts prefetch it (through --block-source if

@@ -103,6 +103,8 @@ pub struct Settings {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub site_listen: Option<SocketAddr>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub site_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub share_profiles: Option<f64>,
     #[serde(deserialize_with = "list")]
     pub allow_clients: Vec<String>,
@@ -142,6 +144,7 @@ pub const KEYS: &[&str] = &[
     "block-source",
     "block-source-timeout",
     "site-listen",
+    "site-url",
     "share-profiles",
     "allow-clients",
     "allow-uid",
@@ -180,6 +183,7 @@ impl Default for Settings {
             block_source: Vec::new(),
             block_source_timeout: 10.0,
             site_listen: None,
+            site_url: None,
             share_profiles: None,
             allow_clients: Vec::new(),
             allow_uid: Vec::new(),
@@ -682,6 +686,7 @@ impl Settings {
                 d => d,
             },
             site_listen: self.site_listen,
+            site_url: self.site_url.clone(),
             share_profiles: match self.share_profiles {
                 Some(0.0) => None,
                 Some(w) => Some(secs("share-profiles", w)?),
@@ -716,6 +721,7 @@ mod tests {
             metrics_addr: Some(SocketAddr::from(([127, 0, 0, 1], 9466))),
             block_source: vec!["http://cache:3128".into()],
             site_listen: Some(SocketAddr::from(([127, 0, 0, 1], 8080))),
+            site_url: Some("http://site:8080".into()),
             share_profiles: Some(60.0),
             ..Settings::default()
         };

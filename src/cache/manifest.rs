@@ -126,7 +126,8 @@ impl DataPath {
         if first + n > sums.len() as u64 {
             return Ok(None);
         }
-        let Some(first_up) = self.tiers.iter().find(|t| t.available()) else {
+        let all = self.tiers();
+        let Some(first_up) = all.iter().find(|t| t.available()) else {
             // All down a moment ago: these blocks are the tiers', fetched over the session.
             self.tiers[0]
                 .stats
@@ -136,7 +137,7 @@ impl DataPath {
         };
         let mut tasks = tokio::task::JoinSet::new();
         for b in first..first + n {
-            let (tiers, sums) = (self.tiers.clone(), sums.clone());
+            let (tiers, sums) = (all.clone(), sums.clone());
             let at = Locator {
                 path: file.path.clone(),
                 block_size: bs,
@@ -186,8 +187,39 @@ impl DataPath {
         Ok(Some((out.freeze(), now)))
     }
 
-    /// The tiers this client takes blocks from, first first (for `status`).
-    pub fn tiers(&self) -> &[Arc<Tier>] {
-        &self.tiers
+    /// The tiers this client takes blocks from, first first: those configured, then the
+    /// site the first of them named (learned once, so a host given only the site's Squid
+    /// still goes to the site, not the WAN, when the Squid dies).
+    pub fn tiers(&self) -> Vec<Arc<Tier>> {
+        let mut all = self.tiers.clone();
+        let Some(first) = self.tiers.first() else {
+            return all;
+        };
+        // One lock at a time (lock order, level 4): the tier's, then ours.
+        let named = first.site_url.lock().expect("tier lock").clone();
+        let mut learned = self.learned.lock().expect("learned lock");
+        if learned.is_none()
+            && let Some(url) = named
+            && !self
+                .tiers
+                .iter()
+                .any(|t| t.url() == url.trim_end_matches('/'))
+        {
+            match Tier::new(&url, first.deadline()) {
+                Ok(t) => {
+                    tracing::info!("the site behind {} is {url}: its next source", first.url());
+                    *learned = Some(Arc::new(t));
+                }
+                Err(e) => {
+                    tracing::warn!("{} names its site as {url:?}: {e}", first.url());
+                    drop(learned);
+                    // Not parsed again at every fetch.
+                    first.site_url.lock().expect("tier lock").take();
+                    return all;
+                }
+            }
+        }
+        all.extend(learned.iter().cloned());
+        all
     }
 }

@@ -26,7 +26,7 @@
 //!    BlockSums, never together with the revalidation lock);
 //! 4. one of the std mutexes of this struct: `inflight` (the claim map), `sequential`,
 //!    `touched`, `recording`, `sharing`, `prefetching`, `revalidating`'s map, the
-//!    background fill's state (`fill`), `manifests`' two maps; a site tier's own locks
+//!    background fill's state (`fill`), `manifests`' two maps, `learned`; a site tier's own locks
 //!    (`tier::Tier`: back-off, last answer, statuses seen; `tier::Site`'s known files); or
 //!    the journal mutex in `writeback`. Never two of them at once (the fill copies
 //!    `prefetching` before taking its own); `claim` and `compact` take 5 inside;
@@ -120,6 +120,8 @@ pub struct DataPath {
     filler: Arc<fill::Filler>,
     /// The site tiers block payloads come from (`--block-source`), tried in order.
     tiers: Vec<Arc<crate::tier::Tier>>,
+    /// The site itself, as a cache's answers named it: tried after `tiers`.
+    learned: Mutex<Option<Arc<crate::tier::Tier>>>,
     /// Per file version, the block sums naming its blocks on the tier.
     manifests: manifest::Manifests,
 }
@@ -204,6 +206,7 @@ impl DataPath {
             revalidating: Mutex::default(),
             filler: Arc::new(fill::Filler::new(FillPolicy::Off)),
             tiers: Vec::new(),
+            learned: Mutex::new(None),
             manifests: Default::default(),
         })
     }

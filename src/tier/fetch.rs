@@ -31,6 +31,9 @@ pub const DOWN_MIN: Duration = Duration::from_secs(1);
 pub const DOWN_MAX: Duration = Duration::from_secs(16);
 /// The request header that tells the site where a block lives (see [`Locator`]).
 pub const LOCATOR_HEADER: &str = "x-gridvfs-block";
+/// The response header in which a site gives its own URL (`--site-url`), so hosts that
+/// reach it through a cache can go to it directly when the cache dies.
+pub const SITE_HEADER: &str = "x-gridvfs-site";
 /// Path prefix of block objects on the site (and so on every cache in front of it).
 pub const BLOCK_PATH: &str = "/gridvfs/v1/block/";
 /// A block waits at most this many deadlines while its source keeps answering others.
@@ -123,6 +126,8 @@ pub struct Tier {
     pub stats: TierStats,
     /// At most [`IN_FLIGHT`] requests at once.
     slots: tokio::sync::Semaphore,
+    /// The site's own URL, as its answers through this tier gave it ([`SITE_HEADER`]).
+    pub site_url: Mutex<Option<String>>,
     /// Unexpected statuses already logged.
     odd: Mutex<std::collections::HashSet<u16>>,
 }
@@ -158,11 +163,16 @@ impl Tier {
             stats: TierStats::default(),
             slots: tokio::sync::Semaphore::new(IN_FLIGHT),
             odd: Mutex::default(),
+            site_url: Mutex::new(None),
         })
     }
 
     pub fn url(&self) -> &str {
         &self.base
+    }
+
+    pub fn deadline(&self) -> Duration {
+        self.deadline
     }
 
     /// False while the tier is being skipped after it was found unreachable.
@@ -306,6 +316,16 @@ impl Tier {
                 .map_err(|e| TierError::Down(error_chain(&e)))?;
             if resp.status() != StatusCode::OK {
                 return Err(TierError::Status(resp.status()));
+            }
+            if let Some(url) = resp
+                .headers()
+                .get(SITE_HEADER)
+                .and_then(|v| v.to_str().ok())
+            {
+                let mut known = self.site_url.lock().expect("tier lock");
+                if known.is_none() {
+                    *known = Some(url.to_string());
+                }
             }
             // Sealed payloads are at most a little over the block: refuse a cache that
             // streams more (a hostile or broken tier must not fill this host's memory).

@@ -77,6 +77,8 @@ pub struct Site {
     store: Arc<RemoteStore>,
     /// (path, block size) -> what the store said.
     known: Mutex<HashMap<(Vec<u8>, u64), Known>>,
+    /// This site's URL as hosts reach it (`--site-url`), given in every block's answer.
+    url: Option<String>,
     pub stats: SiteStats,
 }
 
@@ -91,12 +93,20 @@ enum Refusal {
 }
 
 impl Site {
-    pub fn new(data: Arc<DataPath>, index: Arc<Index>, store: Arc<RemoteStore>) -> Self {
+    /// `url`: where hosts reach this site directly, told to them in every answer (through
+    /// the caches too) so they can come here when their cache dies.
+    pub fn new(
+        data: Arc<DataPath>,
+        index: Arc<Index>,
+        store: Arc<RemoteStore>,
+        url: Option<String>,
+    ) -> Self {
         Self {
             data,
             index,
             store,
             known: Mutex::new(HashMap::new()),
+            url,
             stats: SiteStats::default(),
         }
     }
@@ -234,8 +244,11 @@ impl Site {
                     .fetch_add(body.len() as u64, Ordering::Relaxed);
                 // Always the body, never 304: a cache revalidating a copy a host rejected
                 // must get the good payload back, not a confirmation of its own.
-                Response::builder()
-                    .status(StatusCode::OK)
+                let mut b = Response::builder();
+                if let Some(url) = &self.url {
+                    b = b.header(super::fetch::SITE_HEADER, url);
+                }
+                b.status(StatusCode::OK)
                     .header("cache-control", CACHE_FOREVER)
                     .header("etag", format!("\"{}\"", &id[..32]))
                     .header("content-type", "application/octet-stream")
