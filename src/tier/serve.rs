@@ -217,7 +217,12 @@ impl Site {
         if req.method() != Method::GET {
             return plain(StatusCode::METHOD_NOT_ALLOWED, "GET only\n".into());
         }
-        let Some(id) = path.strip_prefix(BLOCK_PATH) else {
+        // Anything before the block path is a prefix a cache or proxy put in front (a host
+        // may be given `http://cache/some/prefix`): the id is what follows it.
+        let Some(id) = path
+            .rfind(BLOCK_PATH)
+            .map(|i| &path[i + BLOCK_PATH.len()..])
+        else {
             return plain(
                 StatusCode::NOT_FOUND,
                 format!("blocks are at {BLOCK_PATH}ID\n"),
