@@ -176,12 +176,7 @@ impl DataPath {
         }
         // A file under a hint prefetch is the profile's: misses while it runs mark no hot
         // region (filled once it ended, they fetched what the profile says is not read).
-        if self
-            .prefetching
-            .lock()
-            .expect("prefetching lock")
-            .contains(&id)
-        {
+        if self.under_prefetch(id) {
             return;
         }
         let bs = self.block_size;

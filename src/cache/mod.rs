@@ -586,12 +586,7 @@ impl DataPath {
         hint: Option<Arc<Hint>>,
     ) {
         let bs = self.block_size;
-        if self
-            .prefetching
-            .lock()
-            .expect("prefetching lock")
-            .contains(&id)
-        {
+        if self.under_prefetch(id) {
             return;
         }
         let window = {

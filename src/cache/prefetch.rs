@@ -193,6 +193,14 @@ impl DataPath {
         });
     }
 
+    /// True while a hint prefetch runs for file `id`: read-ahead and fill leave it alone.
+    pub(super) fn under_prefetch(&self, id: u64) -> bool {
+        self.prefetching
+            .lock()
+            .expect("prefetching lock")
+            .contains(&id)
+    }
+
     /// Note the blocks a reader asked for, while a profile is being recorded.
     pub(super) fn record(&self, id: u64, file: &FileRef, first: u64, last: u64) {
         if self.share_profiles.is_some() {
