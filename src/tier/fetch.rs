@@ -435,6 +435,85 @@ mod tests {
         assert_eq!(t.stats.blocks.load(Ordering::Relaxed), 0);
     }
 
+    /// A tier that answers every request with the sealed `block`, after `delay`.
+    async fn slow_tier(block: Vec<u8>, delay: Duration) -> u16 {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        let body = seal::seal(&seal::sum_of(&block), &block);
+        tokio::spawn(async move {
+            while let Ok((mut c, _)) = l.accept().await {
+                let body = body.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 8192];
+                    let mut seen = Vec::new();
+                    while let Ok(k) = c.read(&mut buf).await {
+                        if k == 0 {
+                            return;
+                        }
+                        seen.extend_from_slice(&buf[..k]);
+                        while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                            seen.drain(..end + 4);
+                            tokio::time::sleep(delay).await;
+                            let head = format!(
+                                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n",
+                                body.len()
+                            );
+                            if c.write_all(head.as_bytes()).await.is_err()
+                                || c.write_all(&body).await.is_err()
+                            {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        port
+    }
+
+    /// The deadline is for silence (the 64-host bench sent up to 2× the image over the WAN
+    /// when a late block from a busy cache counted as a failure): a block later than the
+    /// deadline is waited for while the source keeps giving others, and only a source
+    /// that gives nothing for a deadline is given up on and skipped.
+    #[tokio::test]
+    async fn a_late_block_from_a_source_giving_others_is_waited_for() {
+        let block = vec![7u8; 4096];
+        let sum = seal::sum_of(&block);
+        let at = Locator {
+            path: b"a".to_vec(),
+            block_size: 4096,
+            block: 0,
+        };
+        let port = slow_tier(block.clone(), Duration::from_millis(600)).await;
+        let t = std::sync::Arc::new(
+            Tier::new(
+                &format!("http://127.0.0.1:{port}"),
+                Duration::from_millis(200),
+            )
+            .unwrap(),
+        );
+        // Others keep arriving meanwhile (as other blocks' answers would).
+        let others = {
+            let t = t.clone();
+            tokio::spawn(async move {
+                loop {
+                    *t.last_ok.lock().unwrap() = Some(Instant::now());
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            })
+        };
+        assert_eq!(t.get(&at, &sum, 4096).await.unwrap(), block);
+        assert_eq!(t.stats.late.load(Ordering::Relaxed), 0);
+        others.abort();
+        // Silent for a deadline, with nothing else arriving: late, and the source skipped.
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let e = t.get(&at, &sum, 4096).await.unwrap_err();
+        assert!(matches!(e, TierError::Timeout(_)), "{e}");
+        assert_eq!(t.stats.late.load(Ordering::Relaxed), 1);
+        assert!(!t.available());
+    }
+
     #[test]
     fn only_http_urls_are_taken() {
         assert!(Tier::new("http://127.0.0.1:3128/", Duration::from_secs(1)).is_ok());
